@@ -1,0 +1,297 @@
+//! Invites: the one thing an agent hands another to pair.
+//!
+//! An invite carries the relay URL, the inviter's identity keys, a fresh one-time key (the Olm
+//! prekey of the session the accepter will open), a random invite id and an expiry, all signed by
+//! the inviter under [`labels::INVITE`]. Its URL form is `<relay>/invite#tincan1.<base64url>`:
+//! everything sits in the fragment, which browsers and HTTP clients never send to a server.
+//!
+//! [`Invite`] values only come out of [`Invite::parse`], which checks the signature and the expiry:
+//! holding one means it was valid at the time given.
+
+use std::fmt;
+
+use data_encoding::BASE64URL_NOPAD;
+use thiserror::Error;
+
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::identity::{self, Identity, IdentityKeys};
+use crate::ids::{InviteId, PeerId};
+use crate::labels;
+
+/// The fragment prefix of a version-1 invite.
+pub const PREFIX: &str = "tincan1.";
+const VERSION: u8 = 1;
+/// Longest relay URL an invite may carry.
+pub const MAX_RELAY_URL: usize = 2048;
+
+/// Why an invite was rejected. Each case has its own message so the user knows what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InviteError {
+    /// The text is not a tincan invite at all.
+    #[error("not a tincan invite: expected a URL ending in '#tincan1.…' or a 'tincan1.…' token")]
+    Foreign,
+    /// The invite was made by a newer or older tincan.
+    #[error("invite version {0} is not supported by this tincan (it speaks version 1); upgrade tincan")]
+    UnsupportedVersion(String),
+    /// The invite is cut short or its encoding is damaged.
+    #[error("invite is truncated or damaged ({0}); copy the whole link again")]
+    Malformed(String),
+    /// The signature does not match the content: it was edited after signing.
+    #[error("invite has been tampered with: its signature does not match its content")]
+    Tampered,
+    /// The expiry has passed.
+    #[error("invite expired at unix time {expired_at}; ask the inviter for a new one")]
+    Expired {
+        /// When it expired (unix seconds).
+        expired_at: u64,
+    },
+}
+
+/// Normalises a relay URL the way invites carry it: trimmed, without a trailing slash.
+pub fn normalize_relay_url(url: &str) -> String {
+    url.trim().trim_end_matches('/').to_string()
+}
+
+/// What an inviter keeps locally about an invite it handed out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PendingInvite {
+    /// The invite id the relay consumes.
+    pub id: InviteId,
+    /// The public one-time key; its secret half lives in the inviter's account.
+    pub one_time_key: [u8; 32],
+    /// Expiry, unix seconds.
+    pub expires_at: u64,
+    /// The relay the invite points at.
+    pub relay_url: String,
+}
+
+impl fmt::Debug for PendingInvite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingInvite")
+            .field("id", &self.id)
+            .field("expires_at", &self.expires_at)
+            .field("relay_url", &self.relay_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A verified invite.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Invite {
+    /// Random id, consumed once at the relay.
+    pub id: InviteId,
+    /// The relay both agents use.
+    pub relay_url: String,
+    /// The inviter's keys.
+    pub inviter: IdentityKeys,
+    /// The Olm one-time key (prekey) for the session.
+    pub one_time_key: [u8; 32],
+    /// Expiry, unix seconds.
+    pub expires_at: u64,
+}
+
+impl fmt::Debug for Invite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Invite")
+            .field("id", &self.id)
+            .field("relay_url", &self.relay_url)
+            .field("inviter", &self.inviter.ed25519)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An invite its inviter has just signed, ready to hand out.
+pub struct InviteDraft {
+    invite: Invite,
+    pending: PendingInvite,
+    token: String,
+}
+
+impl fmt::Debug for InviteDraft {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InviteDraft").field("invite", &self.invite).finish_non_exhaustive()
+    }
+}
+
+fn encode_payload(inv: &Invite) -> Vec<u8> {
+    let mut w = Writer::with_capacity(160 + inv.relay_url.len());
+    w.u8(VERSION)
+        .raw(inv.id.as_bytes())
+        .u64(inv.expires_at)
+        .raw(inv.inviter.ed25519.as_bytes())
+        .raw(&inv.inviter.curve25519)
+        .raw(&inv.one_time_key)
+        .str16(&inv.relay_url);
+    w.into_bytes()
+}
+
+impl InviteDraft {
+    pub(crate) fn sign(identity: &Identity, keys: IdentityKeys, pending: PendingInvite) -> Self {
+        let invite = Invite {
+            id: pending.id,
+            relay_url: pending.relay_url.clone(),
+            inviter: keys,
+            one_time_key: pending.one_time_key,
+            expires_at: pending.expires_at,
+        };
+        let mut bytes = encode_payload(&invite);
+        let sig = identity.sign(labels::INVITE, &bytes);
+        bytes.extend_from_slice(&sig);
+        let token = format!("{PREFIX}{}", BASE64URL_NOPAD.encode(&bytes));
+        Self { invite, pending, token }
+    }
+
+    /// The copy-pasteable URL: `<relay>/invite#tincan1.<payload>`.
+    pub fn url(&self) -> String {
+        format!("{}/invite#{}", self.invite.relay_url, self.token)
+    }
+
+    /// The invite as the accepter will see it.
+    pub fn invite(&self) -> &Invite {
+        &self.invite
+    }
+
+    /// What the inviter must store to recognise the accepter's first message.
+    pub fn pending(&self) -> &PendingInvite {
+        &self.pending
+    }
+}
+
+impl Invite {
+    /// Parses and verifies an invite URL (or bare `tincan1.` token) at unix time `now`.
+    pub fn parse(text: &str, now: u64) -> Result<Self, InviteError> {
+        let text = text.trim();
+        let (base, token) = match text.split_once('#') {
+            Some((base, frag)) => (Some(base), frag),
+            None => (None, text),
+        };
+        let Some(b64) = token.strip_prefix(PREFIX) else {
+            if let Some(rest) = token.strip_prefix("tincan")
+                && let Some((v, _)) = rest.split_once('.')
+                && !v.is_empty()
+                && v.chars().all(|c| c.is_ascii_digit())
+            {
+                return Err(InviteError::UnsupportedVersion(v.to_string()));
+            }
+            return Err(InviteError::Foreign);
+        };
+        let bytes = BASE64URL_NOPAD
+            .decode(b64.as_bytes())
+            .map_err(|e| InviteError::Malformed(format!("bad base64: {e}")))?;
+        let invite = Self::decode_verified(&bytes)?;
+        if let Some(base) = base
+            && normalize_relay_url(base.trim_end_matches("/invite")) != invite.relay_url
+        {
+            return Err(InviteError::Tampered);
+        }
+        if now >= invite.expires_at {
+            return Err(InviteError::Expired { expired_at: invite.expires_at });
+        }
+        Ok(invite)
+    }
+
+    /// Decodes the binary invite and checks its signature (not its expiry).
+    fn decode_verified(bytes: &[u8]) -> Result<Self, InviteError> {
+        let malformed = |e: DecodeError| InviteError::Malformed(e.to_string());
+        if bytes.len() < 64 {
+            return Err(InviteError::Malformed("shorter than a signature".into()));
+        }
+        let (payload, sig) = bytes.split_at(bytes.len() - 64);
+        let mut r = Reader::new(payload);
+        let version = r.u8("version").map_err(malformed)?;
+        if version != VERSION {
+            return Err(InviteError::UnsupportedVersion(version.to_string()));
+        }
+        let id = InviteId::from_bytes(r.array("invite id").map_err(malformed)?);
+        let expires_at = r.u64("expiry").map_err(malformed)?;
+        let ed = PeerId::from_bytes(r.array("inviter ed25519 key").map_err(malformed)?);
+        let curve = r.array("inviter curve25519 key").map_err(malformed)?;
+        let one_time_key = r.array("one-time key").map_err(malformed)?;
+        let relay_url = r.str16("relay url").map_err(malformed)?.to_string();
+        // A signature over a payload with trailing bytes would still verify, so any leftover
+        // (a truncated payload shifts the split) is treated as damage, not ignored.
+        r.finish().map_err(malformed)?;
+        let sig: [u8; 64] = sig.try_into().map_err(|_| InviteError::Malformed("signature".into()))?;
+        identity::verify(&ed, labels::INVITE, payload, &sig).map_err(|_| InviteError::Tampered)?;
+        if relay_url.is_empty() || relay_url.len() > MAX_RELAY_URL {
+            return Err(InviteError::Malformed("relay url length".into()));
+        }
+        Ok(Self {
+            id,
+            relay_url,
+            inviter: IdentityKeys { ed25519: ed, curve25519: curve },
+            one_time_key,
+            expires_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn draft() -> InviteDraft {
+        Identity::generate().create_invite("http://127.0.0.1:8787/", [3; 16], NOW + 60)
+    }
+
+    #[test]
+    fn round_trip() {
+        let d = draft();
+        let url = d.url();
+        assert!(url.starts_with("http://127.0.0.1:8787/invite#tincan1."));
+        let inv = Invite::parse(&url, NOW).unwrap();
+        assert_eq!(&inv, d.invite());
+        // The bare token parses too.
+        let token = url.split_once('#').unwrap().1;
+        assert_eq!(Invite::parse(token, NOW).unwrap(), inv);
+    }
+
+    #[test]
+    fn expired() {
+        let url = draft().url();
+        assert_eq!(Invite::parse(&url, NOW + 60), Err(InviteError::Expired { expired_at: NOW + 60 }));
+    }
+
+    #[test]
+    fn tampered_every_byte() {
+        let url = draft().url();
+        let (base, token) = url.split_once('#').unwrap();
+        let bytes = BASE64URL_NOPAD.decode(token.strip_prefix(PREFIX).unwrap().as_bytes()).unwrap();
+        for i in 1..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            let t = format!("{base}#{PREFIX}{}", BASE64URL_NOPAD.encode(&b));
+            let err = Invite::parse(&t, NOW).unwrap_err();
+            assert!(
+                matches!(err, InviteError::Tampered | InviteError::Malformed(_)),
+                "byte {i}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_foreign_and_version() {
+        let url = draft().url();
+        for cut in [url.len() - 1, url.len() - 10, url.find('#').unwrap() + 12] {
+            let err = Invite::parse(&url[..cut], NOW).unwrap_err();
+            assert!(matches!(err, InviteError::Malformed(_) | InviteError::Tampered), "{err:?}");
+        }
+        assert_eq!(Invite::parse("https://example.com/#hello", NOW), Err(InviteError::Foreign));
+        assert_eq!(Invite::parse("", NOW), Err(InviteError::Foreign));
+        assert_eq!(
+            Invite::parse("http://x/invite#tincan2.AAAA", NOW),
+            Err(InviteError::UnsupportedVersion("2".into()))
+        );
+    }
+
+    #[test]
+    fn relay_swapped_in_url_base_is_tampering() {
+        let url = draft().url();
+        let token = url.split_once('#').unwrap().1;
+        let evil = format!("http://evil.example/invite#{token}");
+        assert_eq!(Invite::parse(&evil, NOW), Err(InviteError::Tampered));
+    }
+}
