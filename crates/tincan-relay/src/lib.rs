@@ -1,1 +1,128 @@
-//! placeholder
+//! The tincan relay as a library.
+//!
+//! A relay authenticates agents by an Ed25519 challenge, stores sealed envelopes in SQLite until
+//! their recipient acknowledges them, and forwards them in order. It never holds a key that could
+//! open an envelope. [`run`] serves one listener until the shutdown future resolves; tests call
+//! it on `127.0.0.1:0`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tincan_relay::RelayError> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let config = tincan_relay::Config::new("relay.db".into());
+//! tincan_relay::run(listener, config, async { tokio::signal::ctrl_c().await.ok(); }).await
+//! # }
+//! ```
+
+mod conn;
+mod http;
+mod router;
+pub mod store;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::router::Router;
+use crate::store::Store;
+
+/// Why a relay could not start or stopped with an error.
+#[derive(Debug, Error)]
+pub enum RelayError {
+    /// Opening or migrating the SQLite store failed.
+    #[error("store error: {0}")]
+    Store(#[from] store::StoreError),
+    /// Socket I/O failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Relay settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The SQLite database file.
+    pub db_path: PathBuf,
+    /// Largest sealed body accepted, in bytes.
+    pub max_body: usize,
+    /// Most unacknowledged messages kept for one recipient.
+    pub queue_cap: u64,
+    /// How long an undelivered message is kept.
+    pub message_ttl: Duration,
+    /// Refuse messages between identities that never paired through an invite on this relay.
+    /// On by default; tests turn it off to exercise the client's own checks.
+    pub require_pairing: bool,
+    /// How long a new connection has to authenticate.
+    pub auth_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults with the given database path.
+    pub fn new(db_path: PathBuf) -> Self {
+        Self {
+            db_path,
+            max_body: tincan_proto::frame::MAX_BODY,
+            queue_cap: 10_000,
+            message_ttl: Duration::from_secs(7 * 24 * 3600),
+            require_pairing: true,
+            auth_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// State shared by every connection.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub store: Store,
+    pub router: Arc<Router>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Serves the relay on `listener` until `shutdown` resolves, then closes connections cleanly and
+/// flushes the store.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RelayError> {
+    let router = Arc::new(Router::default());
+    let store = Store::open(&config, router.clone())?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = Arc::new(Shared { config, store: store.clone(), router: router.clone(), shutdown: stop_rx });
+    let sweeper = tokio::spawn(sweep_loop(store.clone()));
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "relay listening");
+    let app = http::app(shared.clone());
+    let stop_for_serve = stop_tx.clone();
+    let graceful = async move {
+        shutdown.await;
+        tracing::info!("relay shutting down");
+        let _ = stop_for_serve.send(true);
+    };
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(graceful)
+        .await?;
+    let _ = stop_tx.send(true);
+    router.wait_idle(Duration::from_secs(5)).await;
+    sweeper.abort();
+    drop(shared);
+    store.close().await;
+    tracing::info!("relay stopped");
+    Ok(())
+}
+
+async fn sweep_loop(store: Store) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        store.sweep(now_ms());
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,253 @@
+//! One task per WebSocket connection: authenticate, then route frames both ways.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use tincan_proto::frame::{ClientFrame, ErrorCode, RelayFrame};
+use tincan_proto::identity;
+use tincan_proto::ids::PeerId;
+use tincan_proto::{PROTOCOL_VERSION, labels};
+use tokio::sync::{Notify, mpsc};
+
+use crate::router::{ConnHandle, DELIVERY_QUEUE};
+use crate::store::Stored;
+use crate::{Shared, now_ms};
+
+/// Requests a connection may have waiting on the store before it stops reading new frames.
+const MAX_IN_FLIGHT: usize = 4096;
+/// Rows read from the store per catch-up round.
+const FETCH_BATCH: usize = 512;
+/// Frames written before a flush.
+const MAX_UNFLUSHED: usize = 256;
+
+type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+type Stream = futures_util::stream::SplitStream<WebSocket>;
+
+pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, remote: SocketAddr) {
+    shared.router.conn_started();
+    let (sink, stream) = socket.split();
+    let mut conn = Conn { shared: shared.clone(), sink, unflushed: 0 };
+    match conn.authenticate(stream).await {
+        Some((peer, stream)) => {
+            tracing::debug!(%remote, %peer, "authenticated");
+            conn.run(peer, stream).await;
+        }
+        None => tracing::debug!(%remote, "connection closed before authentication"),
+    }
+    let _ = conn.sink.close().await;
+    shared.router.conn_finished();
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    sink: Sink,
+    unflushed: usize,
+}
+
+impl Conn {
+    async fn authenticate(&mut self, mut stream: Stream) -> Option<(PeerId, Stream)> {
+        let mut nonce = [0u8; 32];
+        rand::rng().fill_bytes(&mut nonce);
+        self.send_now(RelayFrame::Challenge { version: PROTOCOL_VERSION, nonce }).await?;
+        let first = tokio::time::timeout(self.shared.config.auth_timeout, stream.next()).await;
+        let bytes = match first {
+            Ok(Some(Ok(Message::Binary(b)))) => b,
+            Ok(Some(Ok(_))) => {
+                self.error(0, ErrorCode::BadFrame, "expected a binary Auth frame").await;
+                return None;
+            }
+            Err(_) => {
+                self.error(0, ErrorCode::AuthFailed, "authentication timed out").await;
+                return None;
+            }
+            _ => return None,
+        };
+        let (peer, signature) = match ClientFrame::decode(&bytes, 0) {
+            Ok(ClientFrame::Auth { peer, signature }) => (peer, signature),
+            Ok(_) => {
+                self.error(0, ErrorCode::NotAuthenticated, "authenticate first: answer the challenge with an Auth frame").await;
+                return None;
+            }
+            Err(e) => {
+                self.error(0, ErrorCode::BadFrame, &format!("cannot decode frame: {e}")).await;
+                return None;
+            }
+        };
+        // The nonce is used for this one attempt only; it lives in this stack frame and no other
+        // connection can answer it.
+        if identity::verify(&peer, labels::RELAY_CHALLENGE, &nonce, &signature).is_err() {
+            self.error(0, ErrorCode::AuthFailed, "challenge signature does not verify for that identity").await;
+            return None;
+        }
+        Some((peer, stream))
+    }
+
+    async fn run(&mut self, peer: PeerId, mut stream: Stream) {
+        let shared = self.shared.clone();
+        let (deliver_tx, mut deliver_rx) = mpsc::channel::<Arc<Stored>>(DELIVERY_QUEUE);
+        let lagging = Arc::new(AtomicBool::new(true));
+        let kicked = Arc::new(Notify::new());
+        let conn_id = shared.router.next_conn_id();
+        shared.router.register(
+            peer,
+            ConnHandle { id: conn_id, deliveries: deliver_tx, lagging: lagging.clone(), kicked: kicked.clone() },
+        );
+        let (resp_tx, mut resp_rx) = mpsc::unbounded_channel::<RelayFrame>();
+        let mut shutdown = shared.shutdown.clone();
+        let mut in_flight = 0usize;
+        let mut last_seq = 0u64;
+        let ok = self.send_now(RelayFrame::AuthOk { peer }).await.is_some();
+        let mut alive = ok;
+        while alive {
+            if lagging.swap(false, Ordering::SeqCst) && !self.catch_up(peer, &mut last_seq, &lagging).await {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    self.error(0, ErrorCode::ShuttingDown, "relay is shutting down; reconnect later").await;
+                    break;
+                }
+                _ = kicked.notified() => {
+                    self.error(0, ErrorCode::Replaced, "another connection authenticated as this identity").await;
+                    break;
+                }
+                Some(frame) = resp_rx.recv() => {
+                    in_flight = in_flight.saturating_sub(1);
+                    alive = self.feed(frame).await;
+                }
+                Some(msg) = deliver_rx.recv() => {
+                    if lagging.swap(false, Ordering::SeqCst) && !self.catch_up(peer, &mut last_seq, &lagging).await {
+                        break;
+                    }
+                    if msg.seq > last_seq {
+                        last_seq = msg.seq;
+                        alive = self.feed(msg.frame()).await;
+                    }
+                }
+                incoming = stream.next(), if in_flight < MAX_IN_FLIGHT => {
+                    match incoming {
+                        Some(Ok(Message::Binary(bytes))) => {
+                            match self.handle(peer, &bytes, &resp_tx).await {
+                                Handled::Request => in_flight += 1,
+                                Handled::Done => {}
+                                Handled::Close => break,
+                            }
+                        }
+                        Some(Ok(Message::Text(_))) => {
+                            alive = self.feed(RelayFrame::Error { req: 0, code: ErrorCode::BadFrame, message: "text frames are not part of the protocol; send binary frames".into() }).await;
+                        }
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                        Some(Ok(_)) => {}
+                    }
+                }
+            }
+            // Flush once nothing else is immediately ready, so bursts share one write.
+            if alive && self.unflushed > 0 && (self.unflushed >= MAX_UNFLUSHED || (resp_rx.is_empty() && deliver_rx.is_empty())) {
+                alive = self.sink.flush().await.is_ok();
+                self.unflushed = 0;
+            }
+        }
+        let _ = self.sink.flush().await;
+        shared.router.unregister(&peer, conn_id);
+    }
+
+    /// Re-reads undelivered messages from the store, after `last_seq`, until none are left.
+    async fn catch_up(&mut self, peer: PeerId, last_seq: &mut u64, lagging: &AtomicBool) -> bool {
+        loop {
+            let rows = match self.shared.store.fetch(peer, *last_seq, FETCH_BATCH, now_ms()).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::error!(error = %e, "catch-up read failed");
+                    lagging.store(true, Ordering::SeqCst);
+                    return false;
+                }
+            };
+            let n = rows.len();
+            for row in rows {
+                *last_seq = (*last_seq).max(row.seq);
+                if !self.feed(row.frame()).await {
+                    return false;
+                }
+            }
+            if n < FETCH_BATCH {
+                return true;
+            }
+        }
+    }
+
+    async fn handle(&mut self, peer: PeerId, bytes: &[u8], resp: &mpsc::UnboundedSender<RelayFrame>) -> Handled {
+        let max = self.shared.config.max_body;
+        let frame = match ClientFrame::decode(bytes, max) {
+            Ok(f) => f,
+            Err(e) => {
+                // Tie the error to the request when the frame got as far as its req number.
+                let req = if matches!(bytes.first(), Some(0x02 | 0x04 | 0x05)) && bytes.len() >= 5 {
+                    u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]])
+                } else {
+                    0
+                };
+                let (code, message) = match e {
+                    tincan_proto::codec::DecodeError::TooLong { len, max, .. } => {
+                        (ErrorCode::TooLarge, format!("message body is {len} bytes, over the relay's limit of {max}"))
+                    }
+                    e => (ErrorCode::BadFrame, format!("cannot decode frame: {e}")),
+                };
+                return if self.feed(RelayFrame::Error { req, code, message }).await { Handled::Done } else { Handled::Close };
+            }
+        };
+        let store = &self.shared.store;
+        match frame {
+            ClientFrame::Send { req, id, to, body } => {
+                store.send(peer, req, id, to, body, now_ms(), resp.clone());
+                Handled::Request
+            }
+            ClientFrame::Ack { seq } => {
+                store.ack(peer, seq);
+                Handled::Done
+            }
+            ClientFrame::RegisterInvite { req, id, expires_at } => {
+                store.register_invite(peer, req, id, expires_at, resp.clone());
+                Handled::Request
+            }
+            ClientFrame::ClaimInvite { req, id } => {
+                store.claim_invite(peer, req, id, now_ms(), resp.clone());
+                Handled::Request
+            }
+            ClientFrame::Ping { nonce } => {
+                if self.feed(RelayFrame::Pong { nonce }).await { Handled::Done } else { Handled::Close }
+            }
+            ClientFrame::Auth { .. } => {
+                if self.feed(RelayFrame::Error { req: 0, code: ErrorCode::BadFrame, message: "already authenticated".into() }).await {
+                    Handled::Done
+                } else {
+                    Handled::Close
+                }
+            }
+        }
+    }
+
+    async fn feed(&mut self, frame: RelayFrame) -> bool {
+        self.unflushed += 1;
+        self.sink.feed(Message::Binary(frame.encode().into())).await.is_ok()
+    }
+
+    async fn send_now(&mut self, frame: RelayFrame) -> Option<()> {
+        self.sink.send(Message::Binary(frame.encode().into())).await.ok()
+    }
+
+    async fn error(&mut self, req: u32, code: ErrorCode, message: &str) {
+        let _ = self.send_now(RelayFrame::Error { req, code, message: message.into() }).await;
+    }
+}
+
+enum Handled {
+    /// A request went to the store; its reply will come back on the response queue.
+    Request,
+    Done,
+    Close,
+}

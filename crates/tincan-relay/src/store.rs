@@ -1,0 +1,492 @@
+//! The relay's SQLite store, owned by one writer thread.
+//!
+//! Every mutation goes through one thread that batches whatever commands are waiting into a
+//! single transaction (group commit). A sender is told its message is stored only after the
+//! transaction holding it has committed, and the recipient is notified after that, in sequence
+//! order. Acknowledged messages keep a row without a body until their TTL passes, so a resend of
+//! the same (sender, message id) is recognised and not delivered twice.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::thread;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use thiserror::Error;
+use tincan_proto::frame::{ErrorCode, RelayFrame};
+use tincan_proto::ids::{InviteId, MessageId, PeerId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::Config;
+use crate::router::Router;
+
+/// Why the store failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// SQLite reported an error (locked, corrupt, full disk, ...).
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The store thread is gone.
+    #[error("store is closed")]
+    Closed,
+    /// The store thread could not be started.
+    #[error("cannot start store thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// A stored message on its way to its recipient.
+pub struct Stored {
+    /// Relay sequence number.
+    pub seq: u64,
+    /// The authenticated sender.
+    pub from: PeerId,
+    /// The sender's message id.
+    pub id: MessageId,
+    /// When it was stored, unix ms.
+    pub stored_at: u64,
+    /// Sealed bytes.
+    pub body: Vec<u8>,
+}
+
+impl Stored {
+    /// The frame that delivers it.
+    pub fn frame(&self) -> RelayFrame {
+        RelayFrame::Deliver { seq: self.seq, from: self.from, id: self.id, stored_at: self.stored_at, body: self.body.clone() }
+    }
+}
+
+/// Where a reply to a request goes: the requesting connection's response queue.
+pub type Responder = mpsc::UnboundedSender<RelayFrame>;
+
+enum Cmd {
+    Send { sender: PeerId, req: u32, id: MessageId, to: PeerId, body: Vec<u8>, now_ms: u64, respond: Responder },
+    Ack { recipient: PeerId, seq: u64 },
+    Fetch { recipient: PeerId, after: u64, limit: usize, now_ms: u64, reply: oneshot::Sender<Vec<Stored>> },
+    RegisterInvite { inviter: PeerId, req: u32, id: InviteId, expires_at: u64, respond: Responder },
+    ClaimInvite { claimer: PeerId, req: u32, id: InviteId, now_ms: u64, respond: Responder },
+    Sweep { now_ms: u64 },
+    Close { done: oneshot::Sender<()> },
+}
+
+/// A handle to the store thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    tx: std_mpsc::Sender<Cmd>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and starts the writer thread.
+    pub(crate) fn open(config: &Config, router: Arc<Router>) -> Result<Self, StoreError> {
+        let conn = Connection::open(&config.db_path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // NORMAL in WAL mode: a commit survives a process crash (SIGKILL); FULL would add an fsync
+        // per commit to survive power loss too. See docs/ARCHITECTURE.md.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        let pairs = load_pairs(&conn)?;
+        let (tx, rx) = std_mpsc::channel();
+        let worker = Worker {
+            conn,
+            router,
+            pairs,
+            counts: HashMap::new(),
+            queue_cap: config.queue_cap,
+            ttl_ms: config.message_ttl.as_millis() as u64,
+            require_pairing: config.require_pairing,
+        };
+        thread::Builder::new().name("tincan-store".into()).spawn(move || worker.run(rx))?;
+        Ok(Self { tx })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn send(&self, sender: PeerId, req: u32, id: MessageId, to: PeerId, body: Vec<u8>, now_ms: u64, respond: Responder) {
+        self.submit(Cmd::Send { sender, req, id, to, body, now_ms, respond });
+    }
+
+    pub(crate) fn ack(&self, recipient: PeerId, seq: u64) {
+        self.submit(Cmd::Ack { recipient, seq });
+    }
+
+    pub(crate) async fn fetch(&self, recipient: PeerId, after: u64, limit: usize, now_ms: u64) -> Result<Vec<Stored>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::Fetch { recipient, after, limit, now_ms, reply }).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    pub(crate) fn register_invite(&self, inviter: PeerId, req: u32, id: InviteId, expires_at: u64, respond: Responder) {
+        self.submit(Cmd::RegisterInvite { inviter, req, id, expires_at, respond });
+    }
+
+    pub(crate) fn claim_invite(&self, claimer: PeerId, req: u32, id: InviteId, now_ms: u64, respond: Responder) {
+        self.submit(Cmd::ClaimInvite { claimer, req, id, now_ms, respond });
+    }
+
+    pub(crate) fn sweep(&self, now_ms: u64) {
+        self.submit(Cmd::Sweep { now_ms });
+    }
+
+    /// Commits what is pending and stops the writer thread.
+    pub(crate) async fn close(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Close { done }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    fn submit(&self, cmd: Cmd) {
+        if let Err(std_mpsc::SendError(cmd)) = self.tx.send(cmd) {
+            fail(cmd, ErrorCode::ShuttingDown, "relay is shutting down");
+        }
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    recipient BLOB NOT NULL,
+    sender BLOB NOT NULL,
+    client_id BLOB NOT NULL,
+    body BLOB,
+    stored_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    acked INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (sender, client_id)
+);
+CREATE INDEX IF NOT EXISTS messages_queue ON messages (recipient, acked, seq);
+CREATE INDEX IF NOT EXISTS messages_expiry ON messages (expires_at);
+CREATE TABLE IF NOT EXISTS invites (
+    id BLOB PRIMARY KEY,
+    inviter BLOB NOT NULL,
+    expires_at INTEGER NOT NULL,
+    claimed_by BLOB
+);
+CREATE TABLE IF NOT EXISTS pairs (
+    a BLOB NOT NULL,
+    b BLOB NOT NULL,
+    PRIMARY KEY (a, b)
+) WITHOUT ROWID;
+";
+
+fn load_pairs(conn: &Connection) -> Result<HashSet<(PeerId, PeerId)>, StoreError> {
+    let mut stmt = conn.prepare("SELECT a, b FROM pairs")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+    let mut out = HashSet::new();
+    for row in rows {
+        let (a, b) = row?;
+        if let (Some(a), Some(b)) = (peer(&a), peer(&b)) {
+            out.insert((a, b));
+        }
+    }
+    Ok(out)
+}
+
+fn peer(bytes: &[u8]) -> Option<PeerId> {
+    Some(PeerId::from_bytes(bytes.try_into().ok()?))
+}
+
+fn pair_key(x: PeerId, y: PeerId) -> (PeerId, PeerId) {
+    if x <= y { (x, y) } else { (y, x) }
+}
+
+/// Tells a command's requester that it failed, without touching the database.
+fn fail(cmd: Cmd, code: ErrorCode, message: &str) {
+    let respond = |r: Responder, req: u32| {
+        let _ = r.send(RelayFrame::Error { req, code, message: message.to_string() });
+    };
+    match cmd {
+        Cmd::Send { respond: r, req, .. } | Cmd::RegisterInvite { respond: r, req, .. } | Cmd::ClaimInvite { respond: r, req, .. } => {
+            respond(r, req)
+        }
+        Cmd::Fetch { reply, .. } => drop(reply),
+        Cmd::Close { done } => drop(done.send(())),
+        Cmd::Ack { .. } | Cmd::Sweep { .. } => {}
+    }
+}
+
+/// What a batch produced, released only after its transaction commits.
+#[derive(Default)]
+struct Effects {
+    replies: Vec<(Responder, RelayFrame)>,
+    deliveries: Vec<(PeerId, Arc<Stored>)>,
+    new_pairs: Vec<(PeerId, PeerId)>,
+    fetches: Vec<(oneshot::Sender<Vec<Stored>>, Vec<Stored>)>,
+}
+
+struct Worker {
+    conn: Connection,
+    router: Arc<Router>,
+    pairs: HashSet<(PeerId, PeerId)>,
+    /// Unacknowledged messages per recipient, loaded lazily; cleared whenever it may be stale.
+    counts: HashMap<PeerId, u64>,
+    queue_cap: u64,
+    ttl_ms: u64,
+    require_pairing: bool,
+}
+
+const MAX_BATCH: usize = 1024;
+
+impl Worker {
+    fn run(mut self, rx: std_mpsc::Receiver<Cmd>) {
+        let mut close: Option<oneshot::Sender<()>> = None;
+        while close.is_none() {
+            let Ok(first) = rx.recv() else { break };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            if let Some(pos) = batch.iter().position(|c| matches!(c, Cmd::Close { .. })) {
+                // Commands after Close (none expected) are failed, not dropped silently.
+                for cmd in batch.split_off(pos + 1) {
+                    fail(cmd, ErrorCode::ShuttingDown, "relay is shutting down");
+                }
+                if let Some(Cmd::Close { done }) = batch.pop() {
+                    close = Some(done);
+                }
+            }
+            self.apply_batch(batch);
+        }
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+        if let Some(done) = close {
+            let _ = done.send(());
+        }
+    }
+
+    fn apply_batch(&mut self, batch: Vec<Cmd>) {
+        let mut fx = Effects::default();
+        let result = self.conn.execute_batch("BEGIN IMMEDIATE").map_err(StoreError::from).and_then(|()| {
+            let mut failed = Vec::new();
+            for cmd in batch {
+                if let Err((cmd, e)) = self.apply(cmd, &mut fx) {
+                    tracing::error!(error = %e, "store command failed");
+                    failed.push(cmd);
+                }
+            }
+            self.conn.execute_batch("COMMIT").map_err(StoreError::from).map(|()| failed)
+        });
+        match result {
+            Ok(failed) => {
+                for cmd in failed {
+                    fail(cmd, ErrorCode::Internal, "relay store error; retry");
+                }
+                for (a, b) in fx.new_pairs {
+                    self.pairs.insert(pair_key(a, b));
+                }
+                for (r, frame) in fx.replies {
+                    let _ = r.send(frame);
+                }
+                for (reply, rows) in fx.fetches {
+                    let _ = reply.send(rows);
+                }
+                for (to, msg) in fx.deliveries {
+                    self.router.deliver(&to, msg);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store transaction failed; batch refused");
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.counts.clear();
+                for (r, frame) in fx.replies {
+                    let req = match frame {
+                        RelayFrame::Sent { req, .. } | RelayFrame::InviteRegistered { req } | RelayFrame::InviteClaimed { req, .. } => req,
+                        RelayFrame::Error { req, .. } => req,
+                        _ => 0,
+                    };
+                    let _ = r.send(RelayFrame::Error { req, code: ErrorCode::Internal, message: format!("relay store error ({e}); retry") });
+                }
+                // Fetch results came from a rolled-back transaction's reads, which are still
+                // valid (reads of committed data); deliver them.
+                for (reply, rows) in fx.fetches {
+                    let _ = reply.send(rows);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, cmd: Cmd, fx: &mut Effects) -> Result<(), (Cmd, StoreError)> {
+        match cmd {
+            Cmd::Send { sender, req, id, to, body, now_ms, respond } => {
+                match self.insert_message(sender, id, to, &body, now_ms) {
+                    Ok(Inserted::New(seq)) => {
+                        fx.replies.push((respond, RelayFrame::Sent { req, seq }));
+                        fx.deliveries.push((to, Arc::new(Stored { seq, from: sender, id, stored_at: now_ms, body })));
+                    }
+                    Ok(Inserted::Duplicate(seq)) => fx.replies.push((respond, RelayFrame::Sent { req, seq })),
+                    Ok(Inserted::Refused(code, message)) => {
+                        fx.replies.push((respond, RelayFrame::Error { req, code, message }))
+                    }
+                    Err(e) => return Err((Cmd::Send { sender, req, id, to, body, now_ms, respond }, e)),
+                }
+            }
+            Cmd::Ack { recipient, seq } => {
+                let n = self
+                    .conn
+                    .prepare_cached("UPDATE messages SET acked = 1, body = NULL WHERE seq = ?1 AND recipient = ?2 AND acked = 0")
+                    .and_then(|mut s| s.execute(params![seq as i64, recipient.as_bytes()]));
+                match n {
+                    Ok(1) => {
+                        if let Some(c) = self.counts.get_mut(&recipient) {
+                            *c = c.saturating_sub(1);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "ack failed; message will be redelivered"),
+                }
+            }
+            Cmd::Fetch { recipient, after, limit, now_ms, reply } => match self.fetch(recipient, after, limit, now_ms) {
+                Ok(rows) => fx.fetches.push((reply, rows)),
+                Err(e) => {
+                    tracing::error!(error = %e, "fetch failed");
+                    drop(reply);
+                }
+            },
+            Cmd::RegisterInvite { inviter, req, id, expires_at, respond } => {
+                let r = self
+                    .conn
+                    .prepare_cached("INSERT INTO invites (id, inviter, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING")
+                    .and_then(|mut s| s.execute(params![id.as_bytes(), inviter.as_bytes(), expires_at as i64]));
+                match r {
+                    Ok(_) => fx.replies.push((respond, RelayFrame::InviteRegistered { req })),
+                    Err(e) => return Err((Cmd::RegisterInvite { inviter, req, id, expires_at, respond }, e.into())),
+                }
+            }
+            Cmd::ClaimInvite { claimer, req, id, now_ms, respond } => match self.claim(claimer, id, now_ms) {
+                Ok(Ok(inviter)) => {
+                    fx.new_pairs.push((inviter, claimer));
+                    fx.replies.push((respond, RelayFrame::InviteClaimed { req, inviter }));
+                }
+                Ok(Err((code, message))) => fx.replies.push((respond, RelayFrame::Error { req, code, message: message.into() })),
+                Err(e) => return Err((Cmd::ClaimInvite { claimer, req, id, now_ms, respond }, e)),
+            },
+            Cmd::Sweep { now_ms } => {
+                let r = self
+                    .conn
+                    .execute("DELETE FROM messages WHERE expires_at <= ?1", params![now_ms as i64])
+                    .and_then(|n| {
+                        let m = self.conn.execute(
+                            "DELETE FROM invites WHERE expires_at <= ?1 AND claimed_by IS NULL",
+                            params![(now_ms / 1000) as i64],
+                        )?;
+                        Ok((n, m))
+                    });
+                match r {
+                    Ok((n, m)) => {
+                        if n > 0 || m > 0 {
+                            tracing::info!(messages = n, invites = m, "expired entries removed");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "sweep failed"),
+                }
+                self.counts.clear();
+            }
+            Cmd::Close { done } => {
+                let _ = done.send(());
+            }
+        }
+        Ok(())
+    }
+
+    fn insert_message(&mut self, sender: PeerId, id: MessageId, to: PeerId, body: &[u8], now_ms: u64) -> Result<Inserted, StoreError> {
+        if self.require_pairing && !self.pairs.contains(&pair_key(sender, to)) {
+            return Ok(Inserted::Refused(
+                ErrorCode::NotPaired,
+                "recipient has not paired with you on this relay; accept an invite from them first".into(),
+            ));
+        }
+        let existing: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT seq FROM messages WHERE sender = ?1 AND client_id = ?2")?
+            .query_row(params![sender.as_bytes(), id.as_bytes()], |r| r.get(0))
+            .optional()?;
+        if let Some(seq) = existing {
+            return Ok(Inserted::Duplicate(seq as u64));
+        }
+        let count = self.queue_len(to, now_ms)?;
+        if count >= self.queue_cap {
+            return Ok(Inserted::Refused(
+                ErrorCode::QueueFull,
+                format!("recipient's queue holds {count} undelivered messages (cap {}); retry after they read some", self.queue_cap),
+            ));
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO messages (recipient, sender, client_id, body, stored_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![to.as_bytes(), sender.as_bytes(), id.as_bytes(), body, now_ms as i64, (now_ms + self.ttl_ms) as i64])?;
+        let seq = self.conn.last_insert_rowid() as u64;
+        *self.counts.entry(to).or_insert(0) += 1;
+        Ok(Inserted::New(seq))
+    }
+
+    fn queue_len(&mut self, to: PeerId, now_ms: u64) -> Result<u64, StoreError> {
+        if let Some(c) = self.counts.get(&to) {
+            return Ok(*c);
+        }
+        let c: i64 = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM messages WHERE recipient = ?1 AND acked = 0 AND expires_at > ?2")?
+            .query_row(params![to.as_bytes(), now_ms as i64], |r| r.get(0))?;
+        self.counts.insert(to, c as u64);
+        Ok(c as u64)
+    }
+
+    fn fetch(&mut self, recipient: PeerId, after: u64, limit: usize, now_ms: u64) -> Result<Vec<Stored>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, sender, client_id, body, stored_at FROM messages
+             WHERE recipient = ?1 AND acked = 0 AND seq > ?2 AND expires_at > ?3 ORDER BY seq LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![recipient.as_bytes(), after as i64, now_ms as i64, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, Vec<u8>>(3)?, r.get::<_, i64>(4)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, from, id, body, stored_at) = row?;
+            let (Some(from), Ok(id)) = (peer(&from), <[u8; 16]>::try_from(id.as_slice())) else {
+                tracing::warn!(seq, "skipping malformed stored row");
+                continue;
+            };
+            out.push(Stored { seq: seq as u64, from, id: MessageId::from_bytes(id), stored_at: stored_at as u64, body });
+        }
+        Ok(out)
+    }
+
+    fn claim(&mut self, claimer: PeerId, id: InviteId, now_ms: u64) -> Result<Result<PeerId, (ErrorCode, &'static str)>, StoreError> {
+        let row: Option<(Vec<u8>, i64, Option<Vec<u8>>)> = self
+            .conn
+            .prepare_cached("SELECT inviter, expires_at, claimed_by FROM invites WHERE id = ?1")?
+            .query_row(params![id.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let Some((inviter, expires_at, claimed_by)) = row else {
+            return Ok(Err((ErrorCode::InviteUnknown, "this relay does not know the invite: it was never registered here, or it expired and was removed")));
+        };
+        let Some(inviter) = peer(&inviter) else {
+            return Ok(Err((ErrorCode::InviteUnknown, "invite record is damaged")));
+        };
+        if claimed_by.is_some() {
+            return Ok(Err((ErrorCode::InviteUsed, "invite already used; ask the inviter for a new one")));
+        }
+        if (expires_at as u64) * 1000 <= now_ms {
+            return Ok(Err((ErrorCode::InviteExpired, "invite expired; ask the inviter for a new one")));
+        }
+        if inviter == claimer {
+            return Ok(Err((ErrorCode::InviteUnknown, "you cannot accept your own invite")));
+        }
+        self.conn
+            .prepare_cached("UPDATE invites SET claimed_by = ?1 WHERE id = ?2 AND claimed_by IS NULL")?
+            .execute(params![claimer.as_bytes(), id.as_bytes()])?;
+        let (a, b) = pair_key(inviter, claimer);
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO pairs (a, b) VALUES (?1, ?2)")?
+            .execute(params![a.as_bytes(), b.as_bytes()])?;
+        Ok(Ok(inviter))
+    }
+}
+
+enum Inserted {
+    New(u64),
+    Duplicate(u64),
+    Refused(ErrorCode, String),
+}
