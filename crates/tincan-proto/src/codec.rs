@@ -64,7 +64,10 @@ impl<'a> Reader<'a> {
     /// Takes the next `n` bytes.
     pub fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() < n {
-            return Err(DecodeError::Truncated { what, needed: n - self.buf.len() });
+            return Err(DecodeError::Truncated {
+                what,
+                needed: n - self.buf.len(),
+            });
         }
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;
@@ -117,7 +120,11 @@ impl<'a> Reader<'a> {
 
     /// Ends decoding: fails if any byte is left.
     pub fn finish(self) -> Result<(), DecodeError> {
-        if self.buf.is_empty() { Ok(()) } else { Err(DecodeError::TrailingBytes(self.buf.len())) }
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::TrailingBytes(self.buf.len()))
+        }
     }
 
     /// Returns the unread rest and ends decoding.
@@ -135,7 +142,9 @@ pub struct Writer {
 impl Writer {
     /// An empty writer with room for `cap` bytes.
     pub fn with_capacity(cap: usize) -> Self {
-        Self { buf: Vec::with_capacity(cap) }
+        Self {
+            buf: Vec::with_capacity(cap),
+        }
     }
 
     /// Appends raw bytes.

@@ -58,7 +58,9 @@ impl JoinBody {
     /// The bytes the accepter signs: invite id, inviter id, accepter's Curve25519 key.
     pub fn signed_part(invite_id: &InviteId, inviter: &PeerId, curve25519: &[u8; 32]) -> Vec<u8> {
         let mut w = Writer::with_capacity(80);
-        w.raw(invite_id.as_bytes()).raw(inviter.as_bytes()).raw(curve25519);
+        w.raw(invite_id.as_bytes())
+            .raw(inviter.as_bytes())
+            .raw(curve25519);
         w.into_bytes()
     }
 }
@@ -89,13 +91,19 @@ impl Envelope {
         let (kind, body): (u8, Vec<u8>) = match &self.body {
             Body::Join(j) => {
                 let mut w = Writer::with_capacity(112);
-                w.raw(j.invite_id.as_bytes()).raw(&j.curve25519).raw(&j.signature);
+                w.raw(j.invite_id.as_bytes())
+                    .raw(&j.curve25519)
+                    .raw(&j.signature);
                 (KIND_JOIN, w.into_bytes())
             }
             Body::Text(t) => (KIND_TEXT, t.as_bytes().to_vec()),
         };
         let len = HEADER + body.len();
-        let padded = bucket_for(len).ok_or(DecodeError::TooLong { what: "message", len, max: MAX_TEXT + HEADER })?;
+        let padded = bucket_for(len).ok_or(DecodeError::TooLong {
+            what: "message",
+            len,
+            max: MAX_TEXT + HEADER,
+        })?;
         let mut w = Writer::with_capacity(padded);
         w.u8(VERSION)
             .u8(kind)
@@ -132,15 +140,26 @@ impl Envelope {
                 b.finish()?;
                 Body::Join(join)
             }
-            KIND_TEXT => {
-                Body::Text(String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::NotUtf8("text"))?)
+            KIND_TEXT => Body::Text(
+                String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::NotUtf8("text"))?,
+            ),
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "envelope kind",
+                    tag,
+                });
             }
-            tag => return Err(DecodeError::UnknownTag { what: "envelope kind", tag }),
         };
         if r.rest().iter().any(|b| *b != 0) {
             return Err(DecodeError::Invalid("padding"));
         }
-        Ok(Self { from, to, id, sent_at, body })
+        Ok(Self {
+            from,
+            to,
+            id,
+            sent_at,
+            body,
+        })
     }
 }
 
@@ -185,7 +204,10 @@ mod tests {
     fn nonzero_padding_rejected() {
         let mut bytes = env("hi").encode().unwrap();
         *bytes.last_mut().unwrap() = 1;
-        assert_eq!(Envelope::decode(&bytes), Err(DecodeError::Invalid("padding")));
+        assert_eq!(
+            Envelope::decode(&bytes),
+            Err(DecodeError::Invalid("padding"))
+        );
     }
 
     #[test]

@@ -19,13 +19,17 @@ const MAX_ERROR_TEXT: usize = 1024;
 /// Frames a client sends.
 #[derive(Clone, PartialEq, Eq)]
 pub enum ClientFrame {
-    /// 0x01: answer to the relay's challenge: `peer [32] | signature [64]` over
-    /// `"tincan v1 relay challenge\0" || nonce`.
+    /// 0x01: answer to the relay's challenge: `peer [32] | signature [64] | flags u8`, the
+    /// signature over `"tincan v1 relay challenge\0" || nonce`. Flag bit 0 (`receive`): deliver
+    /// this identity's messages on this connection. A connection without it only sends, so a
+    /// one-shot `tincan send` does not take deliveries away from a running `listen`.
     Auth {
         /// The identity being proven.
         peer: PeerId,
         /// Ed25519 signature.
         signature: [u8; 64],
+        /// Whether this connection takes deliveries.
+        receive: bool,
     },
     /// 0x02: store and forward a sealed body: `req u32 | id [16] | to [32] | body`.
     Send {
@@ -148,6 +152,10 @@ macro_rules! error_codes {
             pub fn from_u16(n: u16) -> Self {
                 match n { $($num => Self::$name,)* n => Self::Unknown(n) }
             }
+            /// From the stable name ([`ErrorCode::as_str`]).
+            pub fn from_str_code(s: &str) -> Self {
+                match s { $($text => Self::$name,)* _ => Self::Unknown(0) }
+            }
             /// A stable snake_case name, used in JSON output.
             pub fn as_str(self) -> &'static str {
                 match self { $(Self::$name => $text,)* Self::Unknown(_) => "unknown" }
@@ -182,7 +190,11 @@ impl fmt::Display for ErrorCode {
 impl fmt::Debug for ClientFrame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Auth { peer, .. } => f.debug_struct("Auth").field("peer", peer).finish_non_exhaustive(),
+            Self::Auth { peer, receive, .. } => f
+                .debug_struct("Auth")
+                .field("peer", peer)
+                .field("receive", receive)
+                .finish_non_exhaustive(),
             Self::Send { req, id, to, body } => f
                 .debug_struct("Send")
                 .field("req", req)
@@ -191,12 +203,17 @@ impl fmt::Debug for ClientFrame {
                 .field("body_len", &body.len())
                 .finish(),
             Self::Ack { seq } => f.debug_struct("Ack").field("seq", seq).finish(),
-            Self::RegisterInvite { req, expires_at, .. } => f
+            Self::RegisterInvite {
+                req, expires_at, ..
+            } => f
                 .debug_struct("RegisterInvite")
                 .field("req", req)
                 .field("expires_at", expires_at)
                 .finish_non_exhaustive(),
-            Self::ClaimInvite { req, .. } => f.debug_struct("ClaimInvite").field("req", req).finish_non_exhaustive(),
+            Self::ClaimInvite { req, .. } => f
+                .debug_struct("ClaimInvite")
+                .field("req", req)
+                .finish_non_exhaustive(),
             Self::Ping { nonce } => f.debug_struct("Ping").field("nonce", nonce).finish(),
         }
     }
@@ -205,12 +222,23 @@ impl fmt::Debug for ClientFrame {
 impl fmt::Debug for RelayFrame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Challenge { version, .. } => {
-                f.debug_struct("Challenge").field("version", version).finish_non_exhaustive()
-            }
+            Self::Challenge { version, .. } => f
+                .debug_struct("Challenge")
+                .field("version", version)
+                .finish_non_exhaustive(),
             Self::AuthOk { peer } => f.debug_struct("AuthOk").field("peer", peer).finish(),
-            Self::Sent { req, seq } => f.debug_struct("Sent").field("req", req).field("seq", seq).finish(),
-            Self::Deliver { seq, from, id, stored_at, body } => f
+            Self::Sent { req, seq } => f
+                .debug_struct("Sent")
+                .field("req", req)
+                .field("seq", seq)
+                .finish(),
+            Self::Deliver {
+                seq,
+                from,
+                id,
+                stored_at,
+                body,
+            } => f
                 .debug_struct("Deliver")
                 .field("seq", seq)
                 .field("from", from)
@@ -218,10 +246,15 @@ impl fmt::Debug for RelayFrame {
                 .field("stored_at", stored_at)
                 .field("body_len", &body.len())
                 .finish(),
-            Self::InviteRegistered { req } => f.debug_struct("InviteRegistered").field("req", req).finish(),
-            Self::InviteClaimed { req, inviter } => {
-                f.debug_struct("InviteClaimed").field("req", req).field("inviter", inviter).finish()
-            }
+            Self::InviteRegistered { req } => f
+                .debug_struct("InviteRegistered")
+                .field("req", req)
+                .finish(),
+            Self::InviteClaimed { req, inviter } => f
+                .debug_struct("InviteClaimed")
+                .field("req", req)
+                .field("inviter", inviter)
+                .finish(),
             Self::Error { req, code, message } => f
                 .debug_struct("Error")
                 .field("req", req)
@@ -238,17 +271,32 @@ impl ClientFrame {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(64);
         match self {
-            Self::Auth { peer, signature } => {
-                w.u8(0x01).raw(peer.as_bytes()).raw(signature);
+            Self::Auth {
+                peer,
+                signature,
+                receive,
+            } => {
+                w.u8(0x01)
+                    .raw(peer.as_bytes())
+                    .raw(signature)
+                    .u8(u8::from(*receive));
             }
             Self::Send { req, id, to, body } => {
                 w = Writer::with_capacity(57 + body.len());
-                w.u8(0x02).u32(*req).raw(id.as_bytes()).raw(to.as_bytes()).bytes32(body);
+                w.u8(0x02)
+                    .u32(*req)
+                    .raw(id.as_bytes())
+                    .raw(to.as_bytes())
+                    .bytes32(body);
             }
             Self::Ack { seq } => {
                 w.u8(0x03).u64(*seq);
             }
-            Self::RegisterInvite { req, id, expires_at } => {
+            Self::RegisterInvite {
+                req,
+                id,
+                expires_at,
+            } => {
                 w.u8(0x04).u32(*req).raw(id.as_bytes()).u64(*expires_at);
             }
             Self::ClaimInvite { req, id } => {
@@ -265,7 +313,15 @@ impl ClientFrame {
     pub fn decode(bytes: &[u8], max_body: usize) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let frame = match r.u8("frame type")? {
-            0x01 => Self::Auth { peer: PeerId::from_bytes(r.array("peer")?), signature: r.array("signature")? },
+            0x01 => Self::Auth {
+                peer: PeerId::from_bytes(r.array("peer")?),
+                signature: r.array("signature")?,
+                receive: match r.u8("auth flags")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::Invalid("auth flags")),
+                },
+            },
             0x02 => Self::Send {
                 req: r.u32("req")?,
                 id: MessageId::from_bytes(r.array("message id")?),
@@ -278,9 +334,19 @@ impl ClientFrame {
                 id: InviteId::from_bytes(r.array("invite id")?),
                 expires_at: r.u64("expiry")?,
             },
-            0x05 => Self::ClaimInvite { req: r.u32("req")?, id: InviteId::from_bytes(r.array("invite id")?) },
-            0x06 => Self::Ping { nonce: r.u64("nonce")? },
-            tag => return Err(DecodeError::UnknownTag { what: "client frame", tag }),
+            0x05 => Self::ClaimInvite {
+                req: r.u32("req")?,
+                id: InviteId::from_bytes(r.array("invite id")?),
+            },
+            0x06 => Self::Ping {
+                nonce: r.u64("nonce")?,
+            },
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "client frame",
+                    tag,
+                });
+            }
         };
         r.finish()?;
         Ok(frame)
@@ -301,9 +367,20 @@ impl RelayFrame {
             Self::Sent { req, seq } => {
                 w.u8(0x83).u32(*req).u64(*seq);
             }
-            Self::Deliver { seq, from, id, stored_at, body } => {
+            Self::Deliver {
+                seq,
+                from,
+                id,
+                stored_at,
+                body,
+            } => {
                 w = Writer::with_capacity(73 + body.len());
-                w.u8(0x84).u64(*seq).raw(from.as_bytes()).raw(id.as_bytes()).u64(*stored_at).bytes32(body);
+                w.u8(0x84)
+                    .u64(*seq)
+                    .raw(from.as_bytes())
+                    .raw(id.as_bytes())
+                    .u64(*stored_at)
+                    .bytes32(body);
             }
             Self::InviteRegistered { req } => {
                 w.u8(0x85).u32(*req);
@@ -316,7 +393,10 @@ impl RelayFrame {
                 while !message.is_char_boundary(end) {
                     end -= 1;
                 }
-                w.u8(0x87).u32(*req).u16(code.to_u16()).str16(&message[..end]);
+                w.u8(0x87)
+                    .u32(*req)
+                    .u16(code.to_u16())
+                    .str16(&message[..end]);
             }
             Self::Pong { nonce } => {
                 w.u8(0x88).u64(*nonce);
@@ -329,9 +409,17 @@ impl RelayFrame {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let frame = match r.u8("frame type")? {
-            0x81 => Self::Challenge { version: r.u8("version")?, nonce: r.array("nonce")? },
-            0x82 => Self::AuthOk { peer: PeerId::from_bytes(r.array("peer")?) },
-            0x83 => Self::Sent { req: r.u32("req")?, seq: r.u64("seq")? },
+            0x81 => Self::Challenge {
+                version: r.u8("version")?,
+                nonce: r.array("nonce")?,
+            },
+            0x82 => Self::AuthOk {
+                peer: PeerId::from_bytes(r.array("peer")?),
+            },
+            0x83 => Self::Sent {
+                req: r.u32("req")?,
+                seq: r.u64("seq")?,
+            },
             0x84 => Self::Deliver {
                 seq: r.u64("seq")?,
                 from: PeerId::from_bytes(r.array("sender")?),
@@ -340,18 +428,36 @@ impl RelayFrame {
                 body: r.bytes32("body", MAX_BODY)?.to_vec(),
             },
             0x85 => Self::InviteRegistered { req: r.u32("req")? },
-            0x86 => Self::InviteClaimed { req: r.u32("req")?, inviter: PeerId::from_bytes(r.array("inviter")?) },
+            0x86 => Self::InviteClaimed {
+                req: r.u32("req")?,
+                inviter: PeerId::from_bytes(r.array("inviter")?),
+            },
             0x87 => {
                 let req = r.u32("req")?;
                 let code = ErrorCode::from_u16(r.u16("code")?);
                 let message = r.str16("message")?;
                 if message.len() > MAX_ERROR_TEXT {
-                    return Err(DecodeError::TooLong { what: "error message", len: message.len(), max: MAX_ERROR_TEXT });
+                    return Err(DecodeError::TooLong {
+                        what: "error message",
+                        len: message.len(),
+                        max: MAX_ERROR_TEXT,
+                    });
                 }
-                Self::Error { req, code, message: message.to_string() }
+                Self::Error {
+                    req,
+                    code,
+                    message: message.to_string(),
+                }
             }
-            0x88 => Self::Pong { nonce: r.u64("nonce")? },
-            tag => return Err(DecodeError::UnknownTag { what: "relay frame", tag }),
+            0x88 => Self::Pong {
+                nonce: r.u64("nonce")?,
+            },
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "relay frame",
+                    tag,
+                });
+            }
         };
         r.finish()?;
         Ok(frame)

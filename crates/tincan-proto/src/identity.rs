@@ -71,14 +71,18 @@ pub struct Identity {
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity").field("peer_id", &self.peer_id()).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("peer_id", &self.peer_id())
+            .finish_non_exhaustive()
     }
 }
 
 impl Identity {
     /// Generates a fresh identity (vodozemac draws the keys from the OS RNG).
     pub fn generate() -> Self {
-        Self { account: Account::new() }
+        Self {
+            account: Account::new(),
+        }
     }
 
     /// This identity's public keys.
@@ -96,7 +100,9 @@ impl Identity {
 
     /// Signs `label || message`.
     pub fn sign(&self, label: &[u8], message: &[u8]) -> [u8; 64] {
-        self.account.sign(labels::signed_bytes(label, message)).to_bytes()
+        self.account
+            .sign(labels::signed_bytes(label, message))
+            .to_bytes()
     }
 
     /// Makes a signed invite with a fresh one-time key. The caller stores the returned
@@ -105,7 +111,11 @@ impl Identity {
         let generated = self.account.generate_one_time_keys(1);
         self.account.mark_keys_as_published();
         // generate_one_time_keys(1) always creates exactly one key.
-        let otk = generated.created.first().map(|k| k.to_bytes()).unwrap_or([0; 32]);
+        let otk = generated
+            .created
+            .first()
+            .map(|k| k.to_bytes())
+            .unwrap_or([0; 32]);
         let keys = self.keys();
         let pending = PendingInvite {
             id: InviteId::from_bytes(id),
@@ -131,16 +141,26 @@ impl Identity {
 
     /// Restores an identity from [`Identity::pickle`] output.
     pub fn from_pickle(pickled: &str, key: &PickleKey) -> Result<Self, IdentityError> {
-        let pickle = AccountPickle::from_encrypted(pickled, key.expose()).map_err(|_| IdentityError::Pickle)?;
-        Ok(Self { account: Account::from_pickle(pickle) })
+        let pickle = AccountPickle::from_encrypted(pickled, key.expose())
+            .map_err(|_| IdentityError::Pickle)?;
+        Ok(Self {
+            account: Account::from_pickle(pickle),
+        })
     }
 }
 
 /// Verifies that `signer` signed `label || message`.
-pub fn verify(signer: &PeerId, label: &[u8], message: &[u8], signature: &[u8; 64]) -> Result<(), IdentityError> {
+pub fn verify(
+    signer: &PeerId,
+    label: &[u8],
+    message: &[u8],
+    signature: &[u8; 64],
+) -> Result<(), IdentityError> {
     let key = signer.ed25519().map_err(|_| IdentityError::BadKey)?;
-    let sig = vodozemac::Ed25519Signature::from_slice(signature).map_err(|_| IdentityError::BadSignature)?;
-    key.verify(&labels::signed_bytes(label, message), &sig).map_err(|_| IdentityError::BadSignature)
+    let sig = vodozemac::Ed25519Signature::from_slice(signature)
+        .map_err(|_| IdentityError::BadSignature)?;
+    key.verify(&labels::signed_bytes(label, message), &sig)
+        .map_err(|_| IdentityError::BadSignature)
 }
 
 #[cfg(test)]
@@ -152,7 +172,10 @@ mod tests {
         let id = Identity::generate();
         let sig = id.sign(labels::RELAY_CHALLENGE, b"nonce");
         verify(&id.peer_id(), labels::RELAY_CHALLENGE, b"nonce", &sig).unwrap();
-        assert!(verify(&id.peer_id(), labels::INVITE, b"nonce", &sig).is_err(), "label must bind");
+        assert!(
+            verify(&id.peer_id(), labels::INVITE, b"nonce", &sig).is_err(),
+            "label must bind"
+        );
         assert!(verify(&id.peer_id(), labels::RELAY_CHALLENGE, b"nonce2", &sig).is_err());
         let other = Identity::generate();
         assert!(verify(&other.peer_id(), labels::RELAY_CHALLENGE, b"nonce", &sig).is_err());

@@ -62,11 +62,16 @@ impl FromStr for PeerId {
     type Err = IdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = IdError::Malformed { kind: "peer id", expected: "52 base32 characters" };
+        let err = IdError::Malformed {
+            kind: "peer id",
+            expected: "52 base32 characters",
+        };
         if s.len() != 52 {
             return Err(err);
         }
-        let bytes = BASE32_NOPAD.decode(s.to_ascii_uppercase().as_bytes()).map_err(|_| err.clone())?;
+        let bytes = BASE32_NOPAD
+            .decode(s.to_ascii_uppercase().as_bytes())
+            .map_err(|_| err.clone())?;
         let arr: [u8; 32] = bytes.try_into().map_err(|_| err)?;
         Ok(Self(arr))
     }
@@ -109,11 +114,16 @@ macro_rules! random_id {
             type Err = IdError;
 
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                let err = IdError::Malformed { kind: $kind, expected: "32 hex characters" };
+                let err = IdError::Malformed {
+                    kind: $kind,
+                    expected: "32 hex characters",
+                };
                 if s.len() != 32 {
                     return Err(err);
                 }
-                let bytes = data_encoding::HEXLOWER_PERMISSIVE.decode(s.as_bytes()).map_err(|_| err.clone())?;
+                let bytes = data_encoding::HEXLOWER_PERMISSIVE
+                    .decode(s.as_bytes())
+                    .map_err(|_| err.clone())?;
                 Ok(Self(bytes.try_into().map_err(|_| err)?))
             }
         }

@@ -31,7 +31,9 @@ pub enum InviteError {
     #[error("not a tincan invite: expected a URL ending in '#tincan1.…' or a 'tincan1.…' token")]
     Foreign,
     /// The invite was made by a newer or older tincan.
-    #[error("invite version {0} is not supported by this tincan (it speaks version 1); upgrade tincan")]
+    #[error(
+        "invite version {0} is not supported by this tincan (it speaks version 1); upgrade tincan"
+    )]
     UnsupportedVersion(String),
     /// The invite is cut short or its encoding is damaged.
     #[error("invite is truncated or damaged ({0}); copy the whole link again")]
@@ -110,7 +112,9 @@ pub struct InviteDraft {
 
 impl fmt::Debug for InviteDraft {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InviteDraft").field("invite", &self.invite).finish_non_exhaustive()
+        f.debug_struct("InviteDraft")
+            .field("invite", &self.invite)
+            .finish_non_exhaustive()
     }
 }
 
@@ -139,7 +143,11 @@ impl InviteDraft {
         let sig = identity.sign(labels::INVITE, &bytes);
         bytes.extend_from_slice(&sig);
         let token = format!("{PREFIX}{}", BASE64URL_NOPAD.encode(&bytes));
-        Self { invite, pending, token }
+        Self {
+            invite,
+            pending,
+            token,
+        }
     }
 
     /// The copy-pasteable URL: `<relay>/invite#tincan1.<payload>`.
@@ -186,7 +194,9 @@ impl Invite {
             return Err(InviteError::Tampered);
         }
         if now >= invite.expires_at {
-            return Err(InviteError::Expired { expired_at: invite.expires_at });
+            return Err(InviteError::Expired {
+                expired_at: invite.expires_at,
+            });
         }
         Ok(invite)
     }
@@ -212,7 +222,9 @@ impl Invite {
         // A signature over a payload with trailing bytes would still verify, so any leftover
         // (a truncated payload shifts the split) is treated as damage, not ignored.
         r.finish().map_err(malformed)?;
-        let sig: [u8; 64] = sig.try_into().map_err(|_| InviteError::Malformed("signature".into()))?;
+        let sig: [u8; 64] = sig
+            .try_into()
+            .map_err(|_| InviteError::Malformed("signature".into()))?;
         identity::verify(&ed, labels::INVITE, payload, &sig).map_err(|_| InviteError::Tampered)?;
         if relay_url.is_empty() || relay_url.len() > MAX_RELAY_URL {
             return Err(InviteError::Malformed("relay url length".into()));
@@ -220,7 +232,10 @@ impl Invite {
         Ok(Self {
             id,
             relay_url,
-            inviter: IdentityKeys { ed25519: ed, curve25519: curve },
+            inviter: IdentityKeys {
+                ed25519: ed,
+                curve25519: curve,
+            },
             one_time_key,
             expires_at,
         })
@@ -252,14 +267,21 @@ mod tests {
     #[test]
     fn expired() {
         let url = draft().url();
-        assert_eq!(Invite::parse(&url, NOW + 60), Err(InviteError::Expired { expired_at: NOW + 60 }));
+        assert_eq!(
+            Invite::parse(&url, NOW + 60),
+            Err(InviteError::Expired {
+                expired_at: NOW + 60
+            })
+        );
     }
 
     #[test]
     fn tampered_every_byte() {
         let url = draft().url();
         let (base, token) = url.split_once('#').unwrap();
-        let bytes = BASE64URL_NOPAD.decode(token.strip_prefix(PREFIX).unwrap().as_bytes()).unwrap();
+        let bytes = BASE64URL_NOPAD
+            .decode(token.strip_prefix(PREFIX).unwrap().as_bytes())
+            .unwrap();
         for i in 1..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 0x01;
@@ -277,9 +299,15 @@ mod tests {
         let url = draft().url();
         for cut in [url.len() - 1, url.len() - 10, url.find('#').unwrap() + 12] {
             let err = Invite::parse(&url[..cut], NOW).unwrap_err();
-            assert!(matches!(err, InviteError::Malformed(_) | InviteError::Tampered), "{err:?}");
+            assert!(
+                matches!(err, InviteError::Malformed(_) | InviteError::Tampered),
+                "{err:?}"
+            );
         }
-        assert_eq!(Invite::parse("https://example.com/#hello", NOW), Err(InviteError::Foreign));
+        assert_eq!(
+            Invite::parse("https://example.com/#hello", NOW),
+            Err(InviteError::Foreign)
+        );
         assert_eq!(Invite::parse("", NOW), Err(InviteError::Foreign));
         assert_eq!(
             Invite::parse("http://x/invite#tincan2.AAAA", NOW),

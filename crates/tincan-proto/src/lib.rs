@@ -34,8 +34,8 @@
 pub mod codec;
 pub mod envelope;
 pub mod frame;
-pub mod ids;
 pub mod identity;
+pub mod ids;
 pub mod invite;
 pub mod labels;
 pub mod session;

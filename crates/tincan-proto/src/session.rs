@@ -72,16 +72,24 @@ fn to_sealed(msg: &OlmMessage) -> Vec<u8> {
 
 /// Decodes sealed bytes into an Olm message.
 pub fn parse_sealed(sealed: &[u8]) -> Result<OlmMessage, SessionError> {
-    let (kind, rest) = sealed.split_first().ok_or_else(|| SessionError::Malformed("empty".into()))?;
+    let (kind, rest) = sealed
+        .split_first()
+        .ok_or_else(|| SessionError::Malformed("empty".into()))?;
     if *kind > 1 {
-        return Err(SessionError::Malformed(format!("unknown message type {kind}")));
+        return Err(SessionError::Malformed(format!(
+            "unknown message type {kind}"
+        )));
     }
-    OlmMessage::from_parts(usize::from(*kind), rest).map_err(|e| SessionError::Malformed(e.to_string()))
+    OlmMessage::from_parts(usize::from(*kind), rest)
+        .map_err(|e| SessionError::Malformed(e.to_string()))
 }
 
-/// Whether sealed bytes start a session (an Olm pre-key message).
-pub fn is_session_start(sealed: &[u8]) -> bool {
-    sealed.first() == Some(&0)
+/// If sealed bytes start a session (an Olm pre-key message), the one-time key they use.
+pub fn session_start_key(sealed: &[u8]) -> Option<[u8; 32]> {
+    match parse_sealed(sealed) {
+        Ok(OlmMessage::PreKey(pre)) => Some(pre.one_time_key().to_bytes()),
+        _ => None,
+    }
 }
 
 /// A pairwise Olm session with one peer.
@@ -116,13 +124,20 @@ impl PeerSession {
             .account()
             .create_outbound_session(config(), their_curve, otk)
             .map_err(|e| SessionError::Open(e.to_string()))?;
-        let mut this = Self { session, peer: invite.inviter.ed25519 };
+        let mut this = Self {
+            session,
+            peer: invite.inviter.ed25519,
+        };
         let keys = me.keys();
         let signature = me.sign(
             labels::JOIN,
             &JoinBody::signed_part(&invite.id, &invite.inviter.ed25519, &keys.curve25519),
         );
-        let join = Body::Join(JoinBody { invite_id: invite.id, curve25519: keys.curve25519, signature });
+        let join = Body::Join(JoinBody {
+            invite_id: invite.id,
+            curve25519: keys.curve25519,
+            signature,
+        });
         let sealed = this.seal(me, join, msg_id, now_ms)?;
         Ok((this, sealed))
     }
@@ -175,7 +190,9 @@ impl PeerSession {
             return Err(SessionError::BadJoin("join names another invite"));
         }
         if join.curve25519 != pre.identity_key().to_bytes() {
-            return Err(SessionError::BadJoin("join key differs from the session key"));
+            return Err(SessionError::BadJoin(
+                "join key differs from the session key",
+            ));
         }
         identity::verify(
             &from,
@@ -184,7 +201,13 @@ impl PeerSession {
             &join.signature,
         )
         .map_err(|_| SessionError::BadJoin("join signature does not verify"))?;
-        Ok((Self { session: created.session, peer: from }, env))
+        Ok((
+            Self {
+                session: created.session,
+                peer: from,
+            },
+            env,
+        ))
     }
 
     /// The peer this session talks to.
@@ -193,20 +216,43 @@ impl PeerSession {
     }
 
     /// Seals a body for the peer.
-    pub fn seal(&mut self, me: &Identity, body: Body, msg_id: [u8; 16], now_ms: u64) -> Result<Vec<u8>, SessionError> {
-        let env = Envelope { from: me.peer_id(), to: self.peer, id: MessageId::from_bytes(msg_id), sent_at: now_ms, body };
+    pub fn seal(
+        &mut self,
+        me: &Identity,
+        body: Body,
+        msg_id: [u8; 16],
+        now_ms: u64,
+    ) -> Result<Vec<u8>, SessionError> {
+        let env = Envelope {
+            from: me.peer_id(),
+            to: self.peer,
+            id: MessageId::from_bytes(msg_id),
+            sent_at: now_ms,
+            body,
+        };
         let plain = env.encode()?;
-        let msg = self.session.encrypt(&plain).map_err(|e| SessionError::Encrypt(e.to_string()))?;
+        let msg = self
+            .session
+            .encrypt(&plain)
+            .map_err(|e| SessionError::Encrypt(e.to_string()))?;
         Ok(to_sealed(&msg))
     }
 
     /// Opens a message that the relay says came from `from`.
-    pub fn open(&mut self, me: &Identity, from: PeerId, sealed: &[u8]) -> Result<Envelope, SessionError> {
+    pub fn open(
+        &mut self,
+        me: &Identity,
+        from: PeerId,
+        sealed: &[u8],
+    ) -> Result<Envelope, SessionError> {
         if from != self.peer {
             return Err(SessionError::WrongSender);
         }
         let msg = parse_sealed(sealed)?;
-        let plain = self.session.decrypt(&msg).map_err(|e| SessionError::Decrypt(e.to_string()))?;
+        let plain = self
+            .session
+            .decrypt(&msg)
+            .map_err(|e| SessionError::Decrypt(e.to_string()))?;
         let env = Envelope::decode(&plain)?;
         if env.from != self.peer {
             return Err(SessionError::WrongSender);
@@ -224,8 +270,12 @@ impl PeerSession {
 
     /// Restores a session from [`PeerSession::pickle`] output.
     pub fn from_pickle(peer: PeerId, pickled: &str, key: &PickleKey) -> Result<Self, SessionError> {
-        let p = SessionPickle::from_encrypted(pickled, key.expose()).map_err(|_| SessionError::Pickle)?;
-        Ok(Self { session: Session::from_pickle(p), peer })
+        let p = SessionPickle::from_encrypted(pickled, key.expose())
+            .map_err(|_| SessionError::Pickle)?;
+        Ok(Self {
+            session: Session::from_pickle(p),
+            peer,
+        })
     }
 }
 

@@ -30,11 +30,15 @@ type Stream = futures_util::stream::SplitStream<WebSocket>;
 pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, remote: SocketAddr) {
     shared.router.conn_started();
     let (sink, stream) = socket.split();
-    let mut conn = Conn { shared: shared.clone(), sink, unflushed: 0 };
+    let mut conn = Conn {
+        shared: shared.clone(),
+        sink,
+        unflushed: 0,
+    };
     match conn.authenticate(stream).await {
-        Some((peer, stream)) => {
-            tracing::debug!(%remote, %peer, "authenticated");
-            conn.run(peer, stream).await;
+        Some((peer, receive, stream)) => {
+            tracing::debug!(%remote, %peer, receive, "authenticated");
+            conn.run(peer, receive, stream).await;
         }
         None => tracing::debug!(%remote, "connection closed before authentication"),
     }
@@ -49,53 +53,82 @@ struct Conn {
 }
 
 impl Conn {
-    async fn authenticate(&mut self, mut stream: Stream) -> Option<(PeerId, Stream)> {
+    async fn authenticate(&mut self, mut stream: Stream) -> Option<(PeerId, bool, Stream)> {
         let mut nonce = [0u8; 32];
         rand::rng().fill_bytes(&mut nonce);
-        self.send_now(RelayFrame::Challenge { version: PROTOCOL_VERSION, nonce }).await?;
+        self.send_now(RelayFrame::Challenge {
+            version: PROTOCOL_VERSION,
+            nonce,
+        })
+        .await?;
         let first = tokio::time::timeout(self.shared.config.auth_timeout, stream.next()).await;
         let bytes = match first {
             Ok(Some(Ok(Message::Binary(b)))) => b,
             Ok(Some(Ok(_))) => {
-                self.error(0, ErrorCode::BadFrame, "expected a binary Auth frame").await;
+                self.error(0, ErrorCode::BadFrame, "expected a binary Auth frame")
+                    .await;
                 return None;
             }
             Err(_) => {
-                self.error(0, ErrorCode::AuthFailed, "authentication timed out").await;
+                self.error(0, ErrorCode::AuthFailed, "authentication timed out")
+                    .await;
                 return None;
             }
             _ => return None,
         };
-        let (peer, signature) = match ClientFrame::decode(&bytes, 0) {
-            Ok(ClientFrame::Auth { peer, signature }) => (peer, signature),
+        let (peer, signature, receive) = match ClientFrame::decode(&bytes, 0) {
+            Ok(ClientFrame::Auth {
+                peer,
+                signature,
+                receive,
+            }) => (peer, signature, receive),
             Ok(_) => {
-                self.error(0, ErrorCode::NotAuthenticated, "authenticate first: answer the challenge with an Auth frame").await;
+                self.error(
+                    0,
+                    ErrorCode::NotAuthenticated,
+                    "authenticate first: answer the challenge with an Auth frame",
+                )
+                .await;
                 return None;
             }
             Err(e) => {
-                self.error(0, ErrorCode::BadFrame, &format!("cannot decode frame: {e}")).await;
+                self.error(0, ErrorCode::BadFrame, &format!("cannot decode frame: {e}"))
+                    .await;
                 return None;
             }
         };
         // The nonce is used for this one attempt only; it lives in this stack frame and no other
         // connection can answer it.
         if identity::verify(&peer, labels::RELAY_CHALLENGE, &nonce, &signature).is_err() {
-            self.error(0, ErrorCode::AuthFailed, "challenge signature does not verify for that identity").await;
+            self.error(
+                0,
+                ErrorCode::AuthFailed,
+                "challenge signature does not verify for that identity",
+            )
+            .await;
             return None;
         }
-        Some((peer, stream))
+        Some((peer, receive, stream))
     }
 
-    async fn run(&mut self, peer: PeerId, mut stream: Stream) {
+    async fn run(&mut self, peer: PeerId, receive: bool, mut stream: Stream) {
         let shared = self.shared.clone();
         let (deliver_tx, mut deliver_rx) = mpsc::channel::<Arc<Stored>>(DELIVERY_QUEUE);
-        let lagging = Arc::new(AtomicBool::new(true));
+        // A send-only connection never registers for deliveries and never reads the queue.
+        let lagging = Arc::new(AtomicBool::new(receive));
         let kicked = Arc::new(Notify::new());
         let conn_id = shared.router.next_conn_id();
-        shared.router.register(
-            peer,
-            ConnHandle { id: conn_id, deliveries: deliver_tx, lagging: lagging.clone(), kicked: kicked.clone() },
-        );
+        if receive {
+            shared.router.register(
+                peer,
+                ConnHandle {
+                    id: conn_id,
+                    deliveries: deliver_tx,
+                    lagging: lagging.clone(),
+                    kicked: kicked.clone(),
+                },
+            );
+        }
         let (resp_tx, mut resp_rx) = mpsc::unbounded_channel::<RelayFrame>();
         let mut shutdown = shared.shutdown.clone();
         let mut in_flight = 0usize;
@@ -103,7 +136,9 @@ impl Conn {
         let ok = self.send_now(RelayFrame::AuthOk { peer }).await.is_some();
         let mut alive = ok;
         while alive {
-            if lagging.swap(false, Ordering::SeqCst) && !self.catch_up(peer, &mut last_seq, &lagging).await {
+            if lagging.swap(false, Ordering::SeqCst)
+                && !self.catch_up(peer, &mut last_seq, &lagging).await
+            {
                 break;
             }
             tokio::select! {
@@ -147,19 +182,30 @@ impl Conn {
                 }
             }
             // Flush once nothing else is immediately ready, so bursts share one write.
-            if alive && self.unflushed > 0 && (self.unflushed >= MAX_UNFLUSHED || (resp_rx.is_empty() && deliver_rx.is_empty())) {
+            if alive
+                && self.unflushed > 0
+                && (self.unflushed >= MAX_UNFLUSHED
+                    || (resp_rx.is_empty() && deliver_rx.is_empty()))
+            {
                 alive = self.sink.flush().await.is_ok();
                 self.unflushed = 0;
             }
         }
         let _ = self.sink.flush().await;
-        shared.router.unregister(&peer, conn_id);
+        if receive {
+            shared.router.unregister(&peer, conn_id);
+        }
     }
 
     /// Re-reads undelivered messages from the store, after `last_seq`, until none are left.
     async fn catch_up(&mut self, peer: PeerId, last_seq: &mut u64, lagging: &AtomicBool) -> bool {
         loop {
-            let rows = match self.shared.store.fetch(peer, *last_seq, FETCH_BATCH, now_ms()).await {
+            let rows = match self
+                .shared
+                .store
+                .fetch(peer, *last_seq, FETCH_BATCH, now_ms())
+                .await
+            {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::error!(error = %e, "catch-up read failed");
@@ -180,7 +226,12 @@ impl Conn {
         }
     }
 
-    async fn handle(&mut self, peer: PeerId, bytes: &[u8], resp: &mpsc::UnboundedSender<RelayFrame>) -> Handled {
+    async fn handle(
+        &mut self,
+        peer: PeerId,
+        bytes: &[u8],
+        resp: &mpsc::UnboundedSender<RelayFrame>,
+    ) -> Handled {
         let max = self.shared.config.max_body;
         let frame = match ClientFrame::decode(bytes, max) {
             Ok(f) => f,
@@ -192,12 +243,17 @@ impl Conn {
                     0
                 };
                 let (code, message) = match e {
-                    tincan_proto::codec::DecodeError::TooLong { len, max, .. } => {
-                        (ErrorCode::TooLarge, format!("message body is {len} bytes, over the relay's limit of {max}"))
-                    }
+                    tincan_proto::codec::DecodeError::TooLong { len, max, .. } => (
+                        ErrorCode::TooLarge,
+                        format!("message body is {len} bytes, over the relay's limit of {max}"),
+                    ),
                     e => (ErrorCode::BadFrame, format!("cannot decode frame: {e}")),
                 };
-                return if self.feed(RelayFrame::Error { req, code, message }).await { Handled::Done } else { Handled::Close };
+                return if self.feed(RelayFrame::Error { req, code, message }).await {
+                    Handled::Done
+                } else {
+                    Handled::Close
+                };
             }
         };
         let store = &self.shared.store;
@@ -210,7 +266,11 @@ impl Conn {
                 store.ack(peer, seq);
                 Handled::Done
             }
-            ClientFrame::RegisterInvite { req, id, expires_at } => {
+            ClientFrame::RegisterInvite {
+                req,
+                id,
+                expires_at,
+            } => {
                 store.register_invite(peer, req, id, expires_at, resp.clone());
                 Handled::Request
             }
@@ -219,10 +279,21 @@ impl Conn {
                 Handled::Request
             }
             ClientFrame::Ping { nonce } => {
-                if self.feed(RelayFrame::Pong { nonce }).await { Handled::Done } else { Handled::Close }
+                if self.feed(RelayFrame::Pong { nonce }).await {
+                    Handled::Done
+                } else {
+                    Handled::Close
+                }
             }
             ClientFrame::Auth { .. } => {
-                if self.feed(RelayFrame::Error { req: 0, code: ErrorCode::BadFrame, message: "already authenticated".into() }).await {
+                if self
+                    .feed(RelayFrame::Error {
+                        req: 0,
+                        code: ErrorCode::BadFrame,
+                        message: "already authenticated".into(),
+                    })
+                    .await
+                {
                     Handled::Done
                 } else {
                     Handled::Close
@@ -233,15 +304,27 @@ impl Conn {
 
     async fn feed(&mut self, frame: RelayFrame) -> bool {
         self.unflushed += 1;
-        self.sink.feed(Message::Binary(frame.encode().into())).await.is_ok()
+        self.sink
+            .feed(Message::Binary(frame.encode().into()))
+            .await
+            .is_ok()
     }
 
     async fn send_now(&mut self, frame: RelayFrame) -> Option<()> {
-        self.sink.send(Message::Binary(frame.encode().into())).await.ok()
+        self.sink
+            .send(Message::Binary(frame.encode().into()))
+            .await
+            .ok()
     }
 
     async fn error(&mut self, req: u32, code: ErrorCode, message: &str) {
-        let _ = self.send_now(RelayFrame::Error { req, code, message: message.into() }).await;
+        let _ = self
+            .send_now(RelayFrame::Error {
+                req,
+                code,
+                message: message.into(),
+            })
+            .await;
     }
 }
 

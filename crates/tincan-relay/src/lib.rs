@@ -91,7 +91,12 @@ pub async fn run(
     let router = Arc::new(Router::default());
     let store = Store::open(&config, router.clone())?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let shared = Arc::new(Shared { config, store: store.clone(), router: router.clone(), shutdown: stop_rx });
+    let shared = Arc::new(Shared {
+        config,
+        store: store.clone(),
+        router: router.clone(),
+        shutdown: stop_rx,
+    });
     let sweeper = tokio::spawn(sweep_loop(store.clone()));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "relay listening");
@@ -102,9 +107,12 @@ pub async fn run(
         tracing::info!("relay shutting down");
         let _ = stop_for_serve.send(true);
     };
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(graceful)
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(graceful)
+    .await?;
     let _ = stop_tx.send(true);
     router.wait_idle(Duration::from_secs(5)).await;
     sweeper.abort();
@@ -124,5 +132,8 @@ async fn sweep_loop(store: Store) {
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -51,7 +51,13 @@ pub struct Stored {
 impl Stored {
     /// The frame that delivers it.
     pub fn frame(&self) -> RelayFrame {
-        RelayFrame::Deliver { seq: self.seq, from: self.from, id: self.id, stored_at: self.stored_at, body: self.body.clone() }
+        RelayFrame::Deliver {
+            seq: self.seq,
+            from: self.from,
+            id: self.id,
+            stored_at: self.stored_at,
+            body: self.body.clone(),
+        }
     }
 }
 
@@ -59,13 +65,46 @@ impl Stored {
 pub type Responder = mpsc::UnboundedSender<RelayFrame>;
 
 enum Cmd {
-    Send { sender: PeerId, req: u32, id: MessageId, to: PeerId, body: Vec<u8>, now_ms: u64, respond: Responder },
-    Ack { recipient: PeerId, seq: u64 },
-    Fetch { recipient: PeerId, after: u64, limit: usize, now_ms: u64, reply: oneshot::Sender<Vec<Stored>> },
-    RegisterInvite { inviter: PeerId, req: u32, id: InviteId, expires_at: u64, respond: Responder },
-    ClaimInvite { claimer: PeerId, req: u32, id: InviteId, now_ms: u64, respond: Responder },
-    Sweep { now_ms: u64 },
-    Close { done: oneshot::Sender<()> },
+    Send {
+        sender: PeerId,
+        req: u32,
+        id: MessageId,
+        to: PeerId,
+        body: Vec<u8>,
+        now_ms: u64,
+        respond: Responder,
+    },
+    Ack {
+        recipient: PeerId,
+        seq: u64,
+    },
+    Fetch {
+        recipient: PeerId,
+        after: u64,
+        limit: usize,
+        now_ms: u64,
+        reply: oneshot::Sender<Vec<Stored>>,
+    },
+    RegisterInvite {
+        inviter: PeerId,
+        req: u32,
+        id: InviteId,
+        expires_at: u64,
+        respond: Responder,
+    },
+    ClaimInvite {
+        claimer: PeerId,
+        req: u32,
+        id: InviteId,
+        now_ms: u64,
+        respond: Responder,
+    },
+    Sweep {
+        now_ms: u64,
+    },
+    Close {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// A handle to the store thread. Cheap to clone.
@@ -95,31 +134,90 @@ impl Store {
             ttl_ms: config.message_ttl.as_millis() as u64,
             require_pairing: config.require_pairing,
         };
-        thread::Builder::new().name("tincan-store".into()).spawn(move || worker.run(rx))?;
+        thread::Builder::new()
+            .name("tincan-store".into())
+            .spawn(move || worker.run(rx))?;
         Ok(Self { tx })
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn send(&self, sender: PeerId, req: u32, id: MessageId, to: PeerId, body: Vec<u8>, now_ms: u64, respond: Responder) {
-        self.submit(Cmd::Send { sender, req, id, to, body, now_ms, respond });
+    pub(crate) fn send(
+        &self,
+        sender: PeerId,
+        req: u32,
+        id: MessageId,
+        to: PeerId,
+        body: Vec<u8>,
+        now_ms: u64,
+        respond: Responder,
+    ) {
+        self.submit(Cmd::Send {
+            sender,
+            req,
+            id,
+            to,
+            body,
+            now_ms,
+            respond,
+        });
     }
 
     pub(crate) fn ack(&self, recipient: PeerId, seq: u64) {
         self.submit(Cmd::Ack { recipient, seq });
     }
 
-    pub(crate) async fn fetch(&self, recipient: PeerId, after: u64, limit: usize, now_ms: u64) -> Result<Vec<Stored>, StoreError> {
+    pub(crate) async fn fetch(
+        &self,
+        recipient: PeerId,
+        after: u64,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<Stored>, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Cmd::Fetch { recipient, after, limit, now_ms, reply }).map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send(Cmd::Fetch {
+                recipient,
+                after,
+                limit,
+                now_ms,
+                reply,
+            })
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)
     }
 
-    pub(crate) fn register_invite(&self, inviter: PeerId, req: u32, id: InviteId, expires_at: u64, respond: Responder) {
-        self.submit(Cmd::RegisterInvite { inviter, req, id, expires_at, respond });
+    pub(crate) fn register_invite(
+        &self,
+        inviter: PeerId,
+        req: u32,
+        id: InviteId,
+        expires_at: u64,
+        respond: Responder,
+    ) {
+        self.submit(Cmd::RegisterInvite {
+            inviter,
+            req,
+            id,
+            expires_at,
+            respond,
+        });
     }
 
-    pub(crate) fn claim_invite(&self, claimer: PeerId, req: u32, id: InviteId, now_ms: u64, respond: Responder) {
-        self.submit(Cmd::ClaimInvite { claimer, req, id, now_ms, respond });
+    pub(crate) fn claim_invite(
+        &self,
+        claimer: PeerId,
+        req: u32,
+        id: InviteId,
+        now_ms: u64,
+        respond: Responder,
+    ) {
+        self.submit(Cmd::ClaimInvite {
+            claimer,
+            req,
+            id,
+            now_ms,
+            respond,
+        });
     }
 
     pub(crate) fn sweep(&self, now_ms: u64) {
@@ -170,7 +268,9 @@ CREATE TABLE IF NOT EXISTS pairs (
 
 fn load_pairs(conn: &Connection) -> Result<HashSet<(PeerId, PeerId)>, StoreError> {
     let mut stmt = conn.prepare("SELECT a, b FROM pairs")?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })?;
     let mut out = HashSet::new();
     for row in rows {
         let (a, b) = row?;
@@ -192,12 +292,22 @@ fn pair_key(x: PeerId, y: PeerId) -> (PeerId, PeerId) {
 /// Tells a command's requester that it failed, without touching the database.
 fn fail(cmd: Cmd, code: ErrorCode, message: &str) {
     let respond = |r: Responder, req: u32| {
-        let _ = r.send(RelayFrame::Error { req, code, message: message.to_string() });
+        let _ = r.send(RelayFrame::Error {
+            req,
+            code,
+            message: message.to_string(),
+        });
     };
     match cmd {
-        Cmd::Send { respond: r, req, .. } | Cmd::RegisterInvite { respond: r, req, .. } | Cmd::ClaimInvite { respond: r, req, .. } => {
-            respond(r, req)
+        Cmd::Send {
+            respond: r, req, ..
         }
+        | Cmd::RegisterInvite {
+            respond: r, req, ..
+        }
+        | Cmd::ClaimInvite {
+            respond: r, req, ..
+        } => respond(r, req),
         Cmd::Fetch { reply, .. } => drop(reply),
         Cmd::Close { done } => drop(done.send(())),
         Cmd::Ack { .. } | Cmd::Sweep { .. } => {}
@@ -257,16 +367,23 @@ impl Worker {
 
     fn apply_batch(&mut self, batch: Vec<Cmd>) {
         let mut fx = Effects::default();
-        let result = self.conn.execute_batch("BEGIN IMMEDIATE").map_err(StoreError::from).and_then(|()| {
-            let mut failed = Vec::new();
-            for cmd in batch {
-                if let Err((cmd, e)) = self.apply(cmd, &mut fx) {
-                    tracing::error!(error = %e, "store command failed");
-                    failed.push(cmd);
+        let result = self
+            .conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(StoreError::from)
+            .and_then(|()| {
+                let mut failed = Vec::new();
+                for cmd in batch {
+                    if let Err((cmd, e)) = self.apply(cmd, &mut fx) {
+                        tracing::error!(error = %e, "store command failed");
+                        failed.push(cmd);
+                    }
                 }
-            }
-            self.conn.execute_batch("COMMIT").map_err(StoreError::from).map(|()| failed)
-        });
+                self.conn
+                    .execute_batch("COMMIT")
+                    .map_err(StoreError::from)
+                    .map(|()| failed)
+            });
         match result {
             Ok(failed) => {
                 for cmd in failed {
@@ -291,11 +408,17 @@ impl Worker {
                 self.counts.clear();
                 for (r, frame) in fx.replies {
                     let req = match frame {
-                        RelayFrame::Sent { req, .. } | RelayFrame::InviteRegistered { req } | RelayFrame::InviteClaimed { req, .. } => req,
+                        RelayFrame::Sent { req, .. }
+                        | RelayFrame::InviteRegistered { req }
+                        | RelayFrame::InviteClaimed { req, .. } => req,
                         RelayFrame::Error { req, .. } => req,
                         _ => 0,
                     };
-                    let _ = r.send(RelayFrame::Error { req, code: ErrorCode::Internal, message: format!("relay store error ({e}); retry") });
+                    let _ = r.send(RelayFrame::Error {
+                        req,
+                        code: ErrorCode::Internal,
+                        message: format!("relay store error ({e}); retry"),
+                    });
                 }
                 // Fetch results came from a rolled-back transaction's reads, which are still
                 // valid (reads of committed data); deliver them.
@@ -308,19 +431,49 @@ impl Worker {
 
     fn apply(&mut self, cmd: Cmd, fx: &mut Effects) -> Result<(), (Cmd, StoreError)> {
         match cmd {
-            Cmd::Send { sender, req, id, to, body, now_ms, respond } => {
-                match self.insert_message(sender, id, to, &body, now_ms) {
-                    Ok(Inserted::New(seq)) => {
-                        fx.replies.push((respond, RelayFrame::Sent { req, seq }));
-                        fx.deliveries.push((to, Arc::new(Stored { seq, from: sender, id, stored_at: now_ms, body })));
-                    }
-                    Ok(Inserted::Duplicate(seq)) => fx.replies.push((respond, RelayFrame::Sent { req, seq })),
-                    Ok(Inserted::Refused(code, message)) => {
-                        fx.replies.push((respond, RelayFrame::Error { req, code, message }))
-                    }
-                    Err(e) => return Err((Cmd::Send { sender, req, id, to, body, now_ms, respond }, e)),
+            Cmd::Send {
+                sender,
+                req,
+                id,
+                to,
+                body,
+                now_ms,
+                respond,
+            } => match self.insert_message(sender, id, to, &body, now_ms) {
+                Ok(Inserted::New(seq)) => {
+                    fx.replies.push((respond, RelayFrame::Sent { req, seq }));
+                    fx.deliveries.push((
+                        to,
+                        Arc::new(Stored {
+                            seq,
+                            from: sender,
+                            id,
+                            stored_at: now_ms,
+                            body,
+                        }),
+                    ));
                 }
-            }
+                Ok(Inserted::Duplicate(seq)) => {
+                    fx.replies.push((respond, RelayFrame::Sent { req, seq }))
+                }
+                Ok(Inserted::Refused(code, message)) => fx
+                    .replies
+                    .push((respond, RelayFrame::Error { req, code, message })),
+                Err(e) => {
+                    return Err((
+                        Cmd::Send {
+                            sender,
+                            req,
+                            id,
+                            to,
+                            body,
+                            now_ms,
+                            respond,
+                        },
+                        e,
+                    ));
+                }
+            },
             Cmd::Ack { recipient, seq } => {
                 let n = self
                     .conn
@@ -336,35 +489,88 @@ impl Worker {
                     Err(e) => tracing::warn!(error = %e, "ack failed; message will be redelivered"),
                 }
             }
-            Cmd::Fetch { recipient, after, limit, now_ms, reply } => match self.fetch(recipient, after, limit, now_ms) {
+            Cmd::Fetch {
+                recipient,
+                after,
+                limit,
+                now_ms,
+                reply,
+            } => match self.fetch(recipient, after, limit, now_ms) {
                 Ok(rows) => fx.fetches.push((reply, rows)),
                 Err(e) => {
                     tracing::error!(error = %e, "fetch failed");
                     drop(reply);
                 }
             },
-            Cmd::RegisterInvite { inviter, req, id, expires_at, respond } => {
+            Cmd::RegisterInvite {
+                inviter,
+                req,
+                id,
+                expires_at,
+                respond,
+            } => {
                 let r = self
                     .conn
                     .prepare_cached("INSERT INTO invites (id, inviter, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING")
                     .and_then(|mut s| s.execute(params![id.as_bytes(), inviter.as_bytes(), expires_at as i64]));
                 match r {
-                    Ok(_) => fx.replies.push((respond, RelayFrame::InviteRegistered { req })),
-                    Err(e) => return Err((Cmd::RegisterInvite { inviter, req, id, expires_at, respond }, e.into())),
+                    Ok(_) => fx
+                        .replies
+                        .push((respond, RelayFrame::InviteRegistered { req })),
+                    Err(e) => {
+                        return Err((
+                            Cmd::RegisterInvite {
+                                inviter,
+                                req,
+                                id,
+                                expires_at,
+                                respond,
+                            },
+                            e.into(),
+                        ));
+                    }
                 }
             }
-            Cmd::ClaimInvite { claimer, req, id, now_ms, respond } => match self.claim(claimer, id, now_ms) {
+            Cmd::ClaimInvite {
+                claimer,
+                req,
+                id,
+                now_ms,
+                respond,
+            } => match self.claim(claimer, id, now_ms) {
                 Ok(Ok(inviter)) => {
                     fx.new_pairs.push((inviter, claimer));
-                    fx.replies.push((respond, RelayFrame::InviteClaimed { req, inviter }));
+                    fx.replies
+                        .push((respond, RelayFrame::InviteClaimed { req, inviter }));
                 }
-                Ok(Err((code, message))) => fx.replies.push((respond, RelayFrame::Error { req, code, message: message.into() })),
-                Err(e) => return Err((Cmd::ClaimInvite { claimer, req, id, now_ms, respond }, e)),
+                Ok(Err((code, message))) => fx.replies.push((
+                    respond,
+                    RelayFrame::Error {
+                        req,
+                        code,
+                        message: message.into(),
+                    },
+                )),
+                Err(e) => {
+                    return Err((
+                        Cmd::ClaimInvite {
+                            claimer,
+                            req,
+                            id,
+                            now_ms,
+                            respond,
+                        },
+                        e,
+                    ));
+                }
             },
             Cmd::Sweep { now_ms } => {
                 let r = self
                     .conn
-                    .execute("DELETE FROM messages WHERE expires_at <= ?1", params![now_ms as i64])
+                    .execute(
+                        "DELETE FROM messages WHERE expires_at <= ?1",
+                        params![now_ms as i64],
+                    )
                     .and_then(|n| {
                         let m = self.conn.execute(
                             "DELETE FROM invites WHERE expires_at <= ?1 AND claimed_by IS NULL",
@@ -389,11 +595,19 @@ impl Worker {
         Ok(())
     }
 
-    fn insert_message(&mut self, sender: PeerId, id: MessageId, to: PeerId, body: &[u8], now_ms: u64) -> Result<Inserted, StoreError> {
+    fn insert_message(
+        &mut self,
+        sender: PeerId,
+        id: MessageId,
+        to: PeerId,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<Inserted, StoreError> {
         if self.require_pairing && !self.pairs.contains(&pair_key(sender, to)) {
             return Ok(Inserted::Refused(
                 ErrorCode::NotPaired,
-                "recipient has not paired with you on this relay; accept an invite from them first".into(),
+                "recipient has not paired with you on this relay; accept an invite from them first"
+                    .into(),
             ));
         }
         let existing: Option<i64> = self
@@ -408,7 +622,10 @@ impl Worker {
         if count >= self.queue_cap {
             return Ok(Inserted::Refused(
                 ErrorCode::QueueFull,
-                format!("recipient's queue holds {count} undelivered messages (cap {}); retry after they read some", self.queue_cap),
+                format!(
+                    "recipient's queue holds {count} undelivered messages (cap {}); retry after they read some",
+                    self.queue_cap
+                ),
             ));
         }
         self.conn
@@ -433,14 +650,34 @@ impl Worker {
         Ok(c as u64)
     }
 
-    fn fetch(&mut self, recipient: PeerId, after: u64, limit: usize, now_ms: u64) -> Result<Vec<Stored>, StoreError> {
+    fn fetch(
+        &mut self,
+        recipient: PeerId,
+        after: u64,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<Stored>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, sender, client_id, body, stored_at FROM messages
              WHERE recipient = ?1 AND acked = 0 AND seq > ?2 AND expires_at > ?3 ORDER BY seq LIMIT ?4",
         )?;
-        let rows = stmt.query_map(params![recipient.as_bytes(), after as i64, now_ms as i64, limit as i64], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, Vec<u8>>(3)?, r.get::<_, i64>(4)?))
-        })?;
+        let rows = stmt.query_map(
+            params![
+                recipient.as_bytes(),
+                after as i64,
+                now_ms as i64,
+                limit as i64
+            ],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            },
+        )?;
         let mut out = Vec::new();
         for row in rows {
             let (seq, from, id, body, stored_at) = row?;
@@ -448,34 +685,61 @@ impl Worker {
                 tracing::warn!(seq, "skipping malformed stored row");
                 continue;
             };
-            out.push(Stored { seq: seq as u64, from, id: MessageId::from_bytes(id), stored_at: stored_at as u64, body });
+            out.push(Stored {
+                seq: seq as u64,
+                from,
+                id: MessageId::from_bytes(id),
+                stored_at: stored_at as u64,
+                body,
+            });
         }
         Ok(out)
     }
 
-    fn claim(&mut self, claimer: PeerId, id: InviteId, now_ms: u64) -> Result<Result<PeerId, (ErrorCode, &'static str)>, StoreError> {
+    fn claim(
+        &mut self,
+        claimer: PeerId,
+        id: InviteId,
+        now_ms: u64,
+    ) -> Result<Result<PeerId, (ErrorCode, &'static str)>, StoreError> {
         let row: Option<(Vec<u8>, i64, Option<Vec<u8>>)> = self
             .conn
             .prepare_cached("SELECT inviter, expires_at, claimed_by FROM invites WHERE id = ?1")?
-            .query_row(params![id.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_row(params![id.as_bytes()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
         let Some((inviter, expires_at, claimed_by)) = row else {
-            return Ok(Err((ErrorCode::InviteUnknown, "this relay does not know the invite: it was never registered here, or it expired and was removed")));
+            return Ok(Err((
+                ErrorCode::InviteUnknown,
+                "this relay does not know the invite: it was never registered here, or it expired and was removed",
+            )));
         };
         let Some(inviter) = peer(&inviter) else {
             return Ok(Err((ErrorCode::InviteUnknown, "invite record is damaged")));
         };
         if claimed_by.is_some() {
-            return Ok(Err((ErrorCode::InviteUsed, "invite already used; ask the inviter for a new one")));
+            return Ok(Err((
+                ErrorCode::InviteUsed,
+                "invite already used; ask the inviter for a new one",
+            )));
         }
         if (expires_at as u64) * 1000 <= now_ms {
-            return Ok(Err((ErrorCode::InviteExpired, "invite expired; ask the inviter for a new one")));
+            return Ok(Err((
+                ErrorCode::InviteExpired,
+                "invite expired; ask the inviter for a new one",
+            )));
         }
         if inviter == claimer {
-            return Ok(Err((ErrorCode::InviteUnknown, "you cannot accept your own invite")));
+            return Ok(Err((
+                ErrorCode::InviteUnknown,
+                "you cannot accept your own invite",
+            )));
         }
         self.conn
-            .prepare_cached("UPDATE invites SET claimed_by = ?1 WHERE id = ?2 AND claimed_by IS NULL")?
+            .prepare_cached(
+                "UPDATE invites SET claimed_by = ?1 WHERE id = ?2 AND claimed_by IS NULL",
+            )?
             .execute(params![claimer.as_bytes(), id.as_bytes()])?;
         let (a, b) = pair_key(inviter, claimer);
         self.conn

@@ -8,27 +8,66 @@ fn peer(b: u8) -> PeerId {
 
 #[test]
 fn snapshots() {
-    assert_eq!(hex::encode(ClientFrame::Ack { seq: 258 }.encode()), "030000000000000102");
-    assert_eq!(hex::encode(ClientFrame::Ping { nonce: 1 }.encode()), "060000000000000001");
+    assert_eq!(
+        hex::encode(ClientFrame::Ack { seq: 258 }.encode()),
+        "030000000000000102"
+    );
+    assert_eq!(
+        hex::encode(ClientFrame::Ping { nonce: 1 }.encode()),
+        "060000000000000001"
+    );
     assert_eq!(
         hex::encode(
-            ClientFrame::Send { req: 7, id: MessageId::from_bytes([0xaa; 16]), to: peer(0xbb), body: vec![1, 2] }.encode()
+            ClientFrame::Send {
+                req: 7,
+                id: MessageId::from_bytes([0xaa; 16]),
+                to: peer(0xbb),
+                body: vec![1, 2]
+            }
+            .encode()
         ),
-        format!("0200000007{}{}00000002{}", "aa".repeat(16), "bb".repeat(32), "0102")
+        format!(
+            "0200000007{}{}00000002{}",
+            "aa".repeat(16),
+            "bb".repeat(32),
+            "0102"
+        )
     );
-    assert_eq!(hex::encode(RelayFrame::Sent { req: 1, seq: 2 }.encode()), "83000000010000000000000002");
     assert_eq!(
-        hex::encode(RelayFrame::Error { req: 3, code: ErrorCode::QueueFull, message: "full".into() }.encode()),
-        "870000000300080004" .to_string() + &hex::encode("full")
+        hex::encode(RelayFrame::Sent { req: 1, seq: 2 }.encode()),
+        "83000000010000000000000002"
     );
-    assert_eq!(hex::encode(RelayFrame::Challenge { version: 1, nonce: [0x11; 32] }.encode()), format!("8101{}", "11".repeat(32)));
+    assert_eq!(
+        hex::encode(
+            RelayFrame::Error {
+                req: 3,
+                code: ErrorCode::QueueFull,
+                message: "full".into()
+            }
+            .encode()
+        ),
+        "870000000300080004".to_string() + &hex::encode("full")
+    );
+    assert_eq!(
+        hex::encode(
+            RelayFrame::Challenge {
+                version: 1,
+                nonce: [0x11; 32]
+            }
+            .encode()
+        ),
+        format!("8101{}", "11".repeat(32))
+    );
 }
 
 #[test]
 fn trailing_bytes_rejected() {
     let mut b = ClientFrame::Ack { seq: 1 }.encode();
     b.push(0);
-    assert_eq!(ClientFrame::decode(&b, MAX_BODY), Err(DecodeError::TrailingBytes(1)));
+    assert_eq!(
+        ClientFrame::decode(&b, MAX_BODY),
+        Err(DecodeError::TrailingBytes(1))
+    );
     let mut b = RelayFrame::Pong { nonce: 1 }.encode();
     b.push(0);
     assert_eq!(RelayFrame::decode(&b), Err(DecodeError::TrailingBytes(1)));
@@ -36,16 +75,34 @@ fn trailing_bytes_rejected() {
 
 #[test]
 fn oversized_body_rejected_before_copy() {
-    let b = ClientFrame::Send { req: 1, id: MessageId::from_bytes([0; 16]), to: peer(1), body: vec![0; 100] }.encode();
-    assert!(matches!(ClientFrame::decode(&b, 99), Err(DecodeError::TooLong { .. })));
+    let b = ClientFrame::Send {
+        req: 1,
+        id: MessageId::from_bytes([0; 16]),
+        to: peer(1),
+        body: vec![0; 100],
+    }
+    .encode();
+    assert!(matches!(
+        ClientFrame::decode(&b, 99),
+        Err(DecodeError::TooLong { .. })
+    ));
     assert!(ClientFrame::decode(&b, 100).is_ok());
 }
 
 #[test]
 fn unknown_tags() {
-    assert!(matches!(ClientFrame::decode(&[0x7f], MAX_BODY), Err(DecodeError::UnknownTag { .. })));
-    assert!(matches!(RelayFrame::decode(&[0x01]), Err(DecodeError::UnknownTag { .. })));
-    assert!(matches!(RelayFrame::decode(&[]), Err(DecodeError::Truncated { .. })));
+    assert!(matches!(
+        ClientFrame::decode(&[0x7f], MAX_BODY),
+        Err(DecodeError::UnknownTag { .. })
+    ));
+    assert!(matches!(
+        RelayFrame::decode(&[0x01]),
+        Err(DecodeError::UnknownTag { .. })
+    ));
+    assert!(matches!(
+        RelayFrame::decode(&[]),
+        Err(DecodeError::Truncated { .. })
+    ));
 }
 
 #[test]
@@ -57,22 +114,40 @@ fn error_codes_round_trip() {
 
 #[test]
 fn debug_hides_bodies_and_secrets() {
-    let f = ClientFrame::Send { req: 1, id: MessageId::from_bytes([0; 16]), to: peer(1), body: b"SECRETBODY".to_vec() };
+    let f = ClientFrame::Send {
+        req: 1,
+        id: MessageId::from_bytes([0; 16]),
+        to: peer(1),
+        body: b"SECRETBODY".to_vec(),
+    };
     assert!(!format!("{f:?}").contains("SECRETBODY"));
     assert!(!format!("{f:?}").contains("83"));
 }
 
 pub(crate) fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
-        (any::<[u8; 32]>(), prop::array::uniform32(any::<u8>()), prop::array::uniform32(any::<u8>())).prop_map(
-            |(p, s1, s2)| {
+        (
+            any::<[u8; 32]>(),
+            any::<[u8; 32]>(),
+            any::<[u8; 32]>(),
+            any::<bool>()
+        )
+            .prop_map(|(p, s1, s2, receive)| {
                 let mut signature = [0; 64];
                 signature[..32].copy_from_slice(&s1);
                 signature[32..].copy_from_slice(&s2);
-                ClientFrame::Auth { peer: PeerId::from_bytes(p), signature }
-            }
-        ),
-        (any::<u32>(), any::<[u8; 16]>(), any::<[u8; 32]>(), prop::collection::vec(any::<u8>(), 0..300))
+                ClientFrame::Auth {
+                    peer: PeerId::from_bytes(p),
+                    signature,
+                    receive,
+                }
+            }),
+        (
+            any::<u32>(),
+            any::<[u8; 16]>(),
+            any::<[u8; 32]>(),
+            prop::collection::vec(any::<u8>(), 0..300)
+        )
             .prop_map(|(req, id, to, body)| ClientFrame::Send {
                 req,
                 id: MessageId::from_bytes(id),
@@ -81,19 +156,35 @@ pub(crate) fn client_frame() -> impl Strategy<Value = ClientFrame> {
             }),
         any::<u64>().prop_map(|seq| ClientFrame::Ack { seq }),
         (any::<u32>(), any::<[u8; 16]>(), any::<u64>()).prop_map(|(req, id, expires_at)| {
-            ClientFrame::RegisterInvite { req, id: InviteId::from_bytes(id), expires_at }
+            ClientFrame::RegisterInvite {
+                req,
+                id: InviteId::from_bytes(id),
+                expires_at,
+            }
         }),
-        (any::<u32>(), any::<[u8; 16]>()).prop_map(|(req, id)| ClientFrame::ClaimInvite { req, id: InviteId::from_bytes(id) }),
+        (any::<u32>(), any::<[u8; 16]>()).prop_map(|(req, id)| ClientFrame::ClaimInvite {
+            req,
+            id: InviteId::from_bytes(id)
+        }),
         any::<u64>().prop_map(|nonce| ClientFrame::Ping { nonce }),
     ]
 }
 
 pub(crate) fn relay_frame() -> impl Strategy<Value = RelayFrame> {
     prop_oneof![
-        (any::<u8>(), any::<[u8; 32]>()).prop_map(|(version, nonce)| RelayFrame::Challenge { version, nonce }),
-        any::<[u8; 32]>().prop_map(|p| RelayFrame::AuthOk { peer: PeerId::from_bytes(p) }),
+        (any::<u8>(), any::<[u8; 32]>())
+            .prop_map(|(version, nonce)| RelayFrame::Challenge { version, nonce }),
+        any::<[u8; 32]>().prop_map(|p| RelayFrame::AuthOk {
+            peer: PeerId::from_bytes(p)
+        }),
         (any::<u32>(), any::<u64>()).prop_map(|(req, seq)| RelayFrame::Sent { req, seq }),
-        (any::<u64>(), any::<[u8; 32]>(), any::<[u8; 16]>(), any::<u64>(), prop::collection::vec(any::<u8>(), 0..300))
+        (
+            any::<u64>(),
+            any::<[u8; 32]>(),
+            any::<[u8; 16]>(),
+            any::<u64>(),
+            prop::collection::vec(any::<u8>(), 0..300)
+        )
             .prop_map(|(seq, from, id, stored_at, body)| RelayFrame::Deliver {
                 seq,
                 from: PeerId::from_bytes(from),
@@ -102,10 +193,15 @@ pub(crate) fn relay_frame() -> impl Strategy<Value = RelayFrame> {
                 body
             }),
         any::<u32>().prop_map(|req| RelayFrame::InviteRegistered { req }),
-        (any::<u32>(), any::<[u8; 32]>())
-            .prop_map(|(req, p)| RelayFrame::InviteClaimed { req, inviter: PeerId::from_bytes(p) }),
-        (any::<u32>(), 1u16..15, "[a-z ]{0,40}")
-            .prop_map(|(req, c, message)| RelayFrame::Error { req, code: ErrorCode::from_u16(c), message }),
+        (any::<u32>(), any::<[u8; 32]>()).prop_map(|(req, p)| RelayFrame::InviteClaimed {
+            req,
+            inviter: PeerId::from_bytes(p)
+        }),
+        (any::<u32>(), 1u16..15, "[a-z ]{0,40}").prop_map(|(req, c, message)| RelayFrame::Error {
+            req,
+            code: ErrorCode::from_u16(c),
+            message
+        }),
         any::<u64>().prop_map(|nonce| RelayFrame::Pong { nonce }),
     ]
 }

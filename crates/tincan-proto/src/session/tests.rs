@@ -29,9 +29,15 @@ fn text(s: &str) -> Body {
 fn both_directions() {
     let mut p = pair();
     let m = p.a.seal(&p.alice, text("to bob"), [1; 16], 1).unwrap();
-    assert_eq!(p.b.open(&p.bob, p.alice.peer_id(), &m).unwrap().body, text("to bob"));
+    assert_eq!(
+        p.b.open(&p.bob, p.alice.peer_id(), &m).unwrap().body,
+        text("to bob")
+    );
     let m = p.b.seal(&p.bob, text("to alice"), [2; 16], 2).unwrap();
-    assert_eq!(p.a.open(&p.alice, p.bob.peer_id(), &m).unwrap().body, text("to alice"));
+    assert_eq!(
+        p.a.open(&p.alice, p.bob.peer_id(), &m).unwrap().body,
+        text("to alice")
+    );
 }
 
 #[test]
@@ -39,7 +45,10 @@ fn replay_is_rejected() {
     let mut p = pair();
     let m = p.a.seal(&p.alice, text("once"), [1; 16], 1).unwrap();
     p.b.open(&p.bob, p.alice.peer_id(), &m).unwrap();
-    assert!(matches!(p.b.open(&p.bob, p.alice.peer_id(), &m), Err(SessionError::Decrypt(_))));
+    assert!(matches!(
+        p.b.open(&p.bob, p.alice.peer_id(), &m),
+        Err(SessionError::Decrypt(_))
+    ));
 }
 
 #[test]
@@ -52,7 +61,10 @@ fn tampering_is_rejected_everywhere() {
         assert!(p.b.open(&p.bob, p.alice.peer_id(), &t).is_err(), "byte {i}");
     }
     // The untouched message still decrypts: failed attempts did not break the session.
-    assert_eq!(p.b.open(&p.bob, p.alice.peer_id(), &m).unwrap().body, text("x"));
+    assert_eq!(
+        p.b.open(&p.bob, p.alice.peer_id(), &m).unwrap().body,
+        text("x")
+    );
 }
 
 #[test]
@@ -60,7 +72,10 @@ fn wrong_sender_and_wrong_session() {
     let mut p = pair();
     let m = p.a.seal(&p.alice, text("x"), [1; 16], 1).unwrap();
     let mallory = Identity::generate();
-    assert!(matches!(p.b.open(&p.bob, mallory.peer_id(), &m), Err(SessionError::WrongSender)));
+    assert!(matches!(
+        p.b.open(&p.bob, mallory.peer_id(), &m),
+        Err(SessionError::WrongSender)
+    ));
     // A message from another pair's session does not open here.
     let mut q = pair();
     let other = q.a.seal(&q.alice, text("y"), [1; 16], 1).unwrap();
@@ -73,15 +88,26 @@ fn wrong_recipient() {
     let mut p = pair();
     let m = p.a.seal(&p.alice, text("x"), [1; 16], 1).unwrap();
     let carol = Identity::generate();
-    assert!(matches!(p.b.open(&carol, p.alice.peer_id(), &m), Err(SessionError::WrongRecipient)));
+    assert!(matches!(
+        p.b.open(&carol, p.alice.peer_id(), &m),
+        Err(SessionError::WrongRecipient)
+    ));
 }
 
 #[test]
 fn out_of_order_within_window() {
     let mut p = pair();
-    let msgs: Vec<_> = (0..10u8).map(|i| p.a.seal(&p.alice, text(&i.to_string()), [i; 16], 1).unwrap()).collect();
+    let msgs: Vec<_> = (0..10u8)
+        .map(|i| {
+            p.a.seal(&p.alice, text(&i.to_string()), [i; 16], 1)
+                .unwrap()
+        })
+        .collect();
     for i in [3usize, 0, 9, 1, 2, 8, 4, 7, 5, 6] {
-        assert_eq!(p.b.open(&p.bob, p.alice.peer_id(), &msgs[i]).unwrap().body, text(&i.to_string()));
+        assert_eq!(
+            p.b.open(&p.bob, p.alice.peer_id(), &msgs[i]).unwrap().body,
+            text(&i.to_string())
+        );
     }
 }
 
@@ -141,7 +167,15 @@ fn session_pickle_round_trip() {
     let key = PickleKey::from_bytes([7; 32]);
     let stored = p.b.pickle(&key);
     let mut b2 = PeerSession::from_pickle(p.alice.peer_id(), &stored, &key).unwrap();
-    let m = p.a.seal(&p.alice, text("after restart"), [1; 16], 1).unwrap();
-    assert_eq!(b2.open(&p.bob, p.alice.peer_id(), &m).unwrap().body, text("after restart"));
-    assert!(PeerSession::from_pickle(p.alice.peer_id(), &stored, &PickleKey::from_bytes([1; 32])).is_err());
+    let m =
+        p.a.seal(&p.alice, text("after restart"), [1; 16], 1)
+            .unwrap();
+    assert_eq!(
+        b2.open(&p.bob, p.alice.peer_id(), &m).unwrap().body,
+        text("after restart")
+    );
+    assert!(
+        PeerSession::from_pickle(p.alice.peer_id(), &stored, &PickleKey::from_bytes([1; 32]))
+            .is_err()
+    );
 }

@@ -1,0 +1,410 @@
+//! [`Client`]: one home connected to one relay.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tincan_proto::frame::{ClientFrame, RelayFrame};
+use tincan_proto::ids::{MessageId, PeerId};
+use tincan_proto::invite::{Invite, InviteDraft, normalize_relay_url};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::error::ClientError;
+use crate::home::{Home, InboxEntry, InboxKind, PeerRecord, now_ms, now_secs};
+
+/// How a client connects.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Take deliveries on this connection. Off for a one-shot sender, so it does not take
+    /// messages away from a running listener of the same home.
+    pub receive: bool,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self { receive: true }
+    }
+}
+
+/// A message received from a peer.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    /// Sender.
+    pub from: PeerId,
+    /// Sender's alias here, if any.
+    pub from_name: Option<String>,
+    /// Message id.
+    pub id: MessageId,
+    /// The text: untrusted input from the peer.
+    pub text: String,
+    /// Sender's clock, unix ms.
+    pub sent_at: u64,
+    /// When it arrived here, unix ms.
+    pub received_at: u64,
+}
+
+impl std::fmt::Debug for ReceivedMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceivedMessage")
+            .field("from", &self.from)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Something that happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A message arrived.
+    Message(ReceivedMessage),
+    /// A peer accepted one of this agent's invites.
+    PeerJoined {
+        /// The new peer.
+        peer: PeerId,
+        /// Its fingerprint.
+        fingerprint: String,
+    },
+    /// A delivery failed its checks (tampered, replayed, not invited, ...) and was dropped.
+    Rejected {
+        /// The claimed sender.
+        from: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// The relay refused an outgoing message.
+    SendFailed {
+        /// The message.
+        id: MessageId,
+        /// Stable code.
+        code: String,
+        /// Explanation.
+        message: String,
+    },
+    /// Connected and authenticated.
+    Connected,
+    /// The connection dropped; the client is reconnecting.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The connection's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnState {
+    /// Trying to connect; holds the last failure, if any.
+    Connecting(Option<String>),
+    /// Authenticated.
+    Connected,
+    /// Stopped for good (the relay refused authentication).
+    Failed(String),
+}
+
+pub(crate) enum Cmd {
+    Flush,
+    Request {
+        frame: Box<dyn FnOnce(u32) -> ClientFrame + Send>,
+        reply: oneshot::Sender<Result<RelayFrame, ClientError>>,
+    },
+}
+
+pub(crate) struct Shared {
+    pub home: Mutex<Home>,
+    pub relay_url: String,
+    pub state: watch::Sender<ConnState>,
+    /// Bumped whenever an outbox entry is acknowledged or refused.
+    pub progress: watch::Sender<u64>,
+}
+
+impl Shared {
+    pub fn home(&self) -> MutexGuard<'_, Home> {
+        // Home operations leave no partial state on panic (each is one transaction).
+        self.home.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One home connected to one relay.
+pub struct Client {
+    shared: Arc<Shared>,
+    cmd: mpsc::UnboundedSender<Cmd>,
+    events: mpsc::Receiver<(Event, Option<i64>)>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("relay_url", &self.shared.relay_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Starts a client in the background; it keeps (re)connecting until dropped.
+    pub fn start(home: Home, relay_url: &str, opts: ClientOptions) -> Result<Self, ClientError> {
+        home.identity()?;
+        let relay_url = normalize_relay_url(relay_url);
+        crate::conn::ws_url(&relay_url)?;
+        let (state, _) = watch::channel(ConnState::Connecting(None));
+        let (progress, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            home: Mutex::new(home),
+            relay_url,
+            state,
+            progress,
+        });
+        let (cmd, cmd_rx) = mpsc::unbounded_channel();
+        let (events_tx, events) = mpsc::channel(1024);
+        let task = tokio::spawn(crate::conn::run(shared.clone(), cmd_rx, events_tx, opts));
+        Ok(Self {
+            shared,
+            cmd,
+            events,
+            task,
+        })
+    }
+
+    /// Starts a client and waits until it is connected, failing if that takes over `timeout`.
+    pub async fn connect(
+        home: Home,
+        relay_url: &str,
+        opts: ClientOptions,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let client = Self::start(home, relay_url, opts)?;
+        client.wait_connected(timeout).await?;
+        Ok(client)
+    }
+
+    /// Waits until connected.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<(), ClientError> {
+        let mut rx = self.shared.state.subscribe();
+        let url = self.shared.relay_url.clone();
+        let wait = async {
+            loop {
+                match rx.borrow_and_update().clone() {
+                    ConnState::Connected => return Ok(()),
+                    ConnState::Failed(reason) => {
+                        return Err(ClientError::Unreachable {
+                            url: url.clone(),
+                            reason,
+                        });
+                    }
+                    ConnState::Connecting(_) => {}
+                }
+                if rx.changed().await.is_err() {
+                    return Err(ClientError::Closed);
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(r) => r,
+            Err(_) => {
+                let reason = match &*self.shared.state.borrow() {
+                    ConnState::Connecting(Some(r)) => r.clone(),
+                    _ => format!("no answer within {timeout:?}"),
+                };
+                Err(ClientError::Unreachable { url, reason })
+            }
+        }
+    }
+
+    /// The relay this client uses.
+    pub fn relay_url(&self) -> &str {
+        &self.shared.relay_url
+    }
+
+    /// The current connection state.
+    pub fn state(&self) -> ConnState {
+        self.shared.state.borrow().clone()
+    }
+
+    /// The home, for queries. Do not hold the guard across an await.
+    pub fn home(&self) -> MutexGuard<'_, Home> {
+        self.shared.home()
+    }
+
+    /// Seals `text` for `peer` (id, unique prefix or alias) and queues it; returns its id. It is
+    /// sent as soon as the relay is reachable.
+    pub async fn send(&self, peer: &str, text: &str) -> Result<MessageId, ClientError> {
+        let ids = self.send_many(peer, &[text]).await?;
+        ids.into_iter().next().ok_or(ClientError::Closed)
+    }
+
+    /// Seals and queues several messages to one peer in one transaction.
+    pub async fn send_many(
+        &self,
+        peer: &str,
+        texts: &[&str],
+    ) -> Result<Vec<MessageId>, ClientError> {
+        let ids = {
+            let mut home = self.shared.home();
+            let p = home.resolve_peer(peer)?;
+            home.queue_texts(&p.id, texts, now_ms())?
+        };
+        let _ = self.cmd.send(Cmd::Flush);
+        Ok(ids)
+    }
+
+    /// Waits until the relay has stored message `id`; fails if it refused it.
+    pub async fn wait_sent(&self, id: &MessageId, timeout: Duration) -> Result<(), ClientError> {
+        let mut rx = self.shared.progress.subscribe();
+        let wait = async {
+            loop {
+                rx.borrow_and_update();
+                {
+                    let home = self.shared.home();
+                    if home.is_sent(id)? {
+                        return Ok(());
+                    }
+                    if let Some((code, message)) = home.send_failure(id)? {
+                        return Err(ClientError::Relay {
+                            code: tincan_proto::frame::ErrorCode::from_str_code(&code),
+                            message,
+                        });
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return Err(ClientError::Closed);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+    }
+
+    /// Waits until the outbox is empty.
+    pub async fn wait_outbox_empty(&self, timeout: Duration) -> Result<(), ClientError> {
+        let mut rx = self.shared.progress.subscribe();
+        let wait = async {
+            loop {
+                rx.borrow_and_update();
+                if self.shared.home().outbox_len()? == 0 {
+                    return Ok(());
+                }
+                if rx.changed().await.is_err() {
+                    return Err(ClientError::Closed);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+    }
+
+    async fn request(
+        &self,
+        frame: impl FnOnce(u32) -> ClientFrame + Send + 'static,
+    ) -> Result<RelayFrame, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Cmd::Request {
+                frame: Box::new(frame),
+                reply,
+            })
+            .map_err(|_| ClientError::Closed)?;
+        let frame = rx.await.map_err(|_| ClientError::Closed)??;
+        match frame {
+            RelayFrame::Error { code, message, .. } => Err(ClientError::Relay { code, message }),
+            other => Ok(other),
+        }
+    }
+
+    /// Makes an invite valid for `ttl_secs` and registers it with the relay.
+    pub async fn create_invite(&self, ttl_secs: u64) -> Result<InviteDraft, ClientError> {
+        let draft =
+            self.shared
+                .home()
+                .create_invite(&self.shared.relay_url, ttl_secs, now_secs())?;
+        let id = draft.invite().id;
+        let expires_at = draft.invite().expires_at;
+        match self
+            .request(move |req| ClientFrame::RegisterInvite {
+                req,
+                id,
+                expires_at,
+            })
+            .await
+        {
+            Ok(_) => Ok(draft),
+            Err(e) => {
+                let _ = self.shared.home().drop_invite(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Accepts an invite: claims it at the relay (first claim wins), opens the session and
+    /// delivers the join message. Returns the new peer.
+    pub async fn accept_invite(
+        &self,
+        invite: &Invite,
+        timeout: Duration,
+    ) -> Result<PeerRecord, ClientError> {
+        if invite.inviter.ed25519 == self.shared.home().identity()?.peer_id() {
+            return Err(ClientError::OwnInvite);
+        }
+        let id = invite.id;
+        self.request(move |req| ClientFrame::ClaimInvite { req, id })
+            .await?;
+        let join = self.shared.home().accept_invite(invite, now_ms())?;
+        let _ = self.cmd.send(Cmd::Flush);
+        self.wait_sent(&join, timeout).await?;
+        let home = self.shared.home();
+        home.peer(&invite.inviter.ed25519)?
+            .ok_or_else(|| ClientError::UnknownPeer(invite.inviter.ed25519.to_string()))
+    }
+
+    /// The next event. Messages and joins are marked as handed over when returned, so each is
+    /// returned once across restarts of the application.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        let (event, inbox_seq) = self.events.recv().await?;
+        if let Some(seq) = inbox_seq
+            && let Err(e) = self.shared.home().mark_consumed(seq)
+        {
+            tracing::warn!(error = %e, "could not mark inbox entry consumed; it may be shown again");
+        }
+        Some(event)
+    }
+}
+
+/// Turns an inbox entry into an event and marks it consumed.
+pub(crate) fn entry_event(home: &Home, e: &InboxEntry) -> Option<Event> {
+    let event = match e.kind {
+        InboxKind::Message => {
+            let from_name = home.peer(&e.from).ok().flatten().and_then(|p| p.alias);
+            Event::Message(ReceivedMessage {
+                from: e.from,
+                from_name,
+                id: e.id,
+                text: e.text.clone().unwrap_or_default(),
+                sent_at: e.sent_at,
+                received_at: e.received_at,
+            })
+        }
+        InboxKind::PeerJoined => {
+            let fingerprint = home
+                .peer(&e.from)
+                .ok()
+                .flatten()
+                .map(|p| p.fingerprint())
+                .unwrap_or_default();
+            Event::PeerJoined {
+                peer: e.from,
+                fingerprint,
+            }
+        }
+        InboxKind::Rejected => Event::Rejected {
+            from: e.from,
+            reason: e.text.clone().unwrap_or_default(),
+        },
+    };
+    Some(event)
+}

@@ -1,0 +1,501 @@
+//! The connection task: connect, authenticate, pump the outbox, open deliveries, reconnect.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tincan_proto::frame::{ClientFrame, ErrorCode, RelayFrame};
+use tincan_proto::{PROTOCOL_VERSION, labels};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{Cmd, ConnState, Event, Shared, entry_event};
+use crate::error::ClientError;
+use crate::home::{Incoming, Processed, now_ms};
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Events = mpsc::Sender<(Event, Option<i64>)>;
+
+const PING_EVERY: Duration = Duration::from_secs(15);
+const SILENCE_LIMIT: Duration = Duration::from_secs(45);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const OUTBOX_BATCH: usize = 512;
+const MAX_DRAIN: usize = 512;
+
+/// The WebSocket URL for a relay URL.
+pub(crate) fn ws_url(relay_url: &str) -> Result<String, ClientError> {
+    let bad = || ClientError::BadRelayUrl(relay_url.to_string());
+    let (scheme, rest) = relay_url.split_once("://").ok_or_else(bad)?;
+    let ws_scheme = match scheme {
+        "http" | "ws" => "ws",
+        "https" | "wss" => "wss",
+        _ => return Err(bad()),
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok(format!(
+        "{ws_scheme}://{}/v1/ws",
+        rest.trim_end_matches('/')
+    ))
+}
+
+struct Pending {
+    requests: Vec<(
+        Box<dyn FnOnce(u32) -> ClientFrame + Send>,
+        oneshot::Sender<Result<RelayFrame, ClientError>>,
+    )>,
+}
+
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut cmd_rx: mpsc::UnboundedReceiver<Cmd>,
+    events: Events,
+    opts: crate::ClientOptions,
+) {
+    if opts.receive {
+        emit_unconsumed(&shared, &events, 0).await;
+    }
+    let mut pending = Pending {
+        requests: Vec::new(),
+    };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match connect(&shared, opts.receive).await {
+            Ok(ws) => {
+                backoff = Duration::from_millis(50);
+                shared.state.send_replace(ConnState::Connected);
+                let _ = events.try_send((Event::Connected, None));
+                let end = Session::new(&shared, &events, opts.receive)
+                    .run(ws, &mut cmd_rx, &mut pending)
+                    .await;
+                match end {
+                    End::Stop => return,
+                    End::Lost(reason) => {
+                        tracing::info!(reason = %reason, "disconnected from relay");
+                        shared
+                            .state
+                            .send_replace(ConnState::Connecting(Some(reason.clone())));
+                        let _ = events.try_send((Event::Disconnected { reason }, None));
+                    }
+                }
+            }
+            Err(ClientError::Relay {
+                code: code @ (ErrorCode::AuthFailed | ErrorCode::UnsupportedVersion),
+                message,
+            }) => {
+                let reason = format!("relay refused authentication: {message} ({code})");
+                shared.state.send_replace(ConnState::Failed(reason.clone()));
+                for (_, reply) in pending.requests.drain(..) {
+                    let _ = reply.send(Err(ClientError::Relay {
+                        code,
+                        message: message.clone(),
+                    }));
+                }
+                return;
+            }
+            Err(e) => {
+                shared
+                    .state
+                    .send_replace(ConnState::Connecting(Some(e.to_string())));
+            }
+        }
+        // Wait out the backoff, still taking requests so none is lost.
+        let jitter = Duration::from_millis(u64::from(rand::random::<u8>()) % 50);
+        let sleep = tokio::time::sleep(backoff + jitter);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                cmd = cmd_rx.recv() => match cmd {
+                    None => return,
+                    Some(Cmd::Flush) => {}
+                    Some(Cmd::Request { frame, reply }) => pending.requests.push((frame, reply)),
+                },
+            }
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn emit_unconsumed(shared: &Shared, events: &Events, after: i64) -> i64 {
+    let entries = {
+        let home = shared.home();
+        match home.unconsumed(10_000) {
+            Ok(e) => e
+                .into_iter()
+                .filter(|e| e.seq > after)
+                .map(|e| (entry_event(&home, &e), e.seq))
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read inbox");
+                Vec::new()
+            }
+        }
+    };
+    let mut last = after;
+    for (event, seq) in entries {
+        last = seq;
+        if let Some(event) = event {
+            let _ = events.send((event, Some(seq))).await;
+        }
+    }
+    last
+}
+
+async fn connect(shared: &Shared, receive: bool) -> Result<Ws, ClientError> {
+    let url = ws_url(&shared.relay_url)?;
+    let unreachable = |reason: String| ClientError::Unreachable {
+        url: shared.relay_url.clone(),
+        reason,
+    };
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(url.as_str()),
+    )
+    .await
+    .map_err(|_| unreachable("connect timed out".into()))?
+    .map_err(|e| unreachable(e.to_string()))?;
+    let nonce = match next_frame(&mut ws).await? {
+        RelayFrame::Challenge { version, nonce } if version == PROTOCOL_VERSION => nonce,
+        RelayFrame::Challenge { version, .. } => {
+            return Err(ClientError::Relay {
+                code: ErrorCode::UnsupportedVersion,
+                message: format!(
+                    "relay speaks protocol version {version}, this tincan speaks {PROTOCOL_VERSION}"
+                ),
+            });
+        }
+        other => return Err(unreachable(format!("unexpected first frame {other:?}"))),
+    };
+    let (peer, signature) = {
+        let home = shared.home();
+        let id = home.identity()?;
+        (id.peer_id(), id.sign(labels::RELAY_CHALLENGE, &nonce))
+    };
+    ws.send(Message::Binary(
+        ClientFrame::Auth {
+            peer,
+            signature,
+            receive,
+        }
+        .encode()
+        .into(),
+    ))
+    .await
+    .map_err(|e| unreachable(e.to_string()))?;
+    match next_frame(&mut ws).await? {
+        RelayFrame::AuthOk { .. } => Ok(ws),
+        RelayFrame::Error { code, message, .. } => Err(ClientError::Relay { code, message }),
+        other => Err(unreachable(format!("unexpected frame {other:?}"))),
+    }
+}
+
+async fn next_frame(ws: &mut Ws) -> Result<RelayFrame, ClientError> {
+    let lost = |r: String| ClientError::Unreachable {
+        url: String::new(),
+        reason: r,
+    };
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .map_err(|_| lost("relay did not answer".into()))?;
+        match msg {
+            Some(Ok(Message::Binary(b))) => {
+                return RelayFrame::decode(&b)
+                    .map_err(|e| lost(format!("bad frame from relay: {e}")));
+            }
+            Some(Ok(Message::Close(_))) | None => return Err(lost("connection closed".into())),
+            Some(Err(e)) => return Err(lost(e.to_string())),
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+enum End {
+    Stop,
+    Lost(String),
+}
+
+struct Session<'a> {
+    shared: &'a Shared,
+    events: &'a Events,
+    receive: bool,
+    next_req: u32,
+    /// req → local outbox seq of the message it carries.
+    sends: HashMap<u32, i64>,
+    requests: HashMap<u32, oneshot::Sender<Result<RelayFrame, ClientError>>>,
+    last_outbox: i64,
+}
+
+impl<'a> Session<'a> {
+    fn new(shared: &'a Shared, events: &'a Events, receive: bool) -> Self {
+        Self {
+            shared,
+            events,
+            receive,
+            next_req: 1,
+            sends: HashMap::new(),
+            requests: HashMap::new(),
+            last_outbox: 0,
+        }
+    }
+
+    fn req(&mut self) -> u32 {
+        let r = self.next_req;
+        self.next_req = self.next_req.wrapping_add(1).max(1);
+        r
+    }
+
+    async fn run(
+        mut self,
+        mut ws: Ws,
+        cmd_rx: &mut mpsc::UnboundedReceiver<Cmd>,
+        pending: &mut Pending,
+    ) -> End {
+        let end = self.run_inner(&mut ws, cmd_rx, pending).await;
+        for (_, reply) in self.requests.drain() {
+            let _ = reply.send(Err(ClientError::Disconnected));
+        }
+        let _ = ws.close(None).await;
+        end
+    }
+
+    async fn run_inner(
+        &mut self,
+        ws: &mut Ws,
+        cmd_rx: &mut mpsc::UnboundedReceiver<Cmd>,
+        pending: &mut Pending,
+    ) -> End {
+        for (frame, reply) in pending.requests.drain(..) {
+            if let Err(e) = self.send_request(ws, frame, reply).await {
+                return End::Lost(e);
+            }
+        }
+        if let Err(e) = self.flush_outbox(ws).await {
+            return End::Lost(e);
+        }
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                cmd = cmd_rx.recv() => {
+                    let r = match cmd {
+                        None => return End::Stop,
+                        Some(Cmd::Flush) => self.flush_outbox(ws).await,
+                        Some(Cmd::Request { frame, reply }) => self.send_request(ws, frame, reply).await,
+                    };
+                    if let Err(e) = r {
+                        return End::Lost(e);
+                    }
+                }
+                msg = ws.next() => {
+                    last_heard = Instant::now();
+                    let mut frames = Vec::new();
+                    match read(msg) {
+                        Ok(Some(f)) => frames.push(f),
+                        Ok(None) => {}
+                        Err(e) => return End::Lost(e),
+                    }
+                    // Take whatever else is already here, so one transaction covers the burst.
+                    while frames.len() < MAX_DRAIN {
+                        match ws.next().now_or_never() {
+                            Some(msg) => match read(msg) {
+                                Ok(Some(f)) => frames.push(f),
+                                Ok(None) => {}
+                                Err(e) => return End::Lost(e),
+                            },
+                            None => break,
+                        }
+                    }
+                    if let Err(e) = self.handle(ws, frames).await {
+                        return e;
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > SILENCE_LIMIT {
+                        return End::Lost("relay stopped answering".into());
+                    }
+                    let nonce = now_ms();
+                    if let Err(e) = ws.send(Message::Binary(ClientFrame::Ping { nonce }.encode().into())).await {
+                        return End::Lost(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_request(
+        &mut self,
+        ws: &mut Ws,
+        frame: Box<dyn FnOnce(u32) -> ClientFrame + Send>,
+        reply: oneshot::Sender<Result<RelayFrame, ClientError>>,
+    ) -> Result<(), String> {
+        let req = self.req();
+        self.requests.insert(req, reply);
+        ws.send(Message::Binary(frame(req).encode().into()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn flush_outbox(&mut self, ws: &mut Ws) -> Result<(), String> {
+        loop {
+            let rows = match self.shared.home().outbox(
+                &self.shared.relay_url,
+                self.last_outbox,
+                OUTBOX_BATCH,
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read outbox");
+                    return Ok(());
+                }
+            };
+            let n = rows.len();
+            for row in rows {
+                let req = self.req();
+                self.sends.insert(req, row.seq);
+                self.last_outbox = row.seq;
+                let frame = ClientFrame::Send {
+                    req,
+                    id: row.id,
+                    to: row.peer,
+                    body: row.body,
+                };
+                ws.feed(Message::Binary(frame.encode().into()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            ws.flush().await.map_err(|e| e.to_string())?;
+            if n < OUTBOX_BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn handle(&mut self, ws: &mut Ws, frames: Vec<RelayFrame>) -> Result<(), End> {
+        let mut deliveries = Vec::new();
+        let mut acked = Vec::new();
+        let mut progress = false;
+        for frame in frames {
+            match frame {
+                RelayFrame::Deliver {
+                    seq,
+                    from,
+                    id,
+                    body,
+                    ..
+                } if self.receive => deliveries.push(Incoming {
+                    relay_seq: seq,
+                    from,
+                    id,
+                    body,
+                }),
+                RelayFrame::Sent { req, seq } => {
+                    if let Some(local) = self.sends.remove(&req) {
+                        acked.push((local, seq));
+                    } else if let Some(reply) = self.requests.remove(&req) {
+                        let _ = reply.send(Ok(RelayFrame::Sent { req, seq }));
+                    }
+                }
+                RelayFrame::Error { req, code, message } if req != 0 => {
+                    if let Some(local) = self.sends.remove(&req) {
+                        tracing::warn!(code = %code, "relay refused a message");
+                        let home = self.shared.home();
+                        if let Err(e) = home.outbox_failed(local, code.as_str(), &message) {
+                            tracing::error!(error = %e, "cannot record refusal");
+                        }
+                        progress = true;
+                    } else if let Some(reply) = self.requests.remove(&req) {
+                        let _ = reply.send(Ok(RelayFrame::Error { req, code, message }));
+                    }
+                }
+                RelayFrame::Error { code, message, .. } => {
+                    return Err(End::Lost(format!(
+                        "relay closed the connection: {message} ({code})"
+                    )));
+                }
+                RelayFrame::InviteRegistered { req } | RelayFrame::InviteClaimed { req, .. } => {
+                    if let Some(reply) = self.requests.remove(&req) {
+                        let _ = reply.send(Ok(frame));
+                    }
+                }
+                RelayFrame::Pong { .. } | RelayFrame::Deliver { .. } => {}
+                RelayFrame::Challenge { .. } | RelayFrame::AuthOk { .. } => {}
+            }
+        }
+        if !acked.is_empty() {
+            if let Err(e) = self.shared.home().outbox_acked(&acked, now_ms()) {
+                // The relay deduplicates by message id, so a resend after this is harmless.
+                tracing::error!(error = %e, "cannot record acknowledgements");
+            }
+            progress = true;
+        }
+        if progress {
+            self.shared.progress.send_modify(|n| *n += 1);
+        }
+        if !deliveries.is_empty() {
+            self.open_deliveries(ws, deliveries).await?;
+        }
+        Ok(())
+    }
+
+    async fn open_deliveries(&mut self, ws: &mut Ws, deliveries: Vec<Incoming>) -> Result<(), End> {
+        let result = {
+            let mut home = self.shared.home();
+            home.process_incoming(&deliveries, now_ms()).map(|out| {
+                out.into_iter()
+                    .filter_map(|p| match p {
+                        Processed::New(e) => Some((entry_event(&home, &e), e.seq)),
+                        Processed::Duplicate => None,
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        let events = match result {
+            Ok(ev) => ev,
+            Err(e) => {
+                // Nothing was stored, nothing is acked: the relay redelivers after reconnect.
+                tracing::error!(error = %e, "cannot store incoming messages");
+                return Err(End::Lost(format!("local store error: {e}")));
+            }
+        };
+        for d in &deliveries {
+            ws.feed(Message::Binary(
+                ClientFrame::Ack { seq: d.relay_seq }.encode().into(),
+            ))
+            .await
+            .map_err(|e| End::Lost(e.to_string()))?;
+        }
+        ws.flush().await.map_err(|e| End::Lost(e.to_string()))?;
+        for (event, seq) in events {
+            if let Some(event) = event
+                && self.events.send((event, Some(seq))).await.is_err()
+            {
+                return Err(End::Stop);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read(
+    msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) -> Result<Option<RelayFrame>, String> {
+    match msg {
+        Some(Ok(Message::Binary(b))) => match RelayFrame::decode(&b) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring undecodable frame from relay");
+                Ok(None)
+            }
+        },
+        Some(Ok(Message::Close(_))) | None => Err("connection closed by relay".into()),
+        Some(Err(e)) => Err(e.to_string()),
+        Some(Ok(_)) => Ok(None),
+    }
+}

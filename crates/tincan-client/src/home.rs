@@ -1,0 +1,208 @@
+//! An agent's home: its identity key file and its SQLite state (peers, sessions, invites, outbox,
+//! inbox).
+//!
+//! Every change to ratchet state happens inside one `BEGIN IMMEDIATE` transaction together with
+//! the outbox or inbox rows it produced: the session is loaded, used and stored back before the
+//! commit. A crash therefore never separates a ratchet step from its message, and two processes
+//! using the same home (a `listen` and a `send`) are serialised by SQLite instead of racing on a
+//! stale copy of the ratchet.
+
+mod invites;
+mod messages;
+mod peers;
+mod schema;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rand::Rng;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tincan_proto::identity::{Identity, IdentityKeys, PickleKey};
+
+pub use self::messages::{InboxEntry, InboxKind, Incoming, OutboxEntry, Processed};
+pub use self::peers::PeerRecord;
+use crate::error::ClientError;
+
+const KEY_FILE: &str = "identity.key";
+const DB_FILE: &str = "tincan.db";
+
+/// An open home directory.
+pub struct Home {
+    dir: PathBuf,
+    conn: Connection,
+    key: PickleKey,
+    /// The identity as loaded at open; used read-only (id, signing). Anything that changes the
+    /// account (invites, inbound sessions) reloads it inside its transaction.
+    identity: Option<Identity>,
+}
+
+impl std::fmt::Debug for Home {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Home")
+            .field("dir", &self.dir)
+            .field("identity", &self.identity.as_ref().map(Identity::peer_id))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Home {
+    /// Opens (creating if needed) the home at `dir`: directory mode 0700, key file mode 0600.
+    pub fn open(dir: &Path) -> Result<Self, ClientError> {
+        create_private_dir(dir)?;
+        let key = load_or_create_key(&dir.join(KEY_FILE))?;
+        let conn = Connection::open(dir.join(DB_FILE))?;
+        restrict(&dir.join(DB_FILE))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(schema::SCHEMA)?;
+        let mut home = Self {
+            dir: dir.to_path_buf(),
+            conn,
+            key,
+            identity: None,
+        };
+        home.identity = home.load_identity()?;
+        Ok(home)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Creates the identity if there is none. Returns its keys and whether it was new.
+    pub fn setup(&mut self) -> Result<(IdentityKeys, bool), ClientError> {
+        if let Some(id) = &self.identity {
+            return Ok((id.keys(), false));
+        }
+        let id = Identity::generate();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let existing: Option<String> = tx
+            .query_row("SELECT value FROM meta WHERE key = 'identity'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if existing.is_none() {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('identity', ?1)",
+                params![id.pickle(&self.key)],
+            )?;
+        }
+        tx.commit()?;
+        self.identity = self.load_identity()?;
+        let keys = self.identity()?.keys();
+        Ok((keys, existing.is_none()))
+    }
+
+    /// The identity; fails with [`ClientError::NoIdentity`] before [`Home::setup`].
+    pub fn identity(&self) -> Result<&Identity, ClientError> {
+        self.identity.as_ref().ok_or(ClientError::NoIdentity)
+    }
+
+    fn load_identity(&self) -> Result<Option<Identity>, ClientError> {
+        let pickled: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'identity'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match pickled {
+            None => Ok(None),
+            Some(p) => Identity::from_pickle(&p, &self.key)
+                .map(Some)
+                .map_err(|_| ClientError::BadKeyFile),
+        }
+    }
+
+    /// A setting stored in the home (e.g. the default relay).
+    pub fn setting(&self, key: &str) -> Result<Option<String>, ClientError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                params![format!("setting.{key}")],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Stores a setting.
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), ClientError> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![format!("setting.{key}"), value],
+        )?;
+        Ok(())
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), ClientError> {
+    fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+fn restrict(path: &Path) -> Result<(), ClientError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    }
+    let _ = path;
+    Ok(())
+}
+
+fn load_or_create_key(path: &Path) -> Result<PickleKey, ClientError> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let arr: [u8; 32] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| ClientError::BadKeyFile)?;
+            Ok(PickleKey::from_bytes(arr))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            let mut opts = fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let mut f = opts.open(path)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            Ok(PickleKey::from_bytes(bytes))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn random16() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    b
+}

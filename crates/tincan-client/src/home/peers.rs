@@ -1,0 +1,188 @@
+//! Peers: who this agent has paired with, their aliases and their session state.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+use tincan_proto::ids::{PeerId, fingerprint};
+use tincan_proto::session::PeerSession;
+
+use super::Home;
+use crate::error::ClientError;
+
+/// A paired peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerRecord {
+    /// The peer's id.
+    pub id: PeerId,
+    /// A local name, if set.
+    pub alias: Option<String>,
+    /// The peer's Curve25519 key.
+    pub curve25519: [u8; 32],
+    /// The relay both use.
+    pub relay_url: String,
+    /// When pairing happened, unix seconds.
+    pub created_at: u64,
+    /// When a message last arrived from it, unix seconds.
+    pub last_seen: Option<u64>,
+}
+
+impl PeerRecord {
+    /// The fingerprint to compare out of band.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(self.id.as_bytes(), &self.curve25519)
+    }
+
+    /// The alias, or the first 12 characters of the id.
+    pub fn display_name(&self) -> String {
+        self.alias
+            .clone()
+            .unwrap_or_else(|| self.id.to_string()[..12].to_string())
+    }
+}
+
+const COLUMNS: &str = "id, alias, curve25519, relay_url, created_at, last_seen";
+
+fn row_to_peer(r: &rusqlite::Row<'_>) -> rusqlite::Result<PeerRecord> {
+    let id: String = r.get(0)?;
+    let curve: Vec<u8> = r.get(2)?;
+    let bad = |i| rusqlite::Error::InvalidColumnType(i, "peer".into(), rusqlite::types::Type::Blob);
+    Ok(PeerRecord {
+        id: id.parse().map_err(|_| bad(0))?,
+        alias: r.get(1)?,
+        curve25519: curve.as_slice().try_into().map_err(|_| bad(2))?,
+        relay_url: r.get(3)?,
+        created_at: r.get::<_, i64>(4)? as u64,
+        last_seen: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+    })
+}
+
+impl Home {
+    /// Every peer, oldest first.
+    pub fn peers(&self) -> Result<Vec<PeerRecord>, ClientError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM peers ORDER BY created_at, id"
+        ))?;
+        let rows = stmt.query_map([], row_to_peer)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One peer by id.
+    pub fn peer(&self, id: &PeerId) -> Result<Option<PeerRecord>, ClientError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM peers WHERE id = ?1"),
+                params![id.to_string()],
+                row_to_peer,
+            )
+            .optional()?)
+    }
+
+    /// Finds a peer by full id, alias, or unique id prefix.
+    pub fn resolve_peer(&self, name: &str) -> Result<PeerRecord, ClientError> {
+        let name = name.trim();
+        let peers = self.peers()?;
+        if let Some(p) = peers
+            .iter()
+            .find(|p| p.alias.as_deref() == Some(name) || p.id.to_string() == name)
+        {
+            return Ok(p.clone());
+        }
+        let lower = name.to_ascii_lowercase();
+        let matches: Vec<_> = if lower.is_empty() {
+            Vec::new()
+        } else {
+            peers
+                .iter()
+                .filter(|p| p.id.to_string().starts_with(&lower))
+                .collect()
+        };
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(ClientError::UnknownPeer(name.to_string())),
+            _ => Err(ClientError::AmbiguousPeer(name.to_string())),
+        }
+    }
+
+    /// Sets (or with `None`, clears) a peer's alias.
+    pub fn set_alias(&self, id: &PeerId, alias: Option<&str>) -> Result<(), ClientError> {
+        if let Some(a) = alias {
+            let valid = !a.is_empty()
+                && a.len() <= 64
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !valid {
+                return Err(ClientError::BadAlias(
+                    "use 1-64 characters from letters, digits, '-', '_' and '.'".into(),
+                ));
+            }
+            if let Some(other) = self
+                .peers()?
+                .iter()
+                .find(|p| p.alias.as_deref() == Some(a) && p.id != *id)
+            {
+                return Err(ClientError::BadAlias(format!(
+                    "'{a}' already names peer {}",
+                    other.id
+                )));
+            }
+        }
+        let n = self.conn.execute(
+            "UPDATE peers SET alias = ?1 WHERE id = ?2",
+            params![alias, id.to_string()],
+        )?;
+        if n == 0 {
+            return Err(ClientError::UnknownPeer(id.to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// Loads a peer's session inside a transaction.
+pub(super) fn load_session(
+    tx: &Transaction<'_>,
+    home_key: &tincan_proto::identity::PickleKey,
+    id: &PeerId,
+) -> Result<Option<PeerSession>, ClientError> {
+    let pickled: Option<String> = tx
+        .query_row(
+            "SELECT session FROM peers WHERE id = ?1",
+            params![id.to_string()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match pickled {
+        None => Ok(None),
+        Some(p) => Ok(Some(PeerSession::from_pickle(*id, &p, home_key)?)),
+    }
+}
+
+/// Stores a peer's session inside a transaction.
+pub(super) fn save_session(
+    tx: &Transaction<'_>,
+    home_key: &tincan_proto::identity::PickleKey,
+    s: &PeerSession,
+) -> Result<(), ClientError> {
+    tx.execute(
+        "UPDATE peers SET session = ?1 WHERE id = ?2",
+        params![s.pickle(home_key), s.peer().to_string()],
+    )?;
+    Ok(())
+}
+
+/// Inserts or replaces a peer with a new session (re-pairing replaces the old session).
+pub(super) fn upsert_peer(
+    tx: &Transaction<'_>,
+    home_key: &tincan_proto::identity::PickleKey,
+    id: &PeerId,
+    curve25519: &[u8; 32],
+    relay_url: &str,
+    session: &PeerSession,
+    now: u64,
+) -> Result<(), ClientError> {
+    tx.execute(
+        "INSERT INTO peers (id, curve25519, relay_url, session, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (id) DO UPDATE SET curve25519 = excluded.curve25519, relay_url = excluded.relay_url,
+         session = excluded.session",
+        params![id.to_string(), curve25519.as_slice(), relay_url, session.pickle(home_key), now as i64],
+    )?;
+    Ok(())
+}
