@@ -1,1 +1,58 @@
-fn main() {}
+//! The `tincan` binary: argument parsing and glue over tincan-client and tincan-relay.
+
+mod cli;
+mod cmd;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::output::{CliError, Out};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version requests are not errors.
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let json = std::env::args().any(|a| a == "--json");
+            if json && e.use_stderr() {
+                let msg = e.render().to_string();
+                let first = msg.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+                println!("{}", serde_json::json!({"error": {"code": "usage", "message": first}}));
+            } else {
+                let _ = e.print();
+            }
+            return ExitCode::from(code);
+        }
+    };
+    let out = Out::new(cli.json);
+    // `version` runs without a runtime or logging, so it starts in a millisecond.
+    if let Command::Version = cli.command {
+        cmd::version::run(&out);
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return out.fail(&CliError::internal(format!("cannot start runtime: {e}"))),
+    };
+    match runtime.block_on(cmd::dispatch(cli, &out)) {
+        Ok(code) => code,
+        Err(e) => out.fail(&e),
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default = if matches!(cli.command, Command::Relay(_)) { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_env("TINCAN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,150 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// tincan: a private, end-to-end encrypted line between AI agents.
+#[derive(Parser, Debug)]
+#[command(name = "tincan", version, about, long_about = None)]
+pub struct Cli {
+    /// Home directory holding this agent's identity and state.
+    #[arg(long, global = true, env = "TINCAN_HOME")]
+    pub home: Option<PathBuf>,
+    /// Machine-readable output: one JSON object per line; errors as {"error": {"code", "message"}}.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Write logs (stderr) as NDJSON.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create this home's identity (idempotent).
+    Setup,
+    /// Show this agent's id and fingerprint.
+    Whoami,
+    /// Create or accept invites.
+    #[command(subcommand)]
+    Invite(InviteCmd),
+    /// List peers, or set an alias with `peers alias <peer> <name>`.
+    Peers(PeersArgs),
+    /// Send a message to a peer.
+    Send(SendArgs),
+    /// Receive messages (NDJSON events with --json).
+    Listen(ListenArgs),
+    /// Run a relay.
+    Relay(RelayArgs),
+    /// Run the whole flow on this machine: a relay, two agents, pairing and messages.
+    Demo,
+    /// Print the version.
+    Version,
+}
+
+/// `invite` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum InviteCmd {
+    /// Create a single-use invite link.
+    Create {
+        /// Relay URL both agents will use, e.g. http://127.0.0.1:8787 (default: the last relay used).
+        #[arg(long)]
+        relay: Option<String>,
+        /// How long the invite stays valid: e.g. 90s, 30m, 24h, 7d, or seconds.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: u64,
+    },
+    /// Accept an invite link and pair with its maker.
+    Accept {
+        /// The invite URL (quote it: it contains '#').
+        url: String,
+        /// Seconds to wait for the relay.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+}
+
+/// `peers` arguments.
+#[derive(Args, Debug)]
+pub struct PeersArgs {
+    /// Optional action.
+    #[command(subcommand)]
+    pub action: Option<PeersAction>,
+}
+
+/// `peers` actions.
+#[derive(Subcommand, Debug)]
+pub enum PeersAction {
+    /// Give a peer a local name.
+    Alias {
+        /// Peer id, unique prefix or current alias.
+        peer: String,
+        /// The new name (letters, digits, '-', '_', '.').
+        name: String,
+    },
+}
+
+/// `send` arguments.
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// Peer id, unique prefix or alias.
+    pub peer: String,
+    /// The message; "-" reads it from stdin.
+    pub text: String,
+    /// Seconds to wait for the relay to store the message.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+}
+
+/// `listen` arguments.
+#[derive(Args, Debug)]
+pub struct ListenArgs {
+    /// Exit after the first message or peer_joined event.
+    #[arg(long)]
+    pub once: bool,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Relay to listen on (default: the last relay used).
+    #[arg(long)]
+    pub relay: Option<String>,
+}
+
+/// `relay` arguments.
+#[derive(Args, Debug)]
+pub struct RelayArgs {
+    /// Address to listen on. Loopback unless told otherwise.
+    #[arg(long, default_value = "127.0.0.1:8787", env = "TINCAN_RELAY_LISTEN")]
+    pub listen: String,
+    /// SQLite database file (default: relay.db in the platform data dir).
+    #[arg(long, env = "TINCAN_RELAY_DB")]
+    pub db: Option<PathBuf>,
+    /// Most undelivered messages kept per recipient.
+    #[arg(long, default_value_t = 10_000)]
+    pub queue_cap: u64,
+    /// How long undelivered messages are kept (e.g. 7d).
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    pub message_ttl: u64,
+}
+
+/// Parses `90`, `90s`, `30m`, `24h`, `7d` into seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86_400),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a duration; use e.g. 90s, 30m, 24h or 7d"))?;
+    let secs = n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too long"))?;
+    if secs == 0 {
+        return Err("duration must be greater than zero".into());
+    }
+    Ok(secs)
+}

@@ -1,0 +1,83 @@
+//! `tincan invite create` and `tincan invite accept`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::json;
+use tincan_client::tincan_proto::invite::Invite;
+use tincan_client::{Client, ClientOptions, now_secs};
+
+use crate::cli::InviteCmd;
+use crate::cmd::{open_home, relay_for};
+use crate::output::{CliError, Out};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn run(home: Option<PathBuf>, cmd: InviteCmd, out: &Out) -> Result<ExitCode, CliError> {
+    match cmd {
+        InviteCmd::Create { relay, ttl } => create(home, relay, ttl, out).await,
+        InviteCmd::Accept { url, timeout } => accept(home, &url, timeout, out).await,
+    }
+}
+
+async fn create(home: Option<PathBuf>, relay: Option<String>, ttl: u64, out: &Out) -> Result<ExitCode, CliError> {
+    let h = open_home(home)?;
+    let relay = relay_for(&h, relay)?;
+    // Send-only connection: creating an invite must not take deliveries from a running listener.
+    let client = Client::connect(h, &relay, ClientOptions { receive: false }, CONNECT_TIMEOUT).await?;
+    let draft = client.create_invite(ttl).await?;
+    client.home().set_setting("relay", client.relay_url())?;
+    let inv = draft.invite();
+    let url = draft.url();
+    out.print(
+        json!({
+            "url": url,
+            "invite_id": inv.id.to_string(),
+            "relay": inv.relay_url,
+            "expires_at": inv.expires_at,
+            "inviter": inv.inviter.ed25519.to_string(),
+            "fingerprint": inv.inviter.fingerprint(),
+        }),
+        || {
+            format!(
+                "Invite (single use, expires in {}):\n\n  {url}\n\nThe other agent runs:\n  tincan invite accept '{url}'\nThen run `tincan listen` here to see them join.",
+                human_secs(ttl)
+            )
+        },
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn accept(home: Option<PathBuf>, url: &str, timeout: u64, out: &Out) -> Result<ExitCode, CliError> {
+    let h = open_home(home)?;
+    let invite = Invite::parse(url, now_secs()).map_err(tincan_client::ClientError::from)?;
+    if invite.inviter.ed25519 == h.identity()?.peer_id() {
+        return Err(tincan_client::ClientError::OwnInvite.into());
+    }
+    let timeout = Duration::from_secs(timeout);
+    let client = Client::connect(h, &invite.relay_url, ClientOptions { receive: false }, timeout).await?;
+    let peer = client.accept_invite(&invite, timeout).await?;
+    client.home().set_setting("relay", client.relay_url())?;
+    let fp = peer.fingerprint();
+    out.print(
+        json!({"peer": peer.id.to_string(), "fingerprint": fp, "relay": peer.relay_url}),
+        || {
+            format!(
+                "Paired with {}\nfingerprint: {fp}  (compare it with theirs out of band)\nSend with: tincan send {} \"hello\"",
+                peer.id,
+                &peer.id.to_string()[..8]
+            )
+        },
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_secs(s: u64) -> String {
+    match s {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}

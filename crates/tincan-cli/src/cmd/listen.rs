@@ -1,0 +1,98 @@
+//! `tincan listen`: NDJSON events with --json.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::json;
+use tincan_client::{Client, ClientOptions, Event};
+
+use crate::cli::ListenArgs;
+use crate::cmd::{open_home, relay_for};
+use crate::output::{CliError, Out, terminal_safe};
+
+pub async fn run(home: Option<PathBuf>, args: ListenArgs, out: &Out) -> Result<ExitCode, CliError> {
+    let h = open_home(home)?;
+    let relay = relay_for(&h, args.relay)?;
+    let mut client = Client::start(h, &relay, ClientOptions::default())?;
+    let deadline = args.timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    if !out.json {
+        eprintln!("listening on {relay} (Ctrl-C to stop)");
+    }
+    loop {
+        let next = async {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, client.next_event()).await.ok(),
+                None => Some(client.next_event().await),
+            }
+        };
+        let event = tokio::select! {
+            e = next => e,
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        };
+        let Some(event) = event else {
+            // Timed out.
+            if args.once {
+                return Err(CliError::new("timeout", 6, "no message or join arrived before the timeout"));
+            }
+            return Ok(ExitCode::SUCCESS);
+        };
+        let Some(event) = event else { return Err(CliError::internal("client stopped")) };
+        let done = print_event(&client, &event, out);
+        if args.once && done {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+/// Prints one event; returns whether it counts for --once.
+fn print_event(client: &Client, event: &Event, out: &Out) -> bool {
+    match event {
+        Event::Message(m) => {
+            out.print(
+                json!({
+                    "event": "message",
+                    "from": m.from.to_string(),
+                    "from_name": m.from_name,
+                    "id": m.id.to_string(),
+                    "text": m.text,
+                    "sent_at": m.sent_at,
+                    "received_at": m.received_at,
+                }),
+                || {
+                    let name = m.from_name.clone().unwrap_or_else(|| m.from.to_string()[..12].to_string());
+                    format!("[{name}] {}", terminal_safe(&m.text))
+                },
+            );
+            true
+        }
+        Event::PeerJoined { peer, fingerprint } => {
+            out.print(json!({"event": "peer_joined", "peer": peer.to_string(), "fingerprint": fingerprint}), || {
+                format!("peer joined: {peer}\nfingerprint: {fingerprint}  (compare it with theirs out of band)")
+            });
+            true
+        }
+        Event::Rejected { from, reason } => {
+            out.print(json!({"event": "rejected", "from": from.to_string(), "reason": reason}), || {
+                format!("rejected a message claiming to be from {from}: {reason}")
+            });
+            false
+        }
+        Event::SendFailed { id, code, message } => {
+            out.print(json!({"event": "send_failed", "id": id.to_string(), "code": code, "message": message}), || {
+                format!("relay refused message {id}: {message}")
+            });
+            false
+        }
+        Event::Connected => {
+            if out.json {
+                println!("{}", json!({"event": "connected", "relay": client.relay_url()}));
+            }
+            false
+        }
+        Event::Disconnected { reason } => {
+            out.print(json!({"event": "disconnected", "reason": reason}), || format!("disconnected ({reason}); reconnecting"));
+            false
+        }
+    }
+}
