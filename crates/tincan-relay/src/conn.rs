@@ -221,6 +221,10 @@ impl Conn {
                 }
             }
             if n < FETCH_BATCH {
+                if self.unflushed > 0 {
+                    self.unflushed = 0;
+                    return self.sink.flush().await.is_ok();
+                }
                 return true;
             }
         }

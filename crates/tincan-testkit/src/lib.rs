@@ -1,1 +1,73 @@
-//! placeholder
+//! Helpers shared by tincan's tests: a relay as a child process that can be SIGKILLed and
+//! restarted, a runner for CLI commands with JSON output, an in-process relay, and a raw relay
+//! connection for sending frames a well-behaved client never would.
+
+pub mod process;
+pub mod raw;
+
+use std::net::TcpListener;
+use std::path::Path;
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    // Test helper: failing to bind loopback means the machine cannot run the tests at all.
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// An in-process relay on 127.0.0.1, stopped when dropped.
+pub struct InProcessRelay {
+    /// Its URL.
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl InProcessRelay {
+    /// Starts a relay with `config` (its db_path should live in a temp dir).
+    pub async fn start(config: tincan_relay::Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            tincan_relay::run(listener, config, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("relay run");
+        });
+        Self { url, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Stops the relay and waits for it to flush.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for InProcessRelay {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Reads a file and its SQLite WAL and shm companions, for plaintext scans.
+pub fn read_db_files(db: &Path) -> Vec<u8> {
+    let mut out = std::fs::read(db).unwrap_or_default();
+    for ext in ["db-wal", "db-shm"] {
+        out.extend(std::fs::read(db.with_extension(ext)).unwrap_or_default());
+    }
+    out
+}
+
+/// Whether `needle` occurs in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
