@@ -100,12 +100,14 @@ pub enum ConnState {
     Failed(String),
 }
 
+/// Builds a request frame once its request number is known.
+pub(crate) type RequestFrame = Box<dyn FnOnce(u32) -> ClientFrame + Send>;
+/// Where the relay's answer to a request goes.
+pub(crate) type Reply = oneshot::Sender<Result<RelayFrame, ClientError>>;
+
 pub(crate) enum Cmd {
     Flush,
-    Request {
-        frame: Box<dyn FnOnce(u32) -> ClientFrame + Send>,
-        reply: oneshot::Sender<Result<RelayFrame, ClientError>>,
-    },
+    Request { frame: RequestFrame, reply: Reply },
 }
 
 pub(crate) struct Shared {

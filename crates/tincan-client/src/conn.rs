@@ -10,7 +10,7 @@ use tincan_proto::{PROTOCOL_VERSION, labels};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{Cmd, ConnState, Event, Shared, entry_event};
+use crate::client::{Cmd, ConnState, Event, Reply, RequestFrame, Shared, entry_event};
 use crate::error::ClientError;
 use crate::home::{Incoming, Processed, now_ms};
 
@@ -44,10 +44,7 @@ pub(crate) fn ws_url(relay_url: &str) -> Result<String, ClientError> {
 }
 
 struct Pending {
-    requests: Vec<(
-        Box<dyn FnOnce(u32) -> ClientFrame + Send>,
-        oneshot::Sender<Result<RelayFrame, ClientError>>,
-    )>,
+    requests: Vec<(RequestFrame, Reply)>,
 }
 
 pub(crate) async fn run(

@@ -429,6 +429,8 @@ impl Worker {
         }
     }
 
+    // The error hands the command back so its requester can be told; it is the rare path.
+    #[allow(clippy::result_large_err)]
     fn apply(&mut self, cmd: Cmd, fx: &mut Effects) -> Result<(), (Cmd, StoreError)> {
         match cmd {
             Cmd::Send {
