@@ -275,6 +275,14 @@ impl Conn {
                 id,
                 expires_at,
             } => {
+                let now = now_ms() / 1000;
+                let max = self.shared.config.max_invite_ttl.as_secs();
+                if expires_at <= now || expires_at - now > max {
+                    let message =
+                        format!("invite expiry must be in the future and at most {max} s away");
+                    let err = RelayFrame::Error { req, code: ErrorCode::InviteExpired, message };
+                    return if self.feed(err).await { Handled::Done } else { Handled::Close };
+                }
                 store.register_invite(peer, req, id, expires_at, resp.clone());
                 Handled::Request
             }

@@ -57,6 +57,8 @@ pub struct Config {
     pub require_pairing: bool,
     /// How long a new connection has to authenticate.
     pub auth_timeout: Duration,
+    /// The longest an invite may stay open.
+    pub max_invite_ttl: Duration,
 }
 
 impl Config {
@@ -69,6 +71,7 @@ impl Config {
             message_ttl: Duration::from_secs(7 * 24 * 3600),
             require_pairing: true,
             auth_timeout: Duration::from_secs(10),
+            max_invite_ttl: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }

@@ -726,7 +726,7 @@ impl Worker {
                 "invite already used; ask the inviter for a new one",
             )));
         }
-        if (expires_at as u64) * 1000 <= now_ms {
+        if (expires_at as u64).saturating_mul(1000) <= now_ms {
             return Ok(Err((
                 ErrorCode::InviteExpired,
                 "invite expired; ask the inviter for a new one",
