@@ -1,0 +1,192 @@
+//! The client SDK against an in-process relay over real WebSockets, including a relay that
+//! routes anything (pairing checks off), to show the client's own defences.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use tincan_client::tincan_proto::frame::{ClientFrame, RelayFrame};
+use tincan_client::tincan_proto::identity::Identity;
+use tincan_client::tincan_proto::ids::MessageId;
+use tincan_client::tincan_proto::invite::Invite;
+use tincan_client::tincan_proto::session::PeerSession;
+use tincan_client::{Client, ClientOptions, Event, Home, now_ms, now_secs};
+use tincan_relay::Config;
+use tincan_testkit::InProcessRelay;
+use tincan_testkit::raw::RawConn;
+
+const T: Duration = Duration::from_secs(10);
+
+async fn next_matching(c: &mut Client, want: impl Fn(&Event) -> bool) -> Event {
+    tokio::time::timeout(T, async {
+        loop {
+            let e = c.next_event().await.expect("client closed");
+            if want(&e) {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("event did not arrive")
+}
+
+async fn home(dir: &tempfile::TempDir, name: &str) -> Home {
+    let mut h = Home::open(&dir.path().join(name)).unwrap();
+    h.setup().unwrap();
+    h
+}
+
+async fn open_relay(dir: &tempfile::TempDir, pairing: bool) -> InProcessRelay {
+    let mut c = Config::new(dir.path().join("relay.db"));
+    c.require_pairing = pairing;
+    InProcessRelay::start(c).await
+}
+
+#[tokio::test]
+async fn sdk_pairs_sends_and_receives_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = open_relay(&dir, true).await;
+    let mut a = Client::connect(home(&dir, "a").await, &relay.url, ClientOptions::default(), T).await.unwrap();
+    let mut b = Client::connect(home(&dir, "b").await, &relay.url, ClientOptions::default(), T).await.unwrap();
+    let draft = a.create_invite(60).await.unwrap();
+    let invite = Invite::parse(&draft.url(), now_secs()).unwrap();
+    let peer = b.accept_invite(&invite, T).await.unwrap();
+    let b_id = match next_matching(&mut a, |e| matches!(e, Event::PeerJoined { .. })).await {
+        Event::PeerJoined { peer, .. } => peer,
+        _ => unreachable!(),
+    };
+    let texts: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    b.send_many(&peer.id.to_string(), &refs).await.unwrap();
+    for t in &texts {
+        match next_matching(&mut a, |e| matches!(e, Event::Message(_))).await {
+            Event::Message(m) => {
+                assert_eq!(&m.text, t);
+                assert_eq!(m.from, b_id);
+            }
+            _ => unreachable!(),
+        }
+    }
+    let id = a.send(&b_id.to_string(), "back").await.unwrap();
+    a.wait_sent(&id, T).await.unwrap();
+    match next_matching(&mut b, |e| matches!(e, Event::Message(_))).await {
+        Event::Message(m) => assert_eq!(m.text, "back"),
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn outbox_survives_a_relay_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = open_relay(&dir, true).await;
+    let url = relay.url.clone();
+    let mut a = Client::connect(home(&dir, "a").await, &url, ClientOptions::default(), T).await.unwrap();
+    let b = Client::connect(home(&dir, "b").await, &url, ClientOptions::default(), T).await.unwrap();
+    let invite = Invite::parse(&a.create_invite(60).await.unwrap().url(), now_secs()).unwrap();
+    b.accept_invite(&invite, T).await.unwrap();
+    let a_id = invite.inviter.ed25519.to_string();
+    next_matching(&mut a, |e| matches!(e, Event::PeerJoined { .. })).await;
+    relay.stop().await;
+    // Queued while the relay is down.
+    let id = b.send(&a_id, "while down").await.unwrap();
+    assert!(b.wait_sent(&id, Duration::from_millis(300)).await.is_err());
+    // Same port, same database: the clients reconnect and the outbox drains.
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(tincan_relay::run(listener, Config::new(dir.path().join("relay.db")), async {
+        let _ = rx.await;
+    }));
+    b.wait_sent(&id, T).await.unwrap();
+    match next_matching(&mut a, |e| matches!(e, Event::Message(_))).await {
+        Event::Message(m) => assert_eq!(m.text, "while down"),
+        _ => unreachable!(),
+    }
+    let _ = stop.send(());
+    let _ = task.await;
+}
+
+/// With the relay's pairing check off, an identity that never held an invite reaches the
+/// agent's connection; the agent's client still refuses it and shows no text.
+#[tokio::test]
+async fn uninvited_sender_is_rejected_by_the_client_even_if_the_relay_routes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = open_relay(&dir, false).await;
+    let a_home = home(&dir, "a").await;
+    let a_keys = a_home.identity().unwrap().keys();
+    let mut a = Client::connect(a_home, &relay.url, ClientOptions::default(), T).await.unwrap();
+    // A has an open invite, but Mallory does not hold it: she builds one from A's public keys
+    // with a one-time key of her own making.
+    let real = a.create_invite(60).await.unwrap();
+    let mut forged = real.invite().clone();
+    forged.one_time_key = Identity::generate().keys().curve25519;
+    let mallory = Identity::generate();
+    let (_, join) = PeerSession::accept_invite(&mallory, &forged, [4; 16], now_ms()).unwrap();
+    let mut conn = RawConn::authed(&relay.url, &mallory, false).await;
+    conn.send(&ClientFrame::Send { req: 1, id: MessageId::from_bytes([4; 16]), to: a_keys.ed25519, body: join }).await;
+    assert!(matches!(conn.recv().await, Some(RelayFrame::Sent { .. })));
+    match next_matching(&mut a, |e| matches!(e, Event::Rejected { .. } | Event::Message(_) | Event::PeerJoined { .. })).await {
+        Event::Rejected { from, .. } => assert_eq!(from, mallory.peer_id()),
+        other => panic!("uninvited sender got through: {other:?}"),
+    }
+    assert!(a.home().peers().unwrap().is_empty());
+    // The real invite is still usable afterwards: the forgery did not burn it.
+    let mut b = Client::connect(home(&dir, "b").await, &relay.url, ClientOptions::default(), T).await.unwrap();
+    b.accept_invite(&Invite::parse(&real.url(), now_secs()).unwrap(), T).await.unwrap();
+    next_matching(&mut a, |e| matches!(e, Event::PeerJoined { .. })).await;
+    let _ = b.next_event();
+}
+
+/// A message sealed by a real peer but replayed, or re-sent under another identity, is refused.
+#[tokio::test]
+async fn replayed_and_impersonated_deliveries_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = open_relay(&dir, false).await;
+    let mut a = Client::connect(home(&dir, "a").await, &relay.url, ClientOptions::default(), T).await.unwrap();
+    let b = Client::connect(home(&dir, "b").await, &relay.url, ClientOptions::default(), T).await.unwrap();
+    let invite = Invite::parse(&a.create_invite(60).await.unwrap().url(), now_secs()).unwrap();
+    b.accept_invite(&invite, T).await.unwrap();
+    next_matching(&mut a, |e| matches!(e, Event::PeerJoined { .. })).await;
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A is offline: the sealed message waits in the relay's store, where we copy it.
+    let a_id = invite.inviter.ed25519;
+    let id = b.send(&a_id.to_string(), "only once").await.unwrap();
+    b.wait_sent(&id, T).await.unwrap();
+    let body: Vec<u8> = rusqlite::Connection::open(dir.path().join("relay.db"))
+        .unwrap()
+        .query_row("SELECT body FROM messages WHERE acked = 0 ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
+        .unwrap();
+    let mut a = Client::connect(Home::open(&dir.path().join("a")).unwrap(), &relay.url, ClientOptions::default(), T)
+        .await
+        .unwrap();
+    match next_matching(&mut a, |e| matches!(e, Event::Message(_))).await {
+        Event::Message(m) => assert_eq!(m.text, "only once"),
+        _ => unreachable!(),
+    }
+    // Replay by the real sender under a fresh message id: the message key is spent.
+    let b_home = Home::open(&dir.path().join("b")).unwrap();
+    let mut as_b = RawConn::authed(&relay.url, b_home.identity().unwrap(), false).await;
+    as_b.send(&ClientFrame::Send { req: 1, id: MessageId::from_bytes([7; 16]), to: a_id, body: body.clone() }).await;
+    assert!(matches!(as_b.recv().await, Some(RelayFrame::Sent { .. })));
+    match next_matching(&mut a, |e| matches!(e, Event::Rejected { .. } | Event::Message(_))).await {
+        Event::Rejected { from, .. } => assert_eq!(from, b_home.identity().unwrap().peer_id()),
+        other => panic!("replay got through: {other:?}"),
+    }
+    // The same ciphertext from another identity.
+    let mallory = Identity::generate();
+    let mut conn = RawConn::authed(&relay.url, &mallory, false).await;
+    conn.send(&ClientFrame::Send { req: 1, id: MessageId::from_bytes([8; 16]), to: a_id, body }).await;
+    assert!(matches!(conn.recv().await, Some(RelayFrame::Sent { .. })));
+    match next_matching(&mut a, |e| matches!(e, Event::Rejected { .. } | Event::Message(_))).await {
+        Event::Rejected { from, .. } => assert_eq!(from, mallory.peer_id()),
+        other => panic!("impersonation got through: {other:?}"),
+    }
+    // B's session still works after all that.
+    let id = b.send(&a_id.to_string(), "still fine").await.unwrap();
+    b.wait_sent(&id, T).await.unwrap();
+    match next_matching(&mut a, |e| matches!(e, Event::Message(_))).await {
+        Event::Message(m) => assert_eq!(m.text, "still fine"),
+        _ => unreachable!(),
+    }
+}
