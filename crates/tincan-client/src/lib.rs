@@ -5,22 +5,41 @@
 //! backoff, sends from a persisted outbox (a message queued while the relay is down goes out when
 //! it returns) and yields received messages as [`Event`]s.
 //!
-//! ```no_run
+//! ```
 //! use std::time::Duration;
-//! use tincan_client::{Client, ClientOptions, Event, Home};
+//! use tincan_client::tincan_proto::invite::Invite;
+//! use tincan_client::{Client, ClientOptions, Event, Home, now_secs};
 //!
-//! # async fn demo() -> Result<(), tincan_client::ClientError> {
-//! let mut home = Home::open(std::path::Path::new("/tmp/agent-a"))?;
-//! home.setup()?;
-//! let client = Client::connect(home, "http://127.0.0.1:8787", ClientOptions::default(), Duration::from_secs(5)).await?;
-//! let invite = client.create_invite(24 * 3600).await?;
-//! println!("give this to the other agent: {}", invite.url());
-//! let mut client = client;
-//! while let Some(event) = client.next_event().await {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let tmp = tempfile::tempdir()?;
+//! # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! # let relay_url = format!("http://{}", listener.local_addr()?);
+//! # let config = tincan_relay::Config::new(tmp.path().join("relay.db"));
+//! # tokio::spawn(tincan_relay::run(listener, config, std::future::pending()));
+//! let wait = Duration::from_secs(5);
+//! // Two agents, each with its own home directory.
+//! let mut alice_home = Home::open(&tmp.path().join("alice"))?;
+//! alice_home.setup()?;
+//! let mut bob_home = Home::open(&tmp.path().join("bob"))?;
+//! bob_home.setup()?;
+//! let mut alice = Client::connect(alice_home, &relay_url, ClientOptions::default(), wait).await?;
+//! let mut bob = Client::connect(bob_home, &relay_url, ClientOptions::default(), wait).await?;
+//!
+//! // Alice invites; Bob accepts the URL she gave him.
+//! let url = alice.create_invite(3600).await?.url();
+//! let alice_peer = bob.accept_invite(&Invite::parse(&url, now_secs())?, wait).await?;
+//!
+//! // Bob writes; Alice's event stream shows him joining, then his message.
+//! bob.send(&alice_peer.id.to_string(), "hello").await?;
+//! while let Some(event) = alice.next_event().await {
 //!     match event {
-//!         Event::PeerJoined { peer, .. } => { client.send(&peer.to_string(), "hello").await?; }
-//!         Event::Message(m) => println!("{}: {}", m.from, m.text),
-//!         _ => {}
+//!         Event::PeerJoined { peer, fingerprint } => println!("{peer} joined ({fingerprint})"),
+//!         Event::Message(m) => {
+//!             assert_eq!(m.text, "hello");
+//!             break;
+//!         }
+//!         _ => {} // connection status, rejected deliveries, refused sends
 //!     }
 //! }
 //! # Ok(()) }
