@@ -34,7 +34,7 @@ pub(crate) fn ws_url(relay_url: &str) -> Result<String, ClientError> {
         _ => return Err(bad()),
     };
     let host = rest.split('/').next().unwrap_or("");
-    if host.is_empty() {
+    if host.is_empty() || rest.contains(['#', '?', ' ']) {
         return Err(bad());
     }
     Ok(format!(

@@ -189,7 +189,7 @@ impl Invite {
             .map_err(|e| InviteError::Malformed(format!("bad base64: {e}")))?;
         let invite = Self::decode_verified(&bytes)?;
         if let Some(base) = base
-            && normalize_relay_url(base.trim_end_matches("/invite")) != invite.relay_url
+            && normalize_relay_url(base.strip_suffix("/invite").unwrap_or(base)) != invite.relay_url
         {
             return Err(InviteError::Tampered);
         }
