@@ -42,6 +42,20 @@ pub enum Command {
     Relay(RelayArgs),
     /// Run the whole flow on this machine: a relay, two agents, pairing and messages.
     Demo,
+    /// Answer messages automatically by running a handler command for each.
+    Serve(crate::cmd::serve::ServeArgs),
+    /// Rooms: a background relay plus an invite plus `serve`, in one command.
+    #[command(subcommand)]
+    Room(crate::cmd::room::RoomCmd),
+    /// Alias of `room open`.
+    Host(crate::cmd::room::OpenArgs),
+    /// Run the MCP server (stdio, or Streamable HTTP with --http), or install it into a client.
+    Mcp(crate::cmd::mcp::McpArgs),
+    /// Start Claude Code with the tincan MCP server and live message push.
+    Launch(crate::cmd::launch::LaunchArgs),
+    /// The local, hash-chained audit log of peer messages and the tool calls that followed.
+    #[command(subcommand)]
+    Audit(crate::cmd::audit::AuditCmd),
     /// Print the version.
     Version,
 }
@@ -141,8 +155,12 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
         Some((i, 'd')) => (&s[..i], 86_400),
         _ => (s, 1),
     };
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a duration; use e.g. 90s, 30m, 24h or 7d"))?;
-    let secs = n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too long"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration; use e.g. 90s, 30m, 24h or 7d"))?;
+    let secs = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too long"))?;
     if secs == 0 {
         return Err("duration must be greater than zero".into());
     }

@@ -1,11 +1,16 @@
 //! One module per command.
 
+pub mod audit;
 pub mod demo;
 pub mod invite;
+pub mod launch;
 pub mod listen;
+pub mod mcp;
 pub mod peers;
 pub mod relay;
+pub mod room;
 pub mod send;
+pub mod serve;
 pub mod setup;
 pub mod version;
 
@@ -28,6 +33,12 @@ pub async fn dispatch(cli: Cli, out: &Out) -> Result<ExitCode, CliError> {
         Command::Listen(a) => listen::run(home, a, out).await,
         Command::Relay(a) => relay::run(a, out).await,
         Command::Demo => demo::run(out).await,
+        Command::Serve(a) => serve::run(home, a, out).await,
+        Command::Room(c) => room::run(home, c, out).await,
+        Command::Host(a) => room::open(home, a, out).await,
+        Command::Mcp(a) => mcp::run(home, a, out).await,
+        Command::Launch(a) => launch::run(home, a, out).await,
+        Command::Audit(c) => audit::run(home, c, out).await,
         Command::Version => {
             version::run(out);
             Ok(ExitCode::SUCCESS)
@@ -42,7 +53,13 @@ pub fn home_dir(home: Option<PathBuf>) -> Result<PathBuf, CliError> {
     }
     directories::ProjectDirs::from("", "", "tincan")
         .map(|d| d.config_dir().to_path_buf())
-        .ok_or_else(|| CliError::new("no_home", 3, "cannot find a config directory; pass --home DIR or set TINCAN_HOME"))
+        .ok_or_else(|| {
+            CliError::new(
+                "no_home",
+                3,
+                "cannot find a config directory; pass --home DIR or set TINCAN_HOME",
+            )
+        })
 }
 
 /// Opens the home, requiring an identity.
@@ -65,7 +82,11 @@ pub fn relay_for(home: &Home, flag: Option<String>) -> Result<String, CliError> 
     match flag {
         Some(r) => Ok(r),
         None => home.setting("relay")?.ok_or_else(|| {
-            CliError::new("no_relay", 2, "no relay known yet; pass --relay http://HOST:PORT (e.g. from `tincan relay`)")
+            CliError::new(
+                "no_relay",
+                2,
+                "no relay known yet; pass --relay http://HOST:PORT (e.g. from `tincan relay`)",
+            )
         }),
     }
 }

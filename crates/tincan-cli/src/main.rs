@@ -20,8 +20,15 @@ fn main() -> ExitCode {
             let json = std::env::args().any(|a| a == "--json");
             if json && e.use_stderr() {
                 let msg = e.render().to_string();
-                let first = msg.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-                println!("{}", serde_json::json!({"error": {"code": "usage", "message": first}}));
+                let first = msg
+                    .lines()
+                    .next()
+                    .unwrap_or("invalid arguments")
+                    .trim_start_matches("error: ");
+                println!(
+                    "{}",
+                    serde_json::json!({"error": {"code": "usage", "message": first}})
+                );
             } else {
                 let _ = e.print();
             }
@@ -35,7 +42,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&cli);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return out.fail(&CliError::internal(format!("cannot start runtime: {e}"))),
     };
@@ -47,9 +57,15 @@ fn main() -> ExitCode {
 
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
-    let default = if matches!(cli.command, Command::Relay(_)) { "info" } else { "warn" };
+    let default = if matches!(cli.command, Command::Relay(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     let filter = EnvFilter::try_from_env("TINCAN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cli.log_json {
         builder.json().init();
     } else {

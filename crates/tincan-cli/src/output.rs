@@ -20,7 +20,12 @@ pub struct CliError {
 
 impl CliError {
     pub fn new(code: &str, exit: u8, message: impl Into<String>) -> Self {
-        Self { code: code.into(), message: message.into(), exit, extra: None }
+        Self {
+            code: code.into(),
+            message: message.into(),
+            exit,
+            extra: None,
+        }
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
@@ -43,10 +48,14 @@ impl From<ClientError> for CliError {
             | ClientError::BadKeyFile
             | ClientError::TooLong { .. } => 3,
             ClientError::Invite(_) | ClientError::OwnInvite => 4,
-            ClientError::Unreachable { .. } | ClientError::BadRelayUrl(_) | ClientError::Disconnected => 5,
+            ClientError::Unreachable { .. }
+            | ClientError::BadRelayUrl(_)
+            | ClientError::Disconnected => 5,
             ClientError::Timeout(_) => 6,
             ClientError::Relay { code, .. } => match code {
-                tincan_proto_codes::InviteUsed | tincan_proto_codes::InviteUnknown | tincan_proto_codes::InviteExpired => 4,
+                tincan_proto_codes::InviteUsed
+                | tincan_proto_codes::InviteUnknown
+                | tincan_proto_codes::InviteExpired => 4,
                 _ => 7,
             },
             _ => 1,

@@ -1,7 +1,7 @@
 //! End to end with real processes: a `tincan relay` child process, homes driven by the `tincan`
+//! binary, real WebSockets over TCP, real SQLite files.
 
 #![allow(clippy::unwrap_used)]
-//! binary, real WebSockets over TCP, real SQLite files.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -38,7 +38,11 @@ impl World {
 }
 
 fn messages(events: &[Value]) -> Vec<String> {
-    events.iter().filter(|e| e["event"] == "message").map(|e| e["text"].as_str().unwrap().to_string()).collect()
+    events
+        .iter()
+        .filter(|e| e["event"] == "message")
+        .map(|e| e["text"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -51,7 +55,10 @@ fn pair_and_talk_both_ways_and_relay_holds_no_plaintext() {
     let url = c.pair(&a, &b, &w.relay.url());
     assert!(url.contains("/invite#tincan1."));
 
-    let r = c.run(&b, &["send", &a_id[..8], "hello from b: the build is green"]);
+    let r = c.run(
+        &b,
+        &["send", &a_id[..8], "hello from b: the build is green"],
+    );
     assert_eq!(r.code, 0, "{r:?}");
     let r = c.run_stdin(&b, &["send", &a_id, "-"], Some("second line via stdin\n"));
     assert_eq!(r.code, 0, "{r:?}");
@@ -60,11 +67,17 @@ fn pair_and_talk_both_ways_and_relay_holds_no_plaintext() {
     let r = c.run(&a, &["listen", "--once", "--timeout", "10"]);
     assert_eq!(r.code, 0, "{r:?}");
     let ev = r.events();
-    let joined = ev.iter().find(|e| e["event"] == "peer_joined").expect("peer_joined");
+    let joined = ev
+        .iter()
+        .find(|e| e["event"] == "peer_joined")
+        .expect("peer_joined");
     assert_eq!(joined["peer"], b_id.as_str());
     let r = c.run(&a, &["listen", "--timeout", "2"]);
     let ev = r.events();
-    assert_eq!(messages(&ev), ["hello from b: the build is green", "second line via stdin"]);
+    assert_eq!(
+        messages(&ev),
+        ["hello from b: the build is green", "second line via stdin"]
+    );
     let m = ev.iter().find(|e| e["event"] == "message").unwrap();
     assert_eq!(m["from"], b_id.as_str());
     assert!(m["id"].as_str().unwrap().len() == 32 && m["sent_at"].as_u64().unwrap() > 0);
@@ -82,13 +95,31 @@ fn pair_and_talk_both_ways_and_relay_holds_no_plaintext() {
 
     let peers = c.run(&a, &["peers"]).json();
     assert_eq!(peers["peers"][0]["alias"], "builder");
-    assert_eq!(peers["peers"][0]["fingerprint"].as_str().unwrap().split(' ').count(), 6);
+    assert_eq!(
+        peers["peers"][0]["fingerprint"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .count(),
+        6
+    );
     let who = c.run(&b, &["whoami"]).json();
-    assert_eq!(who["fingerprint"], peers["peers"][0]["fingerprint"], "both sides compute the same fingerprint");
+    assert_eq!(
+        who["fingerprint"], peers["peers"][0]["fingerprint"],
+        "both sides compute the same fingerprint"
+    );
 
     let bytes = read_db_files(&w.relay.db);
-    for t in ["hello from b: the build is green", "second line via stdin", "thanks, reviewing now", "builder"] {
-        assert!(!contains(&bytes, t.as_bytes()), "relay store holds plaintext {t:?}");
+    for t in [
+        "hello from b: the build is green",
+        "second line via stdin",
+        "thanks, reviewing now",
+        "builder",
+    ] {
+        assert!(
+            !contains(&bytes, t.as_bytes()),
+            "relay store holds plaintext {t:?}"
+        );
     }
     // A clean SIGTERM shutdown.
     let mut relay = w.relay;
@@ -107,36 +138,83 @@ fn invite_used_twice_tampered_expired_and_foreign() {
     let url = c.pair(&a, &b, &w.relay.url());
 
     let r = c.run(&m, &["invite", "accept", &url]);
-    assert_eq!((r.code, r.error_code().as_str()), (4, "invite_used"), "{r:?}");
+    assert_eq!(
+        (r.code, r.error_code().as_str()),
+        (4, "invite_used"),
+        "{r:?}"
+    );
     let r = c.run(&b, &["invite", "accept", &url]);
     assert_eq!(r.code, 4, "{r:?}");
 
-    let fresh = c.run(&a, &["invite", "create", "--relay", &w.relay.url()]).json()["url"].as_str().unwrap().to_string();
+    let fresh = c
+        .run(&a, &["invite", "create", "--relay", &w.relay.url()])
+        .json()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Flip one character of the payload (keeping it valid base64url).
     let mut chars: Vec<char> = fresh.chars().collect();
     let i = fresh.find("tincan1.").unwrap() + 30;
     chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
     let tampered: String = chars.into_iter().collect();
     let r = c.run(&m, &["invite", "accept", &tampered]);
-    assert_eq!((r.code, r.error_code().as_str()), (4, "invite_tampered"), "{r:?}");
+    assert_eq!(
+        (r.code, r.error_code().as_str()),
+        (4, "invite_tampered"),
+        "{r:?}"
+    );
     let r = c.run(&m, &["invite", "accept", &fresh[..fresh.len() - 20]]);
     assert_eq!(r.code, 4, "{r:?}");
-    assert!(matches!(r.error_code().as_str(), "invite_malformed" | "invite_tampered"), "{r:?}");
-    let r = c.run(&m, &["invite", "accept", "https://example.com/#not-an-invite"]);
-    assert_eq!((r.code, r.error_code().as_str()), (4, "invite_foreign"), "{r:?}");
+    assert!(
+        matches!(
+            r.error_code().as_str(),
+            "invite_malformed" | "invite_tampered"
+        ),
+        "{r:?}"
+    );
+    let r = c.run(
+        &m,
+        &["invite", "accept", "https://example.com/#not-an-invite"],
+    );
+    assert_eq!(
+        (r.code, r.error_code().as_str()),
+        (4, "invite_foreign"),
+        "{r:?}"
+    );
     // The untampered invite still works after all that.
     let r = c.run(&m, &["invite", "accept", &fresh]);
     assert_eq!(r.code, 0, "{r:?}");
 
-    let short = c.run(&a, &["invite", "create", "--relay", &w.relay.url(), "--ttl", "1s"]).json()["url"].as_str().unwrap().to_string();
+    let short = c
+        .run(
+            &a,
+            &["invite", "create", "--relay", &w.relay.url(), "--ttl", "1s"],
+        )
+        .json()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
     std::thread::sleep(Duration::from_millis(2100));
     let r = c.run(&m, &["invite", "accept", &short]);
-    assert_eq!((r.code, r.error_code().as_str()), (4, "invite_expired"), "{r:?}");
+    assert_eq!(
+        (r.code, r.error_code().as_str()),
+        (4, "invite_expired"),
+        "{r:?}"
+    );
 
     // Own invite.
-    let own = c.run(&a, &["invite", "create", "--relay", &w.relay.url()]).json()["url"].as_str().unwrap().to_string();
+    let own = c
+        .run(&a, &["invite", "create", "--relay", &w.relay.url()])
+        .json()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let r = c.run(&a, &["invite", "accept", &own]);
-    assert_eq!((r.code, r.error_code().as_str()), (4, "invite_own"), "{r:?}");
+    assert_eq!(
+        (r.code, r.error_code().as_str()),
+        (4, "invite_own"),
+        "{r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,13 +223,20 @@ async fn concurrent_claims_of_one_invite_have_one_winner() {
     let c = cli();
     let a = w.home("a");
     c.setup(&a);
-    let url = c.run(&a, &["invite", "create", "--relay", &w.relay.url()]).json()["url"].as_str().unwrap().to_string();
+    let url = c
+        .run(&a, &["invite", "create", "--relay", &w.relay.url()])
+        .json()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut handles = Vec::new();
     for i in 0..8 {
         let home = w.home(&format!("claimer{i}"));
         c.setup(&home);
         let url = url.clone();
-        handles.push(tokio::task::spawn_blocking(move || cli().run(&home, &["invite", "accept", &url])));
+        handles.push(tokio::task::spawn_blocking(move || {
+            cli().run(&home, &["invite", "accept", &url])
+        }));
     }
     let mut wins = 0;
     for h in handles {
@@ -177,19 +262,51 @@ async fn never_invited_identity_cannot_reach_an_agent() {
     let mallory = Identity::generate();
     let mut conn = RawConn::authed(&w.relay.url(), &mallory, false).await;
     let to = a_id.parse().unwrap();
-    conn.send(&ClientFrame::Send { req: 9, id: MessageId::from_bytes([1; 16]), to, body: vec![0, 1, 2, 3] }).await;
+    conn.send(&ClientFrame::Send {
+        req: 9,
+        id: MessageId::from_bytes([1; 16]),
+        to,
+        body: vec![0, 1, 2, 3],
+    })
+    .await;
     match conn.recv().await {
-        Some(RelayFrame::Error { req: 9, code: ErrorCode::NotPaired, .. }) => {}
+        Some(RelayFrame::Error {
+            req: 9,
+            code: ErrorCode::NotPaired,
+            ..
+        }) => {}
         other => panic!("expected not_paired, got {other:?}"),
     }
     // Mallory claims an invite id she made up: unknown.
-    conn.send(&ClientFrame::ClaimInvite { req: 10, id: tincan_client::tincan_proto::ids::InviteId::from_bytes([2; 16]) }).await;
-    assert!(matches!(conn.recv().await, Some(RelayFrame::Error { req: 10, code: ErrorCode::InviteUnknown, .. })));
+    conn.send(&ClientFrame::ClaimInvite {
+        req: 10,
+        id: tincan_client::tincan_proto::ids::InviteId::from_bytes([2; 16]),
+    })
+    .await;
+    assert!(matches!(
+        conn.recv().await,
+        Some(RelayFrame::Error {
+            req: 10,
+            code: ErrorCode::InviteUnknown,
+            ..
+        })
+    ));
     // A forged auth (signature by another key) is refused.
     let (mut raw, nonce) = RawConn::connect(&w.relay.url()).await;
     let signature = mallory.sign(tincan_client::tincan_proto::labels::RELAY_CHALLENGE, &nonce);
-    raw.send(&ClientFrame::Auth { peer: to, signature, receive: true }).await;
-    assert!(matches!(raw.recv().await, Some(RelayFrame::Error { code: ErrorCode::AuthFailed, .. })));
+    raw.send(&ClientFrame::Auth {
+        peer: to,
+        signature,
+        receive: true,
+    })
+    .await;
+    assert!(matches!(
+        raw.recv().await,
+        Some(RelayFrame::Error {
+            code: ErrorCode::AuthFailed,
+            ..
+        })
+    ));
     // A receives nothing.
     let r = c.run(&a, &["listen", "--timeout", "2"]);
     assert!(r.events().iter().all(|e| e["event"] != "message"), "{r:?}");
@@ -210,11 +327,19 @@ fn tampered_ciphertext_in_the_relay_store_is_rejected_not_shown() {
     {
         let db = rusqlite::Connection::open(&w.relay.db).unwrap();
         let (seq, mut body): (i64, Vec<u8>) = db
-            .query_row("SELECT seq, body FROM messages WHERE acked = 0 ORDER BY seq LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                "SELECT seq, body FROM messages WHERE acked = 0 ORDER BY seq LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .unwrap();
         let mid = body.len() / 2;
         body[mid] ^= 0x01;
-        db.execute("UPDATE messages SET body = ?1 WHERE seq = ?2", rusqlite::params![body, seq]).unwrap();
+        db.execute(
+            "UPDATE messages SET body = ?1 WHERE seq = ?2",
+            rusqlite::params![body, seq],
+        )
+        .unwrap();
     }
     w.relay.restart();
     let r = c.run(&a, &["listen", "--timeout", "3"]);
@@ -240,15 +365,25 @@ fn relay_sigkilled_under_traffic_delivers_every_acked_message_exactly_once() {
     let a_peer = a_id.clone();
     // The sender: an SDK client in this process, sending 600 messages in bursts.
     let sender = rt.spawn(async move {
-        let client = Client::start(Home::open(&b_home).unwrap(), &url, ClientOptions { receive: false }).unwrap();
+        let client = Client::start(
+            Home::open(&b_home).unwrap(),
+            &url,
+            ClientOptions { receive: false },
+        )
+        .unwrap();
         let mut all = Vec::new();
         for burst in 0..30 {
-            let texts: Vec<String> = (0..20).map(|i| format!("msg-{:04}", burst * 20 + i)).collect();
+            let texts: Vec<String> = (0..20)
+                .map(|i| format!("msg-{:04}", burst * 20 + i))
+                .collect();
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             all.extend(client.send_many(&a_peer, &refs).await.unwrap());
             tokio::time::sleep(Duration::from_millis(15)).await;
         }
-        client.wait_outbox_empty(Duration::from_secs(60)).await.unwrap();
+        client
+            .wait_outbox_empty(Duration::from_secs(60))
+            .await
+            .unwrap();
         all
     });
     // Kill the relay (SIGKILL) three times while the sender is busy, restarting each time.
@@ -287,14 +422,30 @@ fn send_while_relay_is_down_is_queued_then_delivered() {
     c.setup(&b);
     c.pair(&a, &b, &w.relay.url());
     w.relay.kill9();
-    let r = c.run(&b, &["send", &a_id, "written while the relay was down", "--timeout", "1"]);
-    assert_eq!((r.code, r.error_code().as_str()), (5, "relay_unreachable"), "{r:?}");
+    let r = c.run(
+        &b,
+        &[
+            "send",
+            &a_id,
+            "written while the relay was down",
+            "--timeout",
+            "1",
+        ],
+    );
+    assert_eq!(
+        (r.code, r.error_code().as_str()),
+        (5, "relay_unreachable"),
+        "{r:?}"
+    );
     assert_eq!(r.json()["error"]["status"], "queued");
     w.relay.restart();
     // The next send flushes the outbox in order.
     assert_eq!(c.run(&b, &["send", &a_id, "after restart"]).code, 0);
     let r = c.run(&a, &["listen", "--timeout", "3"]);
-    assert_eq!(messages(&r.events()), ["written while the relay was down", "after restart"]);
+    assert_eq!(
+        messages(&r.events()),
+        ["written while the relay was down", "after restart"]
+    );
 }
 
 #[test]
@@ -303,13 +454,25 @@ fn errors_are_json_with_codes_and_exit_codes() {
     let c = cli();
     let nobody = w.home("nobody");
     let r = c.run(&nobody, &["whoami"]);
-    assert_eq!((r.code, r.error_code().as_str()), (3, "no_identity"), "{r:?}");
+    assert_eq!(
+        (r.code, r.error_code().as_str()),
+        (3, "no_identity"),
+        "{r:?}"
+    );
     let a = w.home("a");
     c.setup(&a);
     let r = c.run(&a, &["send", "zzz", "hi"]);
-    assert_eq!((r.code, r.error_code().as_str()), (3, "unknown_peer"), "{r:?}");
+    assert_eq!(
+        (r.code, r.error_code().as_str()),
+        (3, "unknown_peer"),
+        "{r:?}"
+    );
     let r = c.run(&a, &["invite", "create", "--relay", "http://127.0.0.1:1"]);
-    assert_eq!((r.code, r.error_code().as_str()), (5, "relay_unreachable"), "{r:?}");
+    assert_eq!(
+        (r.code, r.error_code().as_str()),
+        (5, "relay_unreachable"),
+        "{r:?}"
+    );
     let r = c.run(&a, &["invite", "create", "--relay", "ftp://x"]);
     assert_eq!(r.code, 5, "{r:?}");
     let r = c.run(&a, &["invite", "create", "--ttl", "soon"]);
@@ -323,7 +486,10 @@ fn errors_are_json_with_codes_and_exit_codes() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(a.join("identity.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(a.join("identity.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "identity.key must be 0600");
     }
 }

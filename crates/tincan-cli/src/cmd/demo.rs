@@ -13,40 +13,79 @@ const WAIT: Duration = Duration::from_secs(10);
 
 pub async fn run(out: &Out) -> Result<ExitCode, CliError> {
     let started = Instant::now();
-    let tmp = tempfile::tempdir().map_err(|e| CliError::internal(format!("cannot make a temp dir: {e}")))?;
+    let tmp = tempfile::tempdir()
+        .map_err(|e| CliError::internal(format!("cannot make a temp dir: {e}")))?;
     let step = |name: &str, detail: String| {
-        out.print(json!({"step": name, "detail": detail, "ms": started.elapsed().as_millis() as u64}), || {
-            format!("[{:>5} ms] {name}: {detail}", started.elapsed().as_millis())
-        });
+        out.print(
+            json!({"step": name, "detail": detail, "ms": started.elapsed().as_millis() as u64}),
+            || format!("[{:>5} ms] {name}: {detail}", started.elapsed().as_millis()),
+        );
     };
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| CliError::internal(e.to_string()))?;
-    let addr = listener.local_addr().map_err(|e| CliError::internal(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| CliError::internal(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CliError::internal(e.to_string()))?;
     let relay_url = format!("http://{addr}");
     let db = tmp.path().join("relay.db");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = tokio::spawn(tincan_relay::run(listener, tincan_relay::Config::new(db.clone()), async {
-        let _ = stopped.await;
-    }));
-    step("relay", format!("listening on {relay_url}, storing only ciphertext in {}", db.display()));
+    let relay = tokio::spawn(tincan_relay::run(
+        listener,
+        tincan_relay::Config::new(db.clone()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    step(
+        "relay",
+        format!(
+            "listening on {relay_url}, storing only ciphertext in {}",
+            db.display()
+        ),
+    );
 
     let mut alice_home = Home::open(&tmp.path().join("alice"))?;
     let (alice_keys, _) = alice_home.setup()?;
     let mut bob_home = Home::open(&tmp.path().join("bob"))?;
     let (bob_keys, _) = bob_home.setup()?;
-    step("alice", format!("identity {} (fingerprint {})", alice_keys.ed25519, alice_keys.fingerprint()));
-    step("bob", format!("identity {} (fingerprint {})", bob_keys.ed25519, bob_keys.fingerprint()));
+    step(
+        "alice",
+        format!(
+            "identity {} (fingerprint {})",
+            alice_keys.ed25519,
+            alice_keys.fingerprint()
+        ),
+    );
+    step(
+        "bob",
+        format!(
+            "identity {} (fingerprint {})",
+            bob_keys.ed25519,
+            bob_keys.fingerprint()
+        ),
+    );
 
     let mut alice = Client::connect(alice_home, &relay_url, ClientOptions::default(), WAIT).await?;
     let draft = alice.create_invite(600).await?;
     let url = draft.url();
-    step("invite", format!("alice made a single-use invite: {}…", &url[..url.len().min(60)]));
+    step(
+        "invite",
+        format!(
+            "alice made a single-use invite: {}…",
+            &url[..url.len().min(60)]
+        ),
+    );
 
     let mut bob = Client::connect(bob_home, &relay_url, ClientOptions::default(), WAIT).await?;
     let invite = Invite::parse(&url, now_secs()).map_err(tincan_client::ClientError::from)?;
     bob.accept_invite(&invite, WAIT).await?;
     wait_for(&mut alice, |e| matches!(e, Event::PeerJoined { .. })).await?;
-    step("paired", "bob accepted; alice saw him join over an Olm (Double Ratchet) session".into());
+    step(
+        "paired",
+        "bob accepted; alice saw him join over an Olm (Double Ratchet) session".into(),
+    );
 
     let again = Client::connect(
         Home::open(&tmp.path().join("mallory")).and_then(|mut h| h.setup().map(|_| h))?,
@@ -91,14 +130,29 @@ pub async fn run(out: &Out) -> Result<ExitCode, CliError> {
     let _ = relay.await;
     let mut relay_bytes = std::fs::read(&db).unwrap_or_default();
     relay_bytes.extend(std::fs::read(db.with_extension("db-wal")).unwrap_or_default());
-    let leaked = texts.iter().chain([&reply]).any(|t| relay_bytes.windows(t.len()).any(|w| w == t.as_bytes()));
+    let leaked = texts
+        .iter()
+        .chain([&reply])
+        .any(|t| relay_bytes.windows(t.len()).any(|w| w == t.as_bytes()));
     if leaked {
         return Err(CliError::internal("plaintext found in the relay database"));
     }
-    step("relay store", format!("checked {} bytes of the relay's SQLite files: no plaintext", relay_bytes.len()));
-    out.print(json!({"done": true, "ms": started.elapsed().as_millis() as u64}), || {
-        format!("demo finished in {} ms; temporary homes removed", started.elapsed().as_millis())
-    });
+    step(
+        "relay store",
+        format!(
+            "checked {} bytes of the relay's SQLite files: no plaintext",
+            relay_bytes.len()
+        ),
+    );
+    out.print(
+        json!({"done": true, "ms": started.elapsed().as_millis() as u64}),
+        || {
+            format!(
+                "demo finished in {} ms; temporary homes removed",
+                started.elapsed().as_millis()
+            )
+        },
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -21,11 +21,17 @@ pub async fn run(home: Option<PathBuf>, cmd: InviteCmd, out: &Out) -> Result<Exi
     }
 }
 
-async fn create(home: Option<PathBuf>, relay: Option<String>, ttl: u64, out: &Out) -> Result<ExitCode, CliError> {
+async fn create(
+    home: Option<PathBuf>,
+    relay: Option<String>,
+    ttl: u64,
+    out: &Out,
+) -> Result<ExitCode, CliError> {
     let h = open_home(home)?;
     let relay = relay_for(&h, relay)?;
     // Send-only connection: creating an invite must not take deliveries from a running listener.
-    let client = Client::connect(h, &relay, ClientOptions { receive: false }, CONNECT_TIMEOUT).await?;
+    let client =
+        Client::connect(h, &relay, ClientOptions { receive: false }, CONNECT_TIMEOUT).await?;
     let draft = client.create_invite(ttl).await?;
     client.home().set_setting("relay", client.relay_url())?;
     let inv = draft.invite();
@@ -49,14 +55,25 @@ async fn create(home: Option<PathBuf>, relay: Option<String>, ttl: u64, out: &Ou
     Ok(ExitCode::SUCCESS)
 }
 
-async fn accept(home: Option<PathBuf>, url: &str, timeout: u64, out: &Out) -> Result<ExitCode, CliError> {
+async fn accept(
+    home: Option<PathBuf>,
+    url: &str,
+    timeout: u64,
+    out: &Out,
+) -> Result<ExitCode, CliError> {
     let h = open_home(home)?;
     let invite = Invite::parse(url, now_secs()).map_err(tincan_client::ClientError::from)?;
     if invite.inviter.ed25519 == h.identity()?.peer_id() {
         return Err(tincan_client::ClientError::OwnInvite.into());
     }
     let timeout = Duration::from_secs(timeout);
-    let client = Client::connect(h, &invite.relay_url, ClientOptions { receive: false }, timeout).await?;
+    let client = Client::connect(
+        h,
+        &invite.relay_url,
+        ClientOptions { receive: false },
+        timeout,
+    )
+    .await?;
     let peer = client.accept_invite(&invite, timeout).await?;
     client.home().set_setting("relay", client.relay_url())?;
     let fp = peer.fingerprint();

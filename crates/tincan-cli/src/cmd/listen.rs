@@ -15,7 +15,9 @@ pub async fn run(home: Option<PathBuf>, args: ListenArgs, out: &Out) -> Result<E
     let h = open_home(home)?;
     let relay = relay_for(&h, args.relay)?;
     let mut client = Client::start(h, &relay, ClientOptions::default())?;
-    let deadline = args.timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let deadline = args
+        .timeout
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     if !out.json {
         eprintln!("listening on {relay} (Ctrl-C to stop)");
     }
@@ -33,11 +35,17 @@ pub async fn run(home: Option<PathBuf>, args: ListenArgs, out: &Out) -> Result<E
         let Some(event) = event else {
             // Timed out.
             if args.once {
-                return Err(CliError::new("timeout", 6, "no message or join arrived before the timeout"));
+                return Err(CliError::new(
+                    "timeout",
+                    6,
+                    "no message or join arrived before the timeout",
+                ));
             }
             return Ok(ExitCode::SUCCESS);
         };
-        let Some(event) = event else { return Err(CliError::internal("client stopped")) };
+        let Some(event) = event else {
+            return Err(CliError::internal("client stopped"));
+        };
         let done = print_event(&client, &event, out);
         if args.once && done {
             return Ok(ExitCode::SUCCESS);
@@ -60,7 +68,10 @@ fn print_event(client: &Client, event: &Event, out: &Out) -> bool {
                     "received_at": m.received_at,
                 }),
                 || {
-                    let name = m.from_name.clone().unwrap_or_else(|| m.from.to_string()[..12].to_string());
+                    let name = m
+                        .from_name
+                        .clone()
+                        .unwrap_or_else(|| m.from.to_string()[..12].to_string());
                     format!("[{name}] {}", terminal_safe(&m.text))
                 },
             );
@@ -73,9 +84,10 @@ fn print_event(client: &Client, event: &Event, out: &Out) -> bool {
             true
         }
         Event::Rejected { from, reason } => {
-            out.print(json!({"event": "rejected", "from": from.to_string(), "reason": reason}), || {
-                format!("rejected a message claiming to be from {from}: {reason}")
-            });
+            out.print(
+                json!({"event": "rejected", "from": from.to_string(), "reason": reason}),
+                || format!("rejected a message claiming to be from {from}: {reason}"),
+            );
             false
         }
         Event::SendFailed { id, code, message } => {
@@ -86,12 +98,17 @@ fn print_event(client: &Client, event: &Event, out: &Out) -> bool {
         }
         Event::Connected => {
             if out.json {
-                println!("{}", json!({"event": "connected", "relay": client.relay_url()}));
+                println!(
+                    "{}",
+                    json!({"event": "connected", "relay": client.relay_url()})
+                );
             }
             false
         }
         Event::Disconnected { reason } => {
-            out.print(json!({"event": "disconnected", "reason": reason}), || format!("disconnected ({reason}); reconnecting"));
+            out.print(json!({"event": "disconnected", "reason": reason}), || {
+                format!("disconnected ({reason}); reconnecting")
+            });
             false
         }
     }

@@ -15,7 +15,9 @@ pub fn run(home: Option<PathBuf>, args: PeersArgs, out: &Out) -> Result<ExitCode
         Some(PeersAction::Alias { peer, name }) => {
             let p = h.resolve_peer(&peer)?;
             h.set_alias(&p.id, Some(&name))?;
-            out.print(json!({"id": p.id.to_string(), "alias": name}), || format!("{} is now '{name}'", p.id));
+            out.print(json!({"id": p.id.to_string(), "alias": name}), || {
+                format!("{} is now '{name}'", p.id)
+            });
         }
         None => {
             let peers = h.peers()?;
@@ -38,7 +40,12 @@ pub fn run(home: Option<PathBuf>, args: PeersArgs, out: &Out) -> Result<ExitCode
                 println!("no peers yet: `tincan invite create` or `tincan invite accept '<url>'`");
             } else {
                 for p in peers {
-                    println!("{}  {}  {}", p.id, p.alias.as_deref().unwrap_or("-"), p.fingerprint());
+                    println!(
+                        "{}  {}  {}",
+                        p.id,
+                        p.alias.as_deref().unwrap_or("-"),
+                        p.fingerprint()
+                    );
                 }
             }
         }

@@ -16,9 +16,13 @@ pub async fn run(home: Option<PathBuf>, args: SendArgs, out: &Out) -> Result<Exi
     let mut h = open_home(home)?;
     let text = if args.text == "-" {
         let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .map_err(|e| CliError::new("bad_input", 2, format!("cannot read the message from stdin: {e}")))?;
+        std::io::stdin().read_to_string(&mut s).map_err(|e| {
+            CliError::new(
+                "bad_input",
+                2,
+                format!("cannot read the message from stdin: {e}"),
+            )
+        })?;
         s.trim_end_matches('\n').to_string()
     } else {
         args.text
@@ -35,9 +39,10 @@ pub async fn run(home: Option<PathBuf>, args: SendArgs, out: &Out) -> Result<Exi
     .await;
     match result {
         Ok(()) => {
-            out.print(json!({"id": id.to_string(), "to": peer.id.to_string(), "status": "sent"}), || {
-                format!("sent {id} to {}", peer.display_name())
-            });
+            out.print(
+                json!({"id": id.to_string(), "to": peer.id.to_string(), "status": "sent"}),
+                || format!("sent {id} to {}", peer.display_name()),
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e @ (ClientError::Unreachable { .. } | ClientError::Timeout(_))) => {

@@ -19,7 +19,10 @@ pub fn setup(home: Option<PathBuf>, out: &Out) -> Result<ExitCode, CliError> {
         json!({"id": id, "fingerprint": fp, "home": dir.display().to_string(), "created": created}),
         || {
             let verb = if created { "Created" } else { "Already have" };
-            format!("{verb} identity {id}\nfingerprint: {fp}\nhome: {}", dir.display())
+            format!(
+                "{verb} identity {id}\nfingerprint: {fp}\nhome: {}",
+                dir.display()
+            )
         },
     );
     Ok(ExitCode::SUCCESS)
@@ -30,8 +33,9 @@ pub fn whoami(home: Option<PathBuf>, out: &Out) -> Result<ExitCode, CliError> {
     let keys = h.identity()?.keys();
     let id = keys.ed25519.to_string();
     let fp = keys.fingerprint();
-    out.print(json!({"id": id, "fingerprint": fp, "home": h.dir().display().to_string()}), || {
-        format!("id: {id}\nfingerprint: {fp}")
-    });
+    out.print(
+        json!({"id": id, "fingerprint": fp, "home": h.dir().display().to_string()}),
+        || format!("id: {id}\nfingerprint: {fp}"),
+    );
     Ok(ExitCode::SUCCESS)
 }
