@@ -52,6 +52,7 @@ impl From<ClientError> for CliError {
             | ClientError::BadRelayUrl(_)
             | ClientError::Disconnected => 5,
             ClientError::Timeout(_) => 6,
+            ClientError::Deferred { .. } => 7,
             ClientError::Relay { code, .. } => match code {
                 tincan_proto_codes::InviteUsed
                 | tincan_proto_codes::InviteUnknown
@@ -96,7 +97,7 @@ impl Out {
             }
             println!("{}", json!({ "error": err }));
         } else {
-            eprintln!("error: {}", e.message);
+            eprintln!("error: {}", terminal_safe(&e.message));
         }
         ExitCode::from(e.exit)
     }

@@ -71,6 +71,17 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// The relay deferred an outgoing message because of a limit; it is retried automatically.
+    SendDeferred {
+        /// The message.
+        id: MessageId,
+        /// Stable code.
+        code: String,
+        /// Explanation.
+        message: String,
+        /// When the client retries, in milliseconds.
+        retry_after_ms: u32,
+    },
     /// The relay refused an outgoing message.
     SendFailed {
         /// The message.
@@ -265,6 +276,13 @@ impl Client {
                     if home.is_sent(id)? {
                         return Ok(());
                     }
+                    if let Some((code, message, retry_after_ms)) = home.send_deferral(id)? {
+                        return Err(ClientError::Deferred {
+                            code: tincan_proto::frame::ErrorCode::from_str_code(&code),
+                            message,
+                            retry_after_ms,
+                        });
+                    }
                     if let Some((code, message)) = home.send_failure(id)? {
                         return Err(ClientError::Relay {
                             code: tincan_proto::frame::ErrorCode::from_str_code(&code),
@@ -379,6 +397,15 @@ impl Client {
 
 /// Turns an inbox entry into an event and marks it consumed.
 pub(crate) fn entry_event(home: &Home, e: &InboxEntry) -> Option<Event> {
+    // The peer policy (blocked, allowlist-only) decides here whether an entry is shown at all.
+    match home.admit(e) {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot apply the peer policy; withholding the entry");
+            return None;
+        }
+    }
     let event = match e.kind {
         InboxKind::Message => {
             let from_name = home.peer(&e.from).ok().flatten().and_then(|p| p.alias);

@@ -71,6 +71,13 @@ pub(crate) async fn run(
                     .await;
                 match end {
                     End::Stop => return,
+                    End::Replaced => {
+                        let reason = "another process is now receiving for this identity on this relay; stopped".to_string();
+                        tracing::warn!("{reason}");
+                        shared.state.send_replace(ConnState::Failed(reason.clone()));
+                        let _ = events.try_send((Event::Disconnected { reason }, None));
+                        return;
+                    }
                     End::Lost(reason) => {
                         tracing::info!(reason = %reason, "disconnected from relay");
                         shared
@@ -215,6 +222,15 @@ async fn next_frame(ws: &mut Ws) -> Result<RelayFrame, ClientError> {
 enum End {
     Stop,
     Lost(String),
+    /// Another connection authenticated as this identity to receive: do not fight over it.
+    Replaced,
+}
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
 }
 
 struct Session<'a> {
@@ -223,7 +239,9 @@ struct Session<'a> {
     receive: bool,
     next_req: u32,
     /// req → local outbox seq of the message it carries.
-    sends: HashMap<u32, i64>,
+    sends: HashMap<u32, (i64, tincan_proto::ids::MessageId)>,
+    /// Set after a retryable refusal: the outbox waits until then, then resends from there.
+    paused_until: Option<tokio::time::Instant>,
     requests: HashMap<u32, oneshot::Sender<Result<RelayFrame, ClientError>>>,
     last_outbox: i64,
 }
@@ -236,6 +254,7 @@ impl<'a> Session<'a> {
             receive,
             next_req: 1,
             sends: HashMap::new(),
+            paused_until: None,
             requests: HashMap::new(),
             last_outbox: 0,
         }
@@ -313,6 +332,12 @@ impl<'a> Session<'a> {
                         return e;
                     }
                 }
+                _ = sleep_until_opt(self.paused_until) => {
+                    self.paused_until = None;
+                    if let Err(e) = self.flush_outbox(ws).await {
+                        return End::Lost(e);
+                    }
+                }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > SILENCE_LIMIT {
                         return End::Lost("relay stopped answering".into());
@@ -340,6 +365,9 @@ impl<'a> Session<'a> {
     }
 
     async fn flush_outbox(&mut self, ws: &mut Ws) -> Result<(), String> {
+        if self.paused_until.is_some() {
+            return Ok(());
+        }
         loop {
             let rows = match self.shared.home().outbox(
                 &self.shared.relay_url,
@@ -355,7 +383,7 @@ impl<'a> Session<'a> {
             let n = rows.len();
             for row in rows {
                 let req = self.req();
-                self.sends.insert(req, row.seq);
+                self.sends.insert(req, (row.seq, row.id));
                 self.last_outbox = row.seq;
                 let frame = ClientFrame::Send {
                     req,
@@ -393,24 +421,76 @@ impl<'a> Session<'a> {
                     body,
                 }),
                 RelayFrame::Sent { req, seq } => {
-                    if let Some(local) = self.sends.remove(&req) {
+                    if let Some((local, _)) = self.sends.remove(&req) {
                         acked.push((local, seq));
                     } else if let Some(reply) = self.requests.remove(&req) {
                         let _ = reply.send(Ok(RelayFrame::Sent { req, seq }));
                     }
                 }
-                RelayFrame::Error { req, code, message } if req != 0 => {
-                    if let Some(local) = self.sends.remove(&req) {
-                        tracing::warn!(code = %code, "relay refused a message");
-                        let home = self.shared.home();
-                        if let Err(e) = home.outbox_failed(local, code.as_str(), &message) {
-                            tracing::error!(error = %e, "cannot record refusal");
+                RelayFrame::Error {
+                    req,
+                    code,
+                    retry_after_ms,
+                    message,
+                } if req != 0 => {
+                    if let Some((local, id)) = self.sends.remove(&req) {
+                        if retry_after_ms > 0 {
+                            // Retryable (rate limit, full queue, relay store trouble): pause the
+                            // outbox and resend from this message once the relay says it may work.
+                            tracing::info!(code = %code, retry_after_ms, "relay deferred a message");
+                            if let Err(e) = self.shared.home().outbox_deferred(
+                                &id,
+                                code.as_str(),
+                                &message,
+                                retry_after_ms,
+                            ) {
+                                tracing::error!(error = %e, "cannot record deferral");
+                            }
+                            let _ = self.events.try_send((
+                                Event::SendDeferred {
+                                    id,
+                                    code: code.as_str().to_string(),
+                                    message,
+                                    retry_after_ms,
+                                },
+                                None,
+                            ));
+                            progress = true;
+                            self.last_outbox = self.last_outbox.min(local - 1);
+                            let until = tokio::time::Instant::now()
+                                + Duration::from_millis(u64::from(retry_after_ms));
+                            self.paused_until =
+                                Some(self.paused_until.map_or(until, |p| p.max(until)));
+                        } else {
+                            tracing::warn!(code = %code, "relay refused a message");
+                            let home = self.shared.home();
+                            if let Err(e) = home.outbox_failed(local, code.as_str(), &message) {
+                                tracing::error!(error = %e, "cannot record refusal");
+                            }
+                            drop(home);
+                            let _ = self.events.try_send((
+                                Event::SendFailed {
+                                    id,
+                                    code: code.as_str().to_string(),
+                                    message,
+                                },
+                                None,
+                            ));
+                            progress = true;
                         }
-                        progress = true;
                     } else if let Some(reply) = self.requests.remove(&req) {
-                        let _ = reply.send(Ok(RelayFrame::Error { req, code, message }));
+                        let _ = reply.send(Ok(RelayFrame::Error {
+                            req,
+                            code,
+                            retry_after_ms,
+                            message,
+                        }));
                     }
                 }
+                RelayFrame::Error {
+                    code: ErrorCode::Replaced,
+                    ..
+                } => return Err(End::Replaced),
                 RelayFrame::Error { code, message, .. } => {
                     return Err(End::Lost(format!(
                         "relay closed the connection: {message} ({code})"

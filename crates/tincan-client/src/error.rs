@@ -65,6 +65,19 @@ pub enum ClientError {
         /// The relay's explanation.
         message: String,
     },
+    /// The relay deferred the message because of a limit; it stays in the outbox and is sent
+    /// again automatically.
+    #[error(
+        "relay deferred the message: {message} ({code}); it stays queued and is retried in {retry_after_ms} ms"
+    )]
+    Deferred {
+        /// Stable code of the limit.
+        code: ErrorCode,
+        /// The relay's explanation.
+        message: String,
+        /// When the client retries.
+        retry_after_ms: u32,
+    },
     /// The connection dropped before the relay answered.
     #[error("connection to the relay was lost before it answered; try again")]
     Disconnected,
@@ -98,7 +111,7 @@ impl ClientError {
             Self::TooLong { .. } => "too_long",
             Self::Unreachable { .. } => "relay_unreachable",
             Self::BadRelayUrl(_) => "bad_relay_url",
-            Self::Relay { code, .. } => code.as_str(),
+            Self::Relay { code, .. } | Self::Deferred { code, .. } => code.as_str(),
             Self::Disconnected => "disconnected",
             Self::Timeout(_) => "timeout",
             Self::Closed => "closed",

@@ -7,9 +7,13 @@
 //! using the same home (a `listen` and a `send`) are serialised by SQLite instead of racing on a
 //! stale copy of the ratchet.
 
+mod agent;
+mod audit;
 mod invites;
 mod messages;
+mod migrate;
 mod peers;
+mod policy;
 mod schema;
 
 use std::fs;
@@ -20,8 +24,11 @@ use rand::Rng;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tincan_proto::identity::{Identity, IdentityKeys, PickleKey};
 
+pub use self::agent::AgentMessage;
+pub use self::audit::{AuditVerdict, text_digest};
 pub use self::messages::{InboxEntry, InboxKind, Incoming, OutboxEntry, Processed};
 pub use self::peers::PeerRecord;
+pub use self::policy::PeerPolicy;
 use crate::error::ClientError;
 
 const KEY_FILE: &str = "identity.key";
@@ -51,12 +58,13 @@ impl Home {
     pub fn open(dir: &Path) -> Result<Self, ClientError> {
         create_private_dir(dir)?;
         let key = load_or_create_key(&dir.join(KEY_FILE))?;
-        let conn = Connection::open(dir.join(DB_FILE))?;
+        let mut conn = Connection::open(dir.join(DB_FILE))?;
         restrict(&dir.join(DB_FILE))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(schema::SCHEMA)?;
+        migrate::migrate(&mut conn)?;
         let mut home = Self {
             dir: dir.to_path_buf(),
             conn,

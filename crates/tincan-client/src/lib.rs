@@ -52,5 +52,5 @@ pub mod home;
 
 pub use client::{Client, ClientOptions, ConnState, Event, ReceivedMessage};
 pub use error::ClientError;
-pub use home::{Home, PeerRecord, now_ms, now_secs};
+pub use home::{AgentMessage, AuditVerdict, Home, PeerPolicy, PeerRecord, now_ms, now_secs};
 pub use tincan_proto;

@@ -46,8 +46,22 @@ async fn open_relay(dir: &tempfile::TempDir, pairing: bool) -> InProcessRelay {
 async fn sdk_pairs_sends_and_receives_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let relay = open_relay(&dir, true).await;
-    let mut a = Client::connect(home(&dir, "a").await, &relay.url, ClientOptions::default(), T).await.unwrap();
-    let mut b = Client::connect(home(&dir, "b").await, &relay.url, ClientOptions::default(), T).await.unwrap();
+    let mut a = Client::connect(
+        home(&dir, "a").await,
+        &relay.url,
+        ClientOptions::default(),
+        T,
+    )
+    .await
+    .unwrap();
+    let mut b = Client::connect(
+        home(&dir, "b").await,
+        &relay.url,
+        ClientOptions::default(),
+        T,
+    )
+    .await
+    .unwrap();
     let draft = a.create_invite(60).await.unwrap();
     let invite = Invite::parse(&draft.url(), now_secs()).unwrap();
     let peer = b.accept_invite(&invite, T).await.unwrap();
@@ -80,8 +94,12 @@ async fn outbox_survives_a_relay_outage() {
     let dir = tempfile::tempdir().unwrap();
     let relay = open_relay(&dir, true).await;
     let url = relay.url.clone();
-    let mut a = Client::connect(home(&dir, "a").await, &url, ClientOptions::default(), T).await.unwrap();
-    let b = Client::connect(home(&dir, "b").await, &url, ClientOptions::default(), T).await.unwrap();
+    let mut a = Client::connect(home(&dir, "a").await, &url, ClientOptions::default(), T)
+        .await
+        .unwrap();
+    let b = Client::connect(home(&dir, "b").await, &url, ClientOptions::default(), T)
+        .await
+        .unwrap();
     let invite = Invite::parse(&a.create_invite(60).await.unwrap().url(), now_secs()).unwrap();
     b.accept_invite(&invite, T).await.unwrap();
     let a_id = invite.inviter.ed25519.to_string();
@@ -92,11 +110,17 @@ async fn outbox_survives_a_relay_outage() {
     assert!(b.wait_sent(&id, Duration::from_millis(300)).await.is_err());
     // Same port, same database: the clients reconnect and the outbox drains.
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(tincan_relay::run(listener, Config::new(dir.path().join("relay.db")), async {
-        let _ = rx.await;
-    }));
+    let task = tokio::spawn(tincan_relay::run(
+        listener,
+        Config::new(dir.path().join("relay.db")),
+        async {
+            let _ = rx.await;
+        },
+    ));
     b.wait_sent(&id, T).await.unwrap();
     match next_matching(&mut a, |e| matches!(e, Event::Message(_))).await {
         Event::Message(m) => assert_eq!(m.text, "while down"),
@@ -114,7 +138,9 @@ async fn uninvited_sender_is_rejected_by_the_client_even_if_the_relay_routes_it(
     let relay = open_relay(&dir, false).await;
     let a_home = home(&dir, "a").await;
     let a_keys = a_home.identity().unwrap().keys();
-    let mut a = Client::connect(a_home, &relay.url, ClientOptions::default(), T).await.unwrap();
+    let mut a = Client::connect(a_home, &relay.url, ClientOptions::default(), T)
+        .await
+        .unwrap();
     // A has an open invite, but Mallory does not hold it: she builds one from A's public keys
     // with a one-time key of her own making.
     let real = a.create_invite(60).await.unwrap();
@@ -123,16 +149,38 @@ async fn uninvited_sender_is_rejected_by_the_client_even_if_the_relay_routes_it(
     let mallory = Identity::generate();
     let (_, join) = PeerSession::accept_invite(&mallory, &forged, [4; 16], now_ms()).unwrap();
     let mut conn = RawConn::authed(&relay.url, &mallory, false).await;
-    conn.send(&ClientFrame::Send { req: 1, id: MessageId::from_bytes([4; 16]), to: a_keys.ed25519, body: join }).await;
+    conn.send(&ClientFrame::Send {
+        req: 1,
+        id: MessageId::from_bytes([4; 16]),
+        to: a_keys.ed25519,
+        body: join,
+    })
+    .await;
     assert!(matches!(conn.recv().await, Some(RelayFrame::Sent { .. })));
-    match next_matching(&mut a, |e| matches!(e, Event::Rejected { .. } | Event::Message(_) | Event::PeerJoined { .. })).await {
+    match next_matching(&mut a, |e| {
+        matches!(
+            e,
+            Event::Rejected { .. } | Event::Message(_) | Event::PeerJoined { .. }
+        )
+    })
+    .await
+    {
         Event::Rejected { from, .. } => assert_eq!(from, mallory.peer_id()),
         other => panic!("uninvited sender got through: {other:?}"),
     }
     assert!(a.home().peers().unwrap().is_empty());
     // The real invite is still usable afterwards: the forgery did not burn it.
-    let mut b = Client::connect(home(&dir, "b").await, &relay.url, ClientOptions::default(), T).await.unwrap();
-    b.accept_invite(&Invite::parse(&real.url(), now_secs()).unwrap(), T).await.unwrap();
+    let mut b = Client::connect(
+        home(&dir, "b").await,
+        &relay.url,
+        ClientOptions::default(),
+        T,
+    )
+    .await
+    .unwrap();
+    b.accept_invite(&Invite::parse(&real.url(), now_secs()).unwrap(), T)
+        .await
+        .unwrap();
     next_matching(&mut a, |e| matches!(e, Event::PeerJoined { .. })).await;
     let _ = b.next_event();
 }
@@ -142,8 +190,22 @@ async fn uninvited_sender_is_rejected_by_the_client_even_if_the_relay_routes_it(
 async fn replayed_and_impersonated_deliveries_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let relay = open_relay(&dir, false).await;
-    let mut a = Client::connect(home(&dir, "a").await, &relay.url, ClientOptions::default(), T).await.unwrap();
-    let b = Client::connect(home(&dir, "b").await, &relay.url, ClientOptions::default(), T).await.unwrap();
+    let mut a = Client::connect(
+        home(&dir, "a").await,
+        &relay.url,
+        ClientOptions::default(),
+        T,
+    )
+    .await
+    .unwrap();
+    let b = Client::connect(
+        home(&dir, "b").await,
+        &relay.url,
+        ClientOptions::default(),
+        T,
+    )
+    .await
+    .unwrap();
     let invite = Invite::parse(&a.create_invite(60).await.unwrap().url(), now_secs()).unwrap();
     b.accept_invite(&invite, T).await.unwrap();
     next_matching(&mut a, |e| matches!(e, Event::PeerJoined { .. })).await;
@@ -155,11 +217,20 @@ async fn replayed_and_impersonated_deliveries_are_rejected() {
     b.wait_sent(&id, T).await.unwrap();
     let body: Vec<u8> = rusqlite::Connection::open(dir.path().join("relay.db"))
         .unwrap()
-        .query_row("SELECT body FROM messages WHERE acked = 0 ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
+        .query_row(
+            "SELECT body FROM messages WHERE acked = 0 ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
-    let mut a = Client::connect(Home::open(&dir.path().join("a")).unwrap(), &relay.url, ClientOptions::default(), T)
-        .await
-        .unwrap();
+    let mut a = Client::connect(
+        Home::open(&dir.path().join("a")).unwrap(),
+        &relay.url,
+        ClientOptions::default(),
+        T,
+    )
+    .await
+    .unwrap();
     match next_matching(&mut a, |e| matches!(e, Event::Message(_))).await {
         Event::Message(m) => assert_eq!(m.text, "only once"),
         _ => unreachable!(),
@@ -167,18 +238,38 @@ async fn replayed_and_impersonated_deliveries_are_rejected() {
     // Replay by the real sender under a fresh message id: the message key is spent.
     let b_home = Home::open(&dir.path().join("b")).unwrap();
     let mut as_b = RawConn::authed(&relay.url, b_home.identity().unwrap(), false).await;
-    as_b.send(&ClientFrame::Send { req: 1, id: MessageId::from_bytes([7; 16]), to: a_id, body: body.clone() }).await;
+    as_b.send(&ClientFrame::Send {
+        req: 1,
+        id: MessageId::from_bytes([7; 16]),
+        to: a_id,
+        body: body.clone(),
+    })
+    .await;
     assert!(matches!(as_b.recv().await, Some(RelayFrame::Sent { .. })));
-    match next_matching(&mut a, |e| matches!(e, Event::Rejected { .. } | Event::Message(_))).await {
+    match next_matching(&mut a, |e| {
+        matches!(e, Event::Rejected { .. } | Event::Message(_))
+    })
+    .await
+    {
         Event::Rejected { from, .. } => assert_eq!(from, b_home.identity().unwrap().peer_id()),
         other => panic!("replay got through: {other:?}"),
     }
     // The same ciphertext from another identity.
     let mallory = Identity::generate();
     let mut conn = RawConn::authed(&relay.url, &mallory, false).await;
-    conn.send(&ClientFrame::Send { req: 1, id: MessageId::from_bytes([8; 16]), to: a_id, body }).await;
+    conn.send(&ClientFrame::Send {
+        req: 1,
+        id: MessageId::from_bytes([8; 16]),
+        to: a_id,
+        body,
+    })
+    .await;
     assert!(matches!(conn.recv().await, Some(RelayFrame::Sent { .. })));
-    match next_matching(&mut a, |e| matches!(e, Event::Rejected { .. } | Event::Message(_))).await {
+    match next_matching(&mut a, |e| {
+        matches!(e, Event::Rejected { .. } | Event::Message(_))
+    })
+    .await
+    {
         Event::Rejected { from, .. } => assert_eq!(from, mallory.peer_id()),
         other => panic!("impersonation got through: {other:?}"),
     }

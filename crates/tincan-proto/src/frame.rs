@@ -117,12 +117,15 @@ pub enum RelayFrame {
         /// Who made the invite.
         inviter: PeerId,
     },
-    /// 0x87: a request failed: `req (0 = connection) | code u16 | message`.
+    /// 0x87: a request failed: `req (0 = connection) | code u16 | retry_after_ms u32 | message`.
     Error {
         /// Request number, 0 if not tied to a request.
         req: u32,
         /// Stable error code.
         code: ErrorCode,
+        /// When retrying may succeed, in milliseconds; 0 if retrying the same request will not
+        /// help (or the relay cannot tell).
+        retry_after_ms: u32,
         /// Human-readable explanation.
         message: String,
     },
@@ -255,10 +258,16 @@ impl fmt::Debug for RelayFrame {
                 .field("req", req)
                 .field("inviter", inviter)
                 .finish(),
-            Self::Error { req, code, message } => f
+            Self::Error {
+                req,
+                code,
+                retry_after_ms,
+                message,
+            } => f
                 .debug_struct("Error")
                 .field("req", req)
                 .field("code", code)
+                .field("retry_after_ms", retry_after_ms)
                 .field("message", message)
                 .finish(),
             Self::Pong { nonce } => f.debug_struct("Pong").field("nonce", nonce).finish(),
@@ -388,7 +397,12 @@ impl RelayFrame {
             Self::InviteClaimed { req, inviter } => {
                 w.u8(0x86).u32(*req).raw(inviter.as_bytes());
             }
-            Self::Error { req, code, message } => {
+            Self::Error {
+                req,
+                code,
+                retry_after_ms,
+                message,
+            } => {
                 let mut end = message.len().min(MAX_ERROR_TEXT);
                 while !message.is_char_boundary(end) {
                     end -= 1;
@@ -396,6 +410,7 @@ impl RelayFrame {
                 w.u8(0x87)
                     .u32(*req)
                     .u16(code.to_u16())
+                    .u32(*retry_after_ms)
                     .str16(&message[..end]);
             }
             Self::Pong { nonce } => {
@@ -435,6 +450,7 @@ impl RelayFrame {
             0x87 => {
                 let req = r.u32("req")?;
                 let code = ErrorCode::from_u16(r.u16("code")?);
+                let retry_after_ms = r.u32("retry_after_ms")?;
                 let message = r.str16("message")?;
                 if message.len() > MAX_ERROR_TEXT {
                     return Err(DecodeError::TooLong {
@@ -446,6 +462,7 @@ impl RelayFrame {
                 Self::Error {
                     req,
                     code,
+                    retry_after_ms,
                     message: message.to_string(),
                 }
             }

@@ -134,7 +134,7 @@ random_id!(MessageId, "message id");
 random_id!(InviteId, "invite id");
 
 /// A fingerprint of an identity (both public keys) that two humans read to each other out of
-/// band: 12 groups of 5 digits, like a safety number.
+/// band: 6 groups of 5 digits, like a safety number.
 pub fn fingerprint(ed25519: &[u8; 32], curve25519: &[u8; 32]) -> String {
     let mut h = Sha256::new();
     h.update(labels::FINGERPRINT);

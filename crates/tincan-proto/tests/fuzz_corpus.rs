@@ -176,6 +176,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             RelayFrame::Error {
                 req: 4,
                 code: ErrorCode::QueueFull,
+                retry_after_ms: 1000,
                 message: "queue full".into(),
             },
         ),

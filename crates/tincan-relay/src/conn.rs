@@ -174,7 +174,7 @@ impl Conn {
                             }
                         }
                         Some(Ok(Message::Text(_))) => {
-                            alive = self.feed(RelayFrame::Error { req: 0, code: ErrorCode::BadFrame, message: "text frames are not part of the protocol; send binary frames".into() }).await;
+                            alive = self.feed(RelayFrame::Error { req: 0, code: ErrorCode::BadFrame, retry_after_ms: 0, message: "text frames are not part of the protocol; send binary frames".into() }).await;
                         }
                         Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                         Some(Ok(_)) => {}
@@ -253,7 +253,15 @@ impl Conn {
                     ),
                     e => (ErrorCode::BadFrame, format!("cannot decode frame: {e}")),
                 };
-                return if self.feed(RelayFrame::Error { req, code, message }).await {
+                return if self
+                    .feed(RelayFrame::Error {
+                        req,
+                        code,
+                        retry_after_ms: 0,
+                        message,
+                    })
+                    .await
+                {
                     Handled::Done
                 } else {
                     Handled::Close
@@ -280,8 +288,17 @@ impl Conn {
                 if expires_at <= now || expires_at - now > max {
                     let message =
                         format!("invite expiry must be in the future and at most {max} s away");
-                    let err = RelayFrame::Error { req, code: ErrorCode::InviteExpired, message };
-                    return if self.feed(err).await { Handled::Done } else { Handled::Close };
+                    let err = RelayFrame::Error {
+                        req,
+                        code: ErrorCode::InviteExpired,
+                        retry_after_ms: 0,
+                        message,
+                    };
+                    return if self.feed(err).await {
+                        Handled::Done
+                    } else {
+                        Handled::Close
+                    };
                 }
                 store.register_invite(peer, req, id, expires_at, resp.clone());
                 Handled::Request
@@ -302,6 +319,7 @@ impl Conn {
                     .feed(RelayFrame::Error {
                         req: 0,
                         code: ErrorCode::BadFrame,
+                        retry_after_ms: 0,
                         message: "already authenticated".into(),
                     })
                     .await
@@ -334,6 +352,7 @@ impl Conn {
             .send_now(RelayFrame::Error {
                 req,
                 code,
+                retry_after_ms: 0,
                 message: message.into(),
             })
             .await;

@@ -292,9 +292,14 @@ fn pair_key(x: PeerId, y: PeerId) -> (PeerId, PeerId) {
 /// Tells a command's requester that it failed, without touching the database.
 fn fail(cmd: Cmd, code: ErrorCode, message: &str) {
     let respond = |r: Responder, req: u32| {
+        let retry_after_ms = match code {
+            ErrorCode::Internal | ErrorCode::ShuttingDown => 1000,
+            _ => 0,
+        };
         let _ = r.send(RelayFrame::Error {
             req,
             code,
+            retry_after_ms,
             message: message.to_string(),
         });
     };
@@ -374,9 +379,22 @@ impl Worker {
             .and_then(|()| {
                 let mut failed = Vec::new();
                 for cmd in batch {
-                    if let Err((cmd, e)) = self.apply(cmd, &mut fx) {
-                        tracing::error!(error = %e, "store command failed");
+                    // Each command is all-or-nothing inside the batch: a failure rolls back only
+                    // that command's statements, never half of it.
+                    if let Err(e) = self.conn.execute_batch("SAVEPOINT cmd") {
                         failed.push(cmd);
+                        tracing::error!(error = %e, "savepoint failed");
+                        continue;
+                    }
+                    match self.apply(cmd, &mut fx) {
+                        Ok(()) => {
+                            let _ = self.conn.execute_batch("RELEASE cmd");
+                        }
+                        Err((cmd, e)) => {
+                            tracing::error!(error = %e, "store command failed");
+                            let _ = self.conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd");
+                            failed.push(cmd);
+                        }
                     }
                 }
                 self.conn
@@ -417,6 +435,7 @@ impl Worker {
                     let _ = r.send(RelayFrame::Error {
                         req,
                         code: ErrorCode::Internal,
+                        retry_after_ms: 1000,
                         message: format!("relay store error ({e}); retry"),
                     });
                 }
@@ -458,9 +477,17 @@ impl Worker {
                 Ok(Inserted::Duplicate(seq)) => {
                     fx.replies.push((respond, RelayFrame::Sent { req, seq }))
                 }
-                Ok(Inserted::Refused(code, message)) => fx
-                    .replies
-                    .push((respond, RelayFrame::Error { req, code, message })),
+                Ok(Inserted::Refused(code, message)) => fx.replies.push((
+                    respond,
+                    RelayFrame::Error {
+                        req,
+                        code,
+                        // A full queue drains as the recipient reads; pairing never changes by
+                        // retrying.
+                        retry_after_ms: if code == ErrorCode::QueueFull { 2000 } else { 0 },
+                        message,
+                    },
+                )),
                 Err(e) => {
                     return Err((
                         Cmd::Send {
@@ -550,6 +577,7 @@ impl Worker {
                     RelayFrame::Error {
                         req,
                         code,
+                        retry_after_ms: 0,
                         message: message.into(),
                     },
                 )),

@@ -22,17 +22,35 @@ async fn relay(dir: &tempfile::TempDir, f: impl FnOnce(&mut Config)) -> InProces
 async fn pair(url: &str, a: &Identity, b: &Identity) {
     let mut ca = RawConn::authed(url, a, false).await;
     let id = InviteId::from_bytes(rand_bytes());
-    let expires_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
-    ca.send(&ClientFrame::RegisterInvite { req: 1, id, expires_at }).await;
-    assert!(matches!(ca.recv().await, Some(RelayFrame::InviteRegistered { req: 1 })));
+    let expires_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    ca.send(&ClientFrame::RegisterInvite {
+        req: 1,
+        id,
+        expires_at,
+    })
+    .await;
+    assert!(matches!(
+        ca.recv().await,
+        Some(RelayFrame::InviteRegistered { req: 1 })
+    ));
     let mut cb = RawConn::authed(url, b, false).await;
     cb.send(&ClientFrame::ClaimInvite { req: 2, id }).await;
-    assert!(matches!(cb.recv().await, Some(RelayFrame::InviteClaimed { req: 2, .. })));
+    assert!(matches!(
+        cb.recv().await,
+        Some(RelayFrame::InviteClaimed { req: 2, .. })
+    ));
 }
 
 fn rand_bytes() -> [u8; 16] {
     let mut b = [0u8; 16];
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     b.copy_from_slice(&t.to_le_bytes());
     b
 }
@@ -43,16 +61,31 @@ async fn malformed_and_unknown_frames_get_errors_and_the_relay_stays_up() {
     let r = relay(&dir, |_| {}).await;
     let a = Identity::generate();
     let mut c = RawConn::authed(&r.url, &a, true).await;
-    for bad in [vec![], vec![0x7f], vec![0x02, 0, 0], ClientFrame::Ack { seq: 1 }.encode().into_iter().chain([0]).collect()] {
+    for bad in [
+        vec![],
+        vec![0x7f],
+        vec![0x02, 0, 0],
+        ClientFrame::Ack { seq: 1 }
+            .encode()
+            .into_iter()
+            .chain([0])
+            .collect(),
+    ] {
         c.send_bytes(bad).await;
         match c.recv().await {
-            Some(RelayFrame::Error { code: ErrorCode::BadFrame, .. }) => {}
+            Some(RelayFrame::Error {
+                code: ErrorCode::BadFrame,
+                ..
+            }) => {}
             other => panic!("expected bad_frame, got {other:?}"),
         }
     }
     // Still serving: a ping is answered.
     c.send(&ClientFrame::Ping { nonce: 5 }).await;
-    assert!(matches!(c.recv().await, Some(RelayFrame::Pong { nonce: 5 })));
+    assert!(matches!(
+        c.recv().await,
+        Some(RelayFrame::Pong { nonce: 5 })
+    ));
 }
 
 #[tokio::test]
@@ -62,9 +95,20 @@ async fn oversized_body_is_refused_with_its_request_number() {
     let (a, b) = (Identity::generate(), Identity::generate());
     pair(&r.url, &a, &b).await;
     let mut c = RawConn::authed(&r.url, &a, false).await;
-    c.send(&ClientFrame::Send { req: 77, id: MessageId::from_bytes([1; 16]), to: b.peer_id(), body: vec![0; 1001] }).await;
+    c.send(&ClientFrame::Send {
+        req: 77,
+        id: MessageId::from_bytes([1; 16]),
+        to: b.peer_id(),
+        body: vec![0; 1001],
+    })
+    .await;
     match c.recv().await {
-        Some(RelayFrame::Error { req: 77, code: ErrorCode::TooLarge, message }) => assert!(message.contains("1000")),
+        Some(RelayFrame::Error {
+            req: 77,
+            code: ErrorCode::TooLarge,
+            message,
+            ..
+        }) => assert!(message.contains("1000")),
         other => panic!("expected too_large, got {other:?}"),
     }
     assert!(MAX_BODY > 1000);
@@ -76,23 +120,56 @@ async fn requests_before_auth_and_bad_signatures_are_refused() {
     let r = relay(&dir, |_| {}).await;
     let (mut c, _) = RawConn::connect(&r.url).await;
     c.send(&ClientFrame::Ping { nonce: 1 }).await;
-    assert!(matches!(c.recv().await, Some(RelayFrame::Error { code: ErrorCode::NotAuthenticated, .. })));
+    assert!(matches!(
+        c.recv().await,
+        Some(RelayFrame::Error {
+            code: ErrorCode::NotAuthenticated,
+            ..
+        })
+    ));
 
     // A signature over another connection's nonce (a replayed challenge answer) fails.
     let a = Identity::generate();
     let (mut c1, nonce1) = RawConn::connect(&r.url).await;
     let sig1 = a.sign(labels::RELAY_CHALLENGE, &nonce1);
-    c1.send(&ClientFrame::Auth { peer: a.peer_id(), signature: sig1, receive: true }).await;
+    c1.send(&ClientFrame::Auth {
+        peer: a.peer_id(),
+        signature: sig1,
+        receive: true,
+    })
+    .await;
     assert!(matches!(c1.recv().await, Some(RelayFrame::AuthOk { .. })));
     let (mut c2, _) = RawConn::connect(&r.url).await;
-    c2.send(&ClientFrame::Auth { peer: a.peer_id(), signature: sig1, receive: true }).await;
-    assert!(matches!(c2.recv().await, Some(RelayFrame::Error { code: ErrorCode::AuthFailed, .. })));
+    c2.send(&ClientFrame::Auth {
+        peer: a.peer_id(),
+        signature: sig1,
+        receive: true,
+    })
+    .await;
+    assert!(matches!(
+        c2.recv().await,
+        Some(RelayFrame::Error {
+            code: ErrorCode::AuthFailed,
+            ..
+        })
+    ));
 
     // A signature without the domain label fails.
     let (mut c3, nonce3) = RawConn::connect(&r.url).await;
     let sig3 = a.sign(b"", &nonce3);
-    c3.send(&ClientFrame::Auth { peer: a.peer_id(), signature: sig3, receive: true }).await;
-    assert!(matches!(c3.recv().await, Some(RelayFrame::Error { code: ErrorCode::AuthFailed, .. })));
+    c3.send(&ClientFrame::Auth {
+        peer: a.peer_id(),
+        signature: sig3,
+        receive: true,
+    })
+    .await;
+    assert!(matches!(
+        c3.recv().await,
+        Some(RelayFrame::Error {
+            code: ErrorCode::AuthFailed,
+            ..
+        })
+    ));
 }
 
 #[tokio::test]
@@ -104,25 +181,50 @@ async fn queue_cap_is_enforced_with_a_clear_error_and_duplicates_are_not_stored_
     let mut c = RawConn::authed(&r.url, &a, false).await;
     let mut seqs = Vec::new();
     for i in 0..3u8 {
-        c.send(&ClientFrame::Send { req: u32::from(i) + 1, id: MessageId::from_bytes([i; 16]), to: b.peer_id(), body: vec![i] }).await;
+        c.send(&ClientFrame::Send {
+            req: u32::from(i) + 1,
+            id: MessageId::from_bytes([i; 16]),
+            to: b.peer_id(),
+            body: vec![i],
+        })
+        .await;
         match c.recv().await {
             Some(RelayFrame::Sent { seq, .. }) => seqs.push(seq),
             other => panic!("expected sent, got {other:?}"),
         }
     }
     // A resend of an already stored message is acknowledged with the same seq, not stored again.
-    c.send(&ClientFrame::Send { req: 10, id: MessageId::from_bytes([0; 16]), to: b.peer_id(), body: vec![0] }).await;
+    c.send(&ClientFrame::Send {
+        req: 10,
+        id: MessageId::from_bytes([0; 16]),
+        to: b.peer_id(),
+        body: vec![0],
+    })
+    .await;
     assert!(matches!(c.recv().await, Some(RelayFrame::Sent { req: 10, seq }) if seq == seqs[0]));
-    c.send(&ClientFrame::Send { req: 11, id: MessageId::from_bytes([9; 16]), to: b.peer_id(), body: vec![9] }).await;
+    c.send(&ClientFrame::Send {
+        req: 11,
+        id: MessageId::from_bytes([9; 16]),
+        to: b.peer_id(),
+        body: vec![9],
+    })
+    .await;
     match c.recv().await {
-        Some(RelayFrame::Error { req: 11, code: ErrorCode::QueueFull, message }) => assert!(message.contains("cap 3")),
+        Some(RelayFrame::Error {
+            req: 11,
+            code: ErrorCode::QueueFull,
+            retry_after_ms,
+            message,
+        }) => assert!(message.contains("cap 3") && retry_after_ms > 0),
         other => panic!("expected queue_full, got {other:?}"),
     }
     // The recipient gets exactly the three, in order; acking frees the queue.
     let mut rb = RawConn::authed(&r.url, &b, true).await;
     for (i, seq) in seqs.iter().enumerate() {
         match rb.recv().await {
-            Some(RelayFrame::Deliver { seq: s, from, body, .. }) => {
+            Some(RelayFrame::Deliver {
+                seq: s, from, body, ..
+            }) => {
                 assert_eq!((s, from, body), (*seq, a.peer_id(), vec![i as u8]));
                 rb.send(&ClientFrame::Ack { seq: s }).await;
             }
@@ -130,8 +232,17 @@ async fn queue_cap_is_enforced_with_a_clear_error_and_duplicates_are_not_stored_
         }
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    c.send(&ClientFrame::Send { req: 12, id: MessageId::from_bytes([9; 16]), to: b.peer_id(), body: vec![9] }).await;
-    assert!(matches!(c.recv().await, Some(RelayFrame::Sent { req: 12, .. })));
+    c.send(&ClientFrame::Send {
+        req: 12,
+        id: MessageId::from_bytes([9; 16]),
+        to: b.peer_id(),
+        body: vec![9],
+    })
+    .await;
+    assert!(matches!(
+        c.recv().await,
+        Some(RelayFrame::Sent { req: 12, .. })
+    ));
 }
 
 #[tokio::test]
@@ -142,13 +253,23 @@ async fn unacked_messages_are_redelivered_after_reconnect_and_acked_ones_are_not
     pair(&r.url, &a, &b).await;
     let mut c = RawConn::authed(&r.url, &a, false).await;
     for i in 0..2u8 {
-        c.send(&ClientFrame::Send { req: 1, id: MessageId::from_bytes([i; 16]), to: b.peer_id(), body: vec![i] }).await;
+        c.send(&ClientFrame::Send {
+            req: 1,
+            id: MessageId::from_bytes([i; 16]),
+            to: b.peer_id(),
+            body: vec![i],
+        })
+        .await;
         assert!(matches!(c.recv().await, Some(RelayFrame::Sent { .. })));
     }
     let mut rb = RawConn::authed(&r.url, &b, true).await;
-    let Some(RelayFrame::Deliver { seq: first, .. }) = rb.recv().await else { panic!("no delivery") };
+    let Some(RelayFrame::Deliver { seq: first, .. }) = rb.recv().await else {
+        panic!("no delivery")
+    };
     rb.send(&ClientFrame::Ack { seq: first }).await;
-    let Some(RelayFrame::Deliver { body, .. }) = rb.recv().await else { panic!("no delivery") };
+    let Some(RelayFrame::Deliver { body, .. }) = rb.recv().await else {
+        panic!("no delivery")
+    };
     assert_eq!(body, vec![1]);
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(rb);
@@ -167,12 +288,35 @@ async fn absurd_invite_expiry_is_refused_and_does_not_hurt_the_relay() {
     let a = Identity::generate();
     let mut c = RawConn::authed(&r.url, &a, false).await;
     for expires_at in [u64::MAX, u64::MAX / 2, 0, 1] {
-        c.send(&ClientFrame::RegisterInvite { req: 3, id: InviteId::from_bytes([3; 16]), expires_at }).await;
-        assert!(matches!(c.recv().await, Some(RelayFrame::Error { req: 3, code: ErrorCode::InviteExpired, .. })));
+        c.send(&ClientFrame::RegisterInvite {
+            req: 3,
+            id: InviteId::from_bytes([3; 16]),
+            expires_at,
+        })
+        .await;
+        assert!(matches!(
+            c.recv().await,
+            Some(RelayFrame::Error {
+                req: 3,
+                code: ErrorCode::InviteExpired,
+                ..
+            })
+        ));
     }
     // Claiming an unknown invite is refused; the relay still answers.
-    c.send(&ClientFrame::ClaimInvite { req: 4, id: InviteId::from_bytes([3; 16]) }).await;
-    assert!(matches!(c.recv().await, Some(RelayFrame::Error { req: 4, code: ErrorCode::InviteUnknown, .. })));
+    c.send(&ClientFrame::ClaimInvite {
+        req: 4,
+        id: InviteId::from_bytes([3; 16]),
+    })
+    .await;
+    assert!(matches!(
+        c.recv().await,
+        Some(RelayFrame::Error {
+            req: 4,
+            code: ErrorCode::InviteUnknown,
+            ..
+        })
+    ));
 }
 
 #[tokio::test]
@@ -182,7 +326,13 @@ async fn a_new_receiving_connection_replaces_the_old_one() {
     let a = Identity::generate();
     let mut old = RawConn::authed(&r.url, &a, true).await;
     let _new = RawConn::authed(&r.url, &a, true).await;
-    assert!(matches!(old.recv().await, Some(RelayFrame::Error { code: ErrorCode::Replaced, .. })));
+    assert!(matches!(
+        old.recv().await,
+        Some(RelayFrame::Error {
+            code: ErrorCode::Replaced,
+            ..
+        })
+    ));
 }
 
 #[tokio::test]
@@ -198,14 +348,22 @@ async fn slow_reader_catches_up_in_order_from_the_store() {
     for i in 0..n {
         let mut id = [0u8; 16];
         id[..4].copy_from_slice(&i.to_be_bytes());
-        c.send(&ClientFrame::Send { req: i + 1, id: MessageId::from_bytes(id), to: b.peer_id(), body: i.to_be_bytes().to_vec() }).await;
+        c.send(&ClientFrame::Send {
+            req: i + 1,
+            id: MessageId::from_bytes(id),
+            to: b.peer_id(),
+            body: i.to_be_bytes().to_vec(),
+        })
+        .await;
     }
     for _ in 0..n {
         assert!(matches!(c.recv().await, Some(RelayFrame::Sent { .. })));
     }
     for i in 0..n {
         match rb.recv().await {
-            Some(RelayFrame::Deliver { body, .. }) => assert_eq!(body, i.to_be_bytes().to_vec(), "out of order at {i}"),
+            Some(RelayFrame::Deliver { body, .. }) => {
+                assert_eq!(body, i.to_be_bytes().to_vec(), "out of order at {i}")
+            }
             other => panic!("expected delivery {i}, got {other:?}"),
         }
     }

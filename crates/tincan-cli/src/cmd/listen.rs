@@ -44,7 +44,11 @@ pub async fn run(home: Option<PathBuf>, args: ListenArgs, out: &Out) -> Result<E
             return Ok(ExitCode::SUCCESS);
         };
         let Some(event) = event else {
-            return Err(CliError::internal("client stopped"));
+            let reason = match client.state() {
+                tincan_client::ConnState::Failed(r) => r,
+                _ => "the client stopped".into(),
+            };
+            return Err(CliError::new("stopped", 1, reason));
         };
         let done = print_event(&client, &event, out);
         if args.once && done {
@@ -86,13 +90,25 @@ fn print_event(client: &Client, event: &Event, out: &Out) -> bool {
         Event::Rejected { from, reason } => {
             out.print(
                 json!({"event": "rejected", "from": from.to_string(), "reason": reason}),
-                || format!("rejected a message claiming to be from {from}: {reason}"),
+                || format!("rejected a message claiming to be from {from}: {}", terminal_safe(reason)),
+            );
+            false
+        }
+        Event::SendDeferred {
+            id,
+            code,
+            message,
+            retry_after_ms,
+        } => {
+            out.print(
+                json!({"event": "send_deferred", "id": id.to_string(), "code": code, "message": message, "retry_after_ms": retry_after_ms}),
+                || format!("relay deferred message {id} ({code}); retrying in {retry_after_ms} ms"),
             );
             false
         }
         Event::SendFailed { id, code, message } => {
             out.print(json!({"event": "send_failed", "id": id.to_string(), "code": code, "message": message}), || {
-                format!("relay refused message {id}: {message}")
+                format!("relay refused message {id}: {}", terminal_safe(message))
             });
             false
         }
@@ -107,7 +123,7 @@ fn print_event(client: &Client, event: &Event, out: &Out) -> bool {
         }
         Event::Disconnected { reason } => {
             out.print(json!({"event": "disconnected", "reason": reason}), || {
-                format!("disconnected ({reason}); reconnecting")
+                format!("disconnected ({}); reconnecting", terminal_safe(reason))
             });
             false
         }

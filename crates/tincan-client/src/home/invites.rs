@@ -107,6 +107,11 @@ pub(super) fn load_identity_tx(
     Identity::from_pickle(&p, key).map_err(|_| ClientError::BadKeyFile)
 }
 
+/// How long after its expiry an invite still opens a session. The relay refuses claims after
+/// expiry, but the join can wait in the relay's queue while the inviter is offline; the one-time
+/// key still opens at most one session.
+const JOIN_GRACE_SECS: u64 = 7 * 24 * 3600;
+
 /// The open invite whose one-time key is `otk`, if any.
 pub(super) fn pending_by_otk(
     tx: &Transaction<'_>,
@@ -116,7 +121,7 @@ pub(super) fn pending_by_otk(
     let row: Option<(String, i64, String)> = tx
         .query_row(
             "SELECT id, expires_at, relay_url FROM invites WHERE one_time_key = ?1 AND used_by IS NULL AND expires_at > ?2",
-            params![otk.as_slice(), now as i64],
+            params![otk.as_slice(), now.saturating_sub(JOIN_GRACE_SECS) as i64],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;

@@ -248,6 +248,10 @@ impl Home {
                 "INSERT OR IGNORE INTO sent (msg_id, peer, relay_seq, acked_at) SELECT msg_id, peer, ?2, ?3 FROM outbox WHERE seq = ?1",
             )?
             .execute(params![seq, *relay_seq as i64, now_ms as i64])?;
+            tx.prepare_cached(
+                "DELETE FROM outbox_deferred WHERE msg_id IN (SELECT msg_id FROM outbox WHERE seq = ?1)",
+            )?
+            .execute(params![seq])?;
             tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
                 .execute(params![seq])?;
         }
@@ -262,6 +266,39 @@ impl Home {
             params![seq, code, message],
         )?;
         Ok(())
+    }
+
+    /// Records that the relay deferred message `id` (a limit); it stays queued and is retried.
+    pub fn outbox_deferred(
+        &self,
+        id: &MessageId,
+        code: &str,
+        message: &str,
+        retry_after_ms: u32,
+    ) -> Result<(), ClientError> {
+        self.conn.execute(
+            "INSERT INTO outbox_deferred (msg_id, code, message, retry_after_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (msg_id) DO UPDATE SET code = excluded.code, message = excluded.message,
+             retry_after_ms = excluded.retry_after_ms",
+            params![id.to_string(), code, message, i64::from(retry_after_ms)],
+        )?;
+        Ok(())
+    }
+
+    /// The last deferral of message `id` still waiting in the outbox: (code, message, retry ms).
+    pub fn send_deferral(
+        &self,
+        id: &MessageId,
+    ) -> Result<Option<(String, String, u32)>, ClientError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT d.code, d.message, d.retry_after_ms FROM outbox_deferred d JOIN outbox o ON o.msg_id = d.msg_id
+                 WHERE d.msg_id = ?1",
+                params![id.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u32)),
+            )
+            .optional()?)
     }
 
     /// Whether the relay has acknowledged message `id`.

@@ -44,6 +44,12 @@ CREATE TABLE IF NOT EXISTS inbox (
     UNIQUE (peer, msg_id)
 );
 CREATE INDEX IF NOT EXISTS inbox_unconsumed ON inbox (consumed, seq);
+CREATE TABLE IF NOT EXISTS outbox_deferred (
+    msg_id TEXT PRIMARY KEY,
+    code TEXT NOT NULL,
+    message TEXT NOT NULL,
+    retry_after_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sent (
     msg_id TEXT PRIMARY KEY,
     peer TEXT NOT NULL,

@@ -42,11 +42,12 @@ fn snapshots() {
             RelayFrame::Error {
                 req: 3,
                 code: ErrorCode::QueueFull,
+                retry_after_ms: 1000,
                 message: "full".into()
             }
             .encode()
         ),
-        "870000000300080004".to_string() + &hex::encode("full")
+        "87000000030008000003e80004".to_string() + &hex::encode("full")
     );
     assert_eq!(
         hex::encode(
@@ -197,11 +198,14 @@ pub(crate) fn relay_frame() -> impl Strategy<Value = RelayFrame> {
             req,
             inviter: PeerId::from_bytes(p)
         }),
-        (any::<u32>(), 1u16..15, "[a-z ]{0,40}").prop_map(|(req, c, message)| RelayFrame::Error {
-            req,
-            code: ErrorCode::from_u16(c),
-            message
-        }),
+        (any::<u32>(), 1u16..15, any::<u32>(), "[a-z ]{0,40}").prop_map(
+            |(req, c, retry_after_ms, message)| RelayFrame::Error {
+                req,
+                code: ErrorCode::from_u16(c),
+                retry_after_ms,
+                message
+            }
+        ),
         any::<u64>().prop_map(|nonce| RelayFrame::Pong { nonce }),
     ]
 }

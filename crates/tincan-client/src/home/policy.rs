@@ -1,0 +1,150 @@
+//! Who may reach the agent: blocked peers, allowed peers and allowlist-only mode.
+//!
+//! The policy is enforced where inbox entries become events ([`Home::admit`]): an entry from a
+//! peer the policy refuses is marked withheld (with the reason) and consumed, recorded in the
+//! audit log, and never handed to the application, the `listen` command or an agent. It stays in
+//! the inbox for the user to review; lifting a block later does not release it.
+
+use std::collections::HashMap;
+
+use rusqlite::params;
+use serde_json::json;
+use tincan_proto::ids::PeerId;
+
+use super::messages::{InboxEntry, InboxKind};
+use super::{Home, now_ms};
+use crate::error::ClientError;
+
+const ALLOWLIST_ONLY: &str = "allowlist_only";
+
+/// A peer's standing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PeerPolicy {
+    /// Nothing set: messages are shown unless allowlist-only mode is on.
+    #[default]
+    Default,
+    /// Never shown.
+    Blocked,
+    /// Shown, also in allowlist-only mode.
+    Allowed,
+}
+
+impl PeerPolicy {
+    /// Stable name: `default`, `blocked`, `allowed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Blocked => "blocked",
+            Self::Allowed => "allowed",
+        }
+    }
+
+    fn column(self) -> Option<&'static str> {
+        match self {
+            Self::Default => None,
+            Self::Blocked => Some("blocked"),
+            Self::Allowed => Some("allowed"),
+        }
+    }
+
+    fn from_column(c: Option<&str>) -> Self {
+        match c {
+            Some("blocked") => Self::Blocked,
+            Some("allowed") => Self::Allowed,
+            _ => Self::Default,
+        }
+    }
+}
+
+impl Home {
+    /// Sets a peer's policy.
+    pub fn set_peer_policy(&self, id: &PeerId, policy: PeerPolicy) -> Result<(), ClientError> {
+        let n = self.conn.execute(
+            "UPDATE peers SET policy = ?1 WHERE id = ?2",
+            params![policy.column(), id.to_string()],
+        )?;
+        if n == 0 {
+            return Err(ClientError::UnknownPeer(id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// A peer's policy ([`PeerPolicy::Default`] for an unknown peer).
+    pub fn peer_policy(&self, id: &PeerId) -> Result<PeerPolicy, ClientError> {
+        Ok(self.peer_policies()?.remove(id).unwrap_or_default())
+    }
+
+    /// Every peer's policy.
+    pub fn peer_policies(&self) -> Result<HashMap<PeerId, PeerPolicy>, ClientError> {
+        let mut stmt = self.conn.prepare_cached("SELECT id, policy FROM peers")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+        })?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (id, policy) = row?;
+            if let Ok(id) = id.parse() {
+                out.insert(id, PeerPolicy::from_column(policy.as_deref()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Turns allowlist-only mode on or off: when on, only peers marked allowed are shown.
+    pub fn set_allowlist_only(&self, on: bool) -> Result<(), ClientError> {
+        self.set_setting(ALLOWLIST_ONLY, if on { "1" } else { "0" })
+    }
+
+    /// Whether allowlist-only mode is on.
+    pub fn allowlist_only(&self) -> Result<bool, ClientError> {
+        Ok(self.setting(ALLOWLIST_ONLY)?.as_deref() == Some("1"))
+    }
+
+    /// Why the policy refuses `kind` from `from`, if it does.
+    pub fn refusal(&self, from: &PeerId, kind: InboxKind) -> Result<Option<&'static str>, ClientError> {
+        let policy = self.peer_policy(from)?;
+        Ok(match (policy, kind) {
+            (PeerPolicy::Blocked, _) => Some("peer is blocked"),
+            // A join is shown in allowlist-only mode, so the user learns whom to allow.
+            (PeerPolicy::Default, InboxKind::Message) if self.allowlist_only()? => {
+                Some("allowlist-only mode and the peer is not allowed")
+            }
+            _ => None,
+        })
+    }
+
+    /// Applies the policy to an inbox entry about to become an event. Returns whether it may be
+    /// shown; a refused entry is marked withheld and consumed, and the audit log records it once.
+    pub fn admit(&self, e: &InboxEntry) -> Result<bool, ClientError> {
+        let Some(reason) = self.refusal(&e.from, e.kind)? else {
+            return Ok(true);
+        };
+        let n = self.conn.execute(
+            "UPDATE inbox SET withheld = ?1, consumed = 1 WHERE seq = ?2 AND withheld IS NULL",
+            params![reason, e.seq],
+        )?;
+        if n == 1 {
+            tracing::info!(from = %e.from, reason, "withheld an inbox entry by policy");
+            self.audit_append(
+                "withheld",
+                json!({
+                    "peer": e.from.to_string(),
+                    "message_id": e.id.to_string(),
+                    "kind": kind_name(e.kind),
+                    "reason": reason,
+                    "received_at": e.received_at,
+                }),
+                now_ms(),
+            )?;
+        }
+        Ok(false)
+    }
+}
+
+fn kind_name(k: InboxKind) -> &'static str {
+    match k {
+        InboxKind::Message => "message",
+        InboxKind::PeerJoined => "peer_joined",
+        InboxKind::Rejected => "rejected",
+    }
+}
