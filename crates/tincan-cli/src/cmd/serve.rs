@@ -1,28 +1,141 @@
 //! `tincan serve`: answer each incoming message by running a handler command.
+//!
+//! One persistent connection. Each message becomes a job for its peer's queue; a peer's jobs run
+//! one at a time, in order; jobs of different peers run concurrently up to `--concurrency`. A
+//! per-peer token bucket limits how often one peer can make the handler run: messages beyond it
+//! wait in the queue (reported as `deferred`), and messages beyond the bounded queue are reported
+//! as `dropped` with their id, never lost without a trace. The design is in docs/ARCHITECTURE.md.
+
+mod handler;
+mod limit;
+mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
+use serde_json::json;
+use tincan_client::tincan_proto::envelope::MAX_TEXT;
+use tincan_client::tincan_proto::invite::Invite;
+use tincan_client::{Client, ClientError, ClientOptions, Home, now_secs};
 
+use crate::cli::parse_duration;
+use crate::cmd::{home_dir, open_home, relay_for};
 use crate::output::{CliError, Out};
+
+pub use self::server::Server;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `serve` arguments.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Command run through `sh -c` for each incoming message.
-    #[arg(long)]
+    /// Command run through `sh -c` for each incoming message: the text on stdin, metadata in
+    /// TINCAN_FROM, TINCAN_FROM_NAME, TINCAN_MESSAGE_ID, TINCAN_TURN; trimmed stdout is the reply.
+    #[arg(long, value_name = "CMD")]
     pub on_message: String,
+    /// Open the conversation by sending this text first (to --to, or to the peer of --join).
+    #[arg(long)]
+    pub seed: Option<String>,
+    /// The peer the seed goes to: id, unique prefix or alias.
+    #[arg(long, value_name = "PEER")]
+    pub to: Option<String>,
+    /// Accept this invite first (making an identity if there is none), then serve.
+    #[arg(long, value_name = "INVITE_URL")]
+    pub join: Option<String>,
+    /// Relay to use (default: the --to peer's relay, else the last relay used).
+    #[arg(long)]
+    pub relay: Option<String>,
+    /// Handler limits.
+    #[command(flatten)]
+    pub limits: ServeLimits,
 }
 
-pub async fn run(
-    _home: Option<PathBuf>,
-    _args: ServeArgs,
-    _out: &Out,
-) -> Result<ExitCode, CliError> {
-    Err(CliError::new(
-        "not_implemented",
-        1,
-        "`tincan serve` is not implemented yet",
-    ))
+/// Limits shared by `serve` and `room open`.
+#[derive(Args, Debug, Clone)]
+pub struct ServeLimits {
+    /// End each conversation after this many messages (both directions, the seed included);
+    /// exit once every conversation has ended.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_turns: Option<u64>,
+    /// Stop a handler (SIGTERM to its process group, SIGKILL 2s later) after this long.
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_duration)]
+    pub handler_timeout: u64,
+    /// Most handlers running at once (messages of one peer always run one at a time).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+    /// Handler runs allowed per peer per minute; messages beyond it wait (`deferred`).
+    #[arg(long, value_name = "PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: u32,
+    /// Handler runs a peer may make back to back before --rate applies.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub burst: u32,
+    /// Messages held per peer while waiting; beyond it they are reported as `dropped`.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue_cap: u32,
+    /// Most bytes of handler output accepted; a handler writing more is stopped.
+    #[arg(long, value_name = "BYTES", default_value_t = MAX_TEXT)]
+    pub max_output: usize,
+}
+
+pub async fn run(home: Option<PathBuf>, args: ServeArgs, out: &Out) -> Result<ExitCode, CliError> {
+    if args.seed.is_some() && args.to.is_none() && args.join.is_none() {
+        return Err(CliError::new(
+            "usage",
+            2,
+            "--seed needs --to PEER (or --join INVITE_URL, which seeds the inviter)",
+        ));
+    }
+    let (client, to) = match &args.join {
+        Some(url) => {
+            let (client, peer) = join(home, url).await?;
+            out.print(
+                json!({"event": "joined", "peer": peer.id.to_string(), "fingerprint": peer.fingerprint(), "relay": client.relay_url()}),
+                || format!("paired with {}\nfingerprint: {}  (compare it with theirs out of band)", peer.id, peer.fingerprint()),
+            );
+            (client, args.to.or(Some(peer.id.to_string())))
+        }
+        None => {
+            let h = open_home(home)?;
+            let relay = match (args.relay, &args.to) {
+                (Some(r), _) => r,
+                (None, Some(to)) => h.resolve_peer(to)?.relay_url,
+                (None, None) => relay_for(&h, None)?,
+            };
+            let client =
+                Client::connect(h, &relay, ClientOptions::default(), CONNECT_TIMEOUT).await?;
+            (client, args.to)
+        }
+    };
+    let seed = match (args.seed, to) {
+        (Some(text), Some(to)) => Some((to, text)),
+        _ => None,
+    };
+    Server::new(client, args.on_message, args.limits, out, None)
+        .run(seed)
+        .await
+}
+
+/// Opens (or creates) the home and accepts the invite at `url`.
+async fn join(
+    home: Option<PathBuf>,
+    url: &str,
+) -> Result<(Client, tincan_client::PeerRecord), CliError> {
+    let mut h = Home::open(&home_dir(home)?)?;
+    h.setup()?;
+    let invite = Invite::parse(url, now_secs()).map_err(ClientError::from)?;
+    if invite.inviter.ed25519 == h.identity()?.peer_id() {
+        return Err(ClientError::OwnInvite.into());
+    }
+    let client = Client::connect(
+        h,
+        &invite.relay_url,
+        ClientOptions::default(),
+        CONNECT_TIMEOUT,
+    )
+    .await?;
+    let peer = client.accept_invite(&invite, CONNECT_TIMEOUT).await?;
+    client.home().set_setting("relay", client.relay_url())?;
+    Ok((client, peer))
 }

@@ -1,0 +1,248 @@
+//! Running one handler: `sh -c CMD` in its own process group, the message on stdin, the reply
+//! from stdout (capped), a deadline after which the whole group gets SIGTERM, then SIGKILL.
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+/// How long a handler has between SIGTERM and SIGKILL.
+const GRACE: Duration = Duration::from_secs(2);
+/// How much of a failed handler's stderr is reported.
+const STDERR_TAIL: usize = 2048;
+
+/// What a handler is given besides the text.
+pub struct Job {
+    /// `TINCAN_FROM`: the sender's id.
+    pub from: String,
+    /// `TINCAN_FROM_NAME`: the sender's alias, or empty.
+    pub from_name: String,
+    /// `TINCAN_MESSAGE_ID`.
+    pub message_id: String,
+    /// `TINCAN_TURN`: the message's turn in the conversation with this peer, from 1.
+    pub turn: u64,
+    /// The plaintext; goes to stdin only.
+    pub text: String,
+}
+
+/// Limits for one run.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Wall-clock limit for the whole run.
+    pub timeout: Duration,
+    /// Most stdout bytes accepted.
+    pub max_output: usize,
+}
+
+/// How a handler run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Exit 0; the trimmed stdout (possibly empty).
+    Reply(String),
+    /// It failed; nothing is sent.
+    Failed(Failure),
+}
+
+/// A failed run.
+#[derive(Debug)]
+pub struct Failure {
+    /// Stable code: `exit`, `signal`, `timeout`, `output_too_large`, `bad_output`, `spawn_failed`.
+    pub code: &'static str,
+    /// What happened, for people.
+    pub message: String,
+    /// Exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// The end of its stderr.
+    pub stderr: String,
+}
+
+impl Failure {
+    fn new(code: &'static str, message: String) -> Self {
+        Self {
+            code,
+            message,
+            exit_code: None,
+            stderr: String::new(),
+        }
+    }
+}
+
+/// Process groups of running handlers, so a shutdown can stop them.
+pub type Groups = Arc<Mutex<HashSet<i32>>>;
+
+/// Runs `command` for one message. Never panics and always reaps the process group.
+pub async fn run(command: &str, job: Job, limits: Limits, groups: &Groups) -> Outcome {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(command)
+        .env("TINCAN_FROM", &job.from)
+        .env("TINCAN_FROM_NAME", &job.from_name)
+        .env("TINCAN_MESSAGE_ID", &job.message_id)
+        .env("TINCAN_TURN", job.turn.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group, so a timeout reaches everything it started, not just `sh`.
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome::Failed(Failure::new(
+                "spawn_failed",
+                format!("cannot start `sh -c`: {e}"),
+            ));
+        }
+    };
+    let pgid = child.id().and_then(|id| i32::try_from(id).ok());
+    if let Some(g) = pgid {
+        lock(groups).insert(g);
+    }
+    let outcome = tokio::time::timeout(limits.timeout, drive(&mut child, job.text, limits)).await;
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(_) => Outcome::Failed(Failure::new(
+            "timeout",
+            format!(
+                "no answer within {}s; the handler was stopped",
+                limits.timeout.as_secs_f64()
+            ),
+        )),
+    };
+    // Whatever happened, nothing the handler started outlives it.
+    if let Some(g) = pgid {
+        stop_group(Pid::from_raw(g), &mut child).await;
+        lock(groups).remove(&g);
+    }
+    outcome
+}
+
+async fn drive(child: &mut Child, text: String, limits: Limits) -> Outcome {
+    let stdin = child.stdin.take();
+    // Written concurrently: a handler that does not read stdin must not block us.
+    let writer = async move {
+        if let Some(mut stdin) = stdin {
+            let _ = stdin.write_all(text.as_bytes()).await;
+            let _ = stdin.shutdown().await;
+        }
+    };
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let (_, out, err) = tokio::join!(
+        writer,
+        read_capped(stdout, limits.max_output),
+        read_tail(stderr, STDERR_TAIL)
+    );
+    let Some(out) = out else {
+        return Outcome::Failed(Failure {
+            stderr: err,
+            ..Failure::new(
+                "output_too_large",
+                format!(
+                    "the handler wrote more than {} bytes; it was stopped",
+                    limits.max_output
+                ),
+            )
+        });
+    };
+    let status = match child.wait().await {
+        Ok(s) => s,
+        Err(e) => return Outcome::Failed(Failure::new("spawn_failed", e.to_string())),
+    };
+    if !status.success() {
+        use std::os::unix::process::ExitStatusExt;
+        let (code, message) = match (status.code(), status.signal()) {
+            (Some(c), _) => ("exit", format!("the handler exited with status {c}")),
+            (None, Some(s)) => ("signal", format!("the handler was killed by signal {s}")),
+            _ => ("exit", "the handler failed".to_string()),
+        };
+        return Outcome::Failed(Failure {
+            exit_code: status.code(),
+            stderr: err,
+            ..Failure::new(code, message)
+        });
+    }
+    match String::from_utf8(out) {
+        Ok(s) => Outcome::Reply(s.trim().to_string()),
+        Err(_) => Outcome::Failed(Failure {
+            stderr: err,
+            ..Failure::new("bad_output", "the handler's output is not UTF-8".into())
+        }),
+    }
+}
+
+/// Reads all of `r`, or `None` once it passes `cap` bytes.
+async fn read_capped(r: Option<impl AsyncRead + Unpin>, cap: usize) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let Some(r) = r else { return Some(out) };
+    let mut limited = r.take(cap as u64 + 1);
+    if limited.read_to_end(&mut out).await.is_err() {
+        return Some(out);
+    }
+    (out.len() <= cap).then_some(out)
+}
+
+/// Reads all of `r`, keeping the last `keep` bytes as lossy UTF-8.
+async fn read_tail(r: Option<impl AsyncRead + Unpin>, keep: usize) -> String {
+    let Some(mut r) = r else { return String::new() };
+    let mut tail: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > keep {
+                    tail.drain(..tail.len() - keep);
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&tail).trim().to_string()
+}
+
+/// SIGTERM to the group, SIGKILL after the grace period, then reap.
+async fn stop_group(pgid: Pid, child: &mut Child) {
+    if killpg(pgid, None).is_err() {
+        let _ = child.wait().await;
+        return;
+    }
+    let _ = killpg(pgid, Signal::SIGTERM);
+    let deadline = tokio::time::Instant::now() + GRACE;
+    while tokio::time::Instant::now() < deadline {
+        if killpg(pgid, None).is_err() {
+            let _ = child.wait().await;
+            return;
+        }
+        // Reap the leader so it does not keep the group alive as a zombie.
+        let _ = child.try_wait();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let _ = child.wait().await;
+}
+
+/// Stops every running handler (on shutdown): SIGTERM, then SIGKILL after the grace period.
+pub async fn terminate_all(groups: &Groups) {
+    let all: Vec<Pid> = lock(groups).iter().map(|g| Pid::from_raw(*g)).collect();
+    for g in &all {
+        let _ = killpg(*g, Signal::SIGTERM);
+    }
+    let deadline = tokio::time::Instant::now() + GRACE;
+    while tokio::time::Instant::now() < deadline && all.iter().any(|g| killpg(*g, None).is_ok()) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for g in &all {
+        let _ = killpg(*g, Signal::SIGKILL);
+    }
+}
+
+fn lock(groups: &Groups) -> std::sync::MutexGuard<'_, HashSet<i32>> {
+    // A set of integers cannot be left half-updated by a panic.
+    groups.lock().unwrap_or_else(|e| e.into_inner())
+}
