@@ -13,6 +13,7 @@ use tincan_proto::ids::PeerId;
 use tincan_proto::{PROTOCOL_VERSION, labels};
 use tokio::sync::{Notify, mpsc};
 
+use crate::metrics::{self, Metrics};
 use crate::router::{ConnHandle, DELIVERY_QUEUE};
 use crate::store::Stored;
 use crate::{Shared, now_ms};
@@ -100,6 +101,7 @@ impl Conn {
         // The nonce is used for this one attempt only; it lives in this stack frame and no other
         // connection can answer it.
         if identity::verify(&peer, labels::RELAY_CHALLENGE, &nonce, &signature).is_err() {
+            Metrics::inc(&self.shared.metrics.auth_failures);
             self.error(
                 0,
                 ErrorCode::AuthFailed,
@@ -246,9 +248,13 @@ impl Conn {
                 } else {
                     0
                 };
+                Metrics::inc(&self.shared.metrics.frames_in[metrics::kind("error")]);
                 let (code, message) = match e {
                     tincan_proto::codec::DecodeError::TooLong { len, max, .. } => (
-                        ErrorCode::TooLarge,
+                        {
+                            Metrics::inc(&self.shared.metrics.refused_too_large);
+                            ErrorCode::TooLarge
+                        },
                         format!("message body is {len} bytes, over the relay's limit of {max}"),
                     ),
                     e => (ErrorCode::BadFrame, format!("cannot decode frame: {e}")),
@@ -268,6 +274,32 @@ impl Conn {
                 };
             }
         };
+        Metrics::inc(&self.shared.metrics.frames_in[metrics::kind(frame_kind(&frame))]);
+        if let ClientFrame::Send { req, .. }
+        | ClientFrame::RegisterInvite { req, .. }
+        | ClientFrame::ClaimInvite { req, .. } = &frame
+            && let Err(wait) = self
+                .shared
+                .identity_rate
+                .take(peer, std::time::Instant::now())
+        {
+            Metrics::inc(&self.shared.metrics.rate_limited_identity);
+            let rate = self.shared.config.rate_per_identity;
+            let err = RelayFrame::Error {
+                req: *req,
+                code: ErrorCode::RateLimited,
+                retry_after_ms: (wait.as_millis() as u32).max(1),
+                message: format!(
+                    "rate limit: at most {} requests per second per identity (burst {})",
+                    rate.per_sec, rate.burst
+                ),
+            };
+            return if self.feed(err).await {
+                Handled::Done
+            } else {
+                Handled::Close
+            };
+        }
         let store = &self.shared.store;
         match frame {
             ClientFrame::Send { req, id, to, body } => {
@@ -334,6 +366,16 @@ impl Conn {
 
     async fn feed(&mut self, frame: RelayFrame) -> bool {
         self.unflushed += 1;
+        let m = &self.shared.metrics;
+        match &frame {
+            RelayFrame::Deliver { .. } => {
+                Metrics::inc(&m.frames_out[metrics::kind("deliver")]);
+                Metrics::inc(&m.messages_delivered);
+            }
+            RelayFrame::Error { .. } => Metrics::inc(&m.frames_out[metrics::kind("error")]),
+            RelayFrame::Sent { .. } => Metrics::inc(&m.frames_out[metrics::kind("send")]),
+            _ => Metrics::inc(&m.frames_out[metrics::kind("ping")]),
+        }
         self.sink
             .feed(Message::Binary(frame.encode().into()))
             .await
@@ -364,4 +406,15 @@ enum Handled {
     Request,
     Done,
     Close,
+}
+
+fn frame_kind(f: &ClientFrame) -> &'static str {
+    match f {
+        ClientFrame::Auth { .. } => "auth",
+        ClientFrame::Send { .. } => "send",
+        ClientFrame::Ack { .. } => "ack",
+        ClientFrame::RegisterInvite { .. } => "register_invite",
+        ClientFrame::ClaimInvite { .. } => "claim_invite",
+        ClientFrame::Ping { .. } => "ping",
+    }
 }

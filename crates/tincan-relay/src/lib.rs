@@ -13,10 +13,16 @@
 //! # }
 //! ```
 
+mod api;
 mod conn;
 mod http;
+mod limits;
+mod metrics;
 mod router;
 pub mod store;
+mod token;
+
+pub use limits::Rate;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -59,6 +65,22 @@ pub struct Config {
     pub auth_timeout: Duration,
     /// The longest an invite may stay open.
     pub max_invite_ttl: Duration,
+    /// Open connections allowed in total.
+    pub max_connections: usize,
+    /// Open connections allowed from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Messages (and invite requests) one identity may send; `per_sec` 0 means unlimited.
+    pub rate_per_identity: Rate,
+    /// New connections and HTTP requests from one IP address; `per_sec` 0 means unlimited.
+    pub rate_per_ip: Rate,
+    /// Invites one identity may have open (registered, unclaimed, unexpired) at once.
+    pub max_open_invites: u32,
+    /// Cap on the database size; when reached, sends get a retryable "storage full" error.
+    pub max_db_bytes: Option<u64>,
+    /// Lifetime of an HTTP API token.
+    pub token_ttl: Duration,
+    /// How often the token secret is replaced (the previous one verifies for one token lifetime).
+    pub token_rotate_every: Duration,
 }
 
 impl Config {
@@ -72,6 +94,14 @@ impl Config {
             require_pairing: true,
             auth_timeout: Duration::from_secs(10),
             max_invite_ttl: Duration::from_secs(30 * 24 * 3600),
+            max_connections: 20_000,
+            max_connections_per_ip: 1_000,
+            rate_per_identity: Rate::new(1_000.0, 5_000.0),
+            rate_per_ip: Rate::new(200.0, 1_000.0),
+            max_open_invites: 100,
+            max_db_bytes: None,
+            token_ttl: Duration::from_secs(3600),
+            token_rotate_every: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -82,6 +112,12 @@ pub(crate) struct Shared {
     pub store: Store,
     pub router: Arc<Router>,
     pub shutdown: watch::Receiver<bool>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub conns: limits::ConnCounter,
+    pub identity_rate: limits::Buckets<tincan_proto::ids::PeerId>,
+    pub ip_rate: limits::Buckets<std::net::IpAddr>,
+    pub tokens: token::TokenKeys,
+    pub challenges: api::Challenges,
 }
 
 /// Serves the relay on `listener` until `shutdown` resolves, then closes connections cleanly and
@@ -92,15 +128,24 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RelayError> {
     let router = Arc::new(Router::default());
-    let store = Store::open(&config, router.clone())?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let store = Store::open(&config, router.clone(), metrics.clone())?;
+    let tokens = token::TokenKeys::load(&config.db_path, config.token_ttl, now_ms() / 1000)
+        .map_err(store::StoreError::from)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
+        tokens,
+        challenges: api::Challenges::default(),
+        conns: limits::ConnCounter::new(config.max_connections, config.max_connections_per_ip),
+        identity_rate: limits::Buckets::new(config.rate_per_identity),
+        ip_rate: limits::Buckets::new(config.rate_per_ip),
         config,
         store: store.clone(),
         router: router.clone(),
         shutdown: stop_rx,
+        metrics,
     });
-    let sweeper = tokio::spawn(sweep_loop(store.clone()));
+    let sweeper = tokio::spawn(sweep_loop(shared.clone()));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "relay listening");
     let app = http::app(shared.clone());
@@ -125,11 +170,25 @@ pub async fn run(
     Ok(())
 }
 
-async fn sweep_loop(store: Store) {
+async fn sweep_loop(shared: Arc<Shared>) {
+    let mut last_rotation = now_ms() / 1000;
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
-        store.sweep(now_ms());
+        shared.store.sweep(now_ms());
+        let now = std::time::Instant::now();
+        shared.identity_rate.sweep(now);
+        shared.ip_rate.sweep(now);
+        let rotate = shared.config.token_rotate_every.as_secs().max(60);
+        let now_s = now_ms() / 1000;
+        if now_s.saturating_sub(last_rotation) >= rotate {
+            if let Err(e) = shared.tokens.rotate(now_s) {
+                tracing::warn!(error = %e, "token secret rotation failed; keeping the current one");
+            } else {
+                tracing::info!("token secret rotated");
+            }
+            last_rotation = now_s;
+        }
     }
 }
 

@@ -30,6 +30,8 @@ pub(crate) struct Router {
     next_id: AtomicU64,
     active: AtomicUsize,
     idle: Notify,
+    /// HTTP long-polls waiting for an identity's next message.
+    waiters: Mutex<HashMap<PeerId, Arc<Notify>>>,
 }
 
 impl Router {
@@ -56,11 +58,31 @@ impl Router {
     /// Offers a freshly stored message to its recipient's connection, if online. Never blocks:
     /// a full queue marks the connection as lagging and it re-reads the store.
     pub fn deliver(&self, to: &PeerId, msg: Arc<Stored>) {
+        {
+            let w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = w.get(to) {
+                n.notify_waiters();
+            }
+        }
         let map = self.lock();
         if let Some(h) = map.get(to)
             && h.deliveries.try_send(msg).is_err()
         {
             h.lagging.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The wake-up an HTTP long-poll for `peer` waits on.
+    pub fn waiter(&self, peer: PeerId) -> Arc<Notify> {
+        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        w.entry(peer).or_default().clone()
+    }
+
+    /// Forgets `peer`'s wake-up once no long-poll holds it.
+    pub fn drop_waiter(&self, peer: &PeerId) {
+        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if w.get(peer).is_some_and(|n| Arc::strong_count(n) == 1) {
+            w.remove(peer);
         }
     }
 

@@ -18,6 +18,7 @@ use tincan_proto::ids::{InviteId, MessageId, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Config;
+use crate::metrics::Metrics;
 use crate::router::Router;
 
 /// Why the store failed.
@@ -102,6 +103,9 @@ enum Cmd {
     Sweep {
         now_ms: u64,
     },
+    Stats {
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
     Close {
         done: oneshot::Sender<()>,
     },
@@ -115,14 +119,27 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the database and starts the writer thread.
-    pub(crate) fn open(config: &Config, router: Arc<Router>) -> Result<Self, StoreError> {
+    pub(crate) fn open(
+        config: &Config,
+        router: Arc<Router>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
         let conn = Connection::open(&config.db_path)?;
+        // A corrupt or foreign file fails here with SQLite's own words ("file is not a database").
+        conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // NORMAL in WAL mode: a commit survives a process crash (SIGKILL); FULL would add an fsync
         // per commit to survive power loss too. See docs/ARCHITECTURE.md.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        if let Some(max) = config.max_db_bytes {
+            let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let pages = (max / page.max(512) as u64).max(16);
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+        }
         let pairs = load_pairs(&conn)?;
         let (tx, rx) = std_mpsc::channel();
         let worker = Worker {
@@ -133,6 +150,8 @@ impl Store {
             queue_cap: config.queue_cap,
             ttl_ms: config.message_ttl.as_millis() as u64,
             require_pairing: config.require_pairing,
+            max_open_invites: config.max_open_invites,
+            metrics,
         };
         thread::Builder::new()
             .name("tincan-store".into())
@@ -218,6 +237,15 @@ impl Store {
             now_ms,
             respond,
         });
+    }
+
+    /// Number of stored, unacknowledged messages; an error if the store cannot answer.
+    pub(crate) async fn stats(&self) -> Result<u64, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Stats { reply })
+            .map_err(|_| "store is closed".to_string())?;
+        rx.await.map_err(|_| "store is closed".to_string())?
     }
 
     pub(crate) fn sweep(&self, now_ms: u64) {
@@ -315,6 +343,7 @@ fn fail(cmd: Cmd, code: ErrorCode, message: &str) {
         } => respond(r, req),
         Cmd::Fetch { reply, .. } => drop(reply),
         Cmd::Close { done } => drop(done.send(())),
+        Cmd::Stats { reply } => drop(reply.send(Err(message.to_string()))),
         Cmd::Ack { .. } | Cmd::Sweep { .. } => {}
     }
 }
@@ -337,6 +366,8 @@ struct Worker {
     queue_cap: u64,
     ttl_ms: u64,
     require_pairing: bool,
+    max_open_invites: u32,
+    metrics: Arc<Metrics>,
 }
 
 const MAX_BATCH: usize = 1024;
@@ -371,6 +402,7 @@ impl Worker {
     }
 
     fn apply_batch(&mut self, batch: Vec<Cmd>) {
+        let started = std::time::Instant::now();
         let mut fx = Effects::default();
         let result = self
             .conn
@@ -382,8 +414,8 @@ impl Worker {
                     // Each command is all-or-nothing inside the batch: a failure rolls back only
                     // that command's statements, never half of it.
                     if let Err(e) = self.conn.execute_batch("SAVEPOINT cmd") {
-                        failed.push(cmd);
                         tracing::error!(error = %e, "savepoint failed");
+                        failed.push((cmd, describe(&e.into())));
                         continue;
                     }
                     match self.apply(cmd, &mut fx) {
@@ -393,7 +425,7 @@ impl Worker {
                         Err((cmd, e)) => {
                             tracing::error!(error = %e, "store command failed");
                             let _ = self.conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd");
-                            failed.push(cmd);
+                            failed.push((cmd, describe(&e)));
                         }
                     }
                 }
@@ -404,8 +436,10 @@ impl Worker {
             });
         match result {
             Ok(failed) => {
-                for cmd in failed {
-                    fail(cmd, ErrorCode::Internal, "relay store error; retry");
+                self.metrics.store_batch.observe(started.elapsed());
+                for (cmd, why) in failed {
+                    Metrics::inc(&self.metrics.store_errors);
+                    fail(cmd, ErrorCode::Internal, &why);
                 }
                 for (a, b) in fx.new_pairs {
                     self.pairs.insert(pair_key(a, b));
@@ -421,6 +455,7 @@ impl Worker {
                 }
             }
             Err(e) => {
+                Metrics::inc(&self.metrics.store_errors);
                 tracing::error!(error = %e, "store transaction failed; batch refused");
                 let _ = self.conn.execute_batch("ROLLBACK");
                 self.counts.clear();
@@ -436,7 +471,7 @@ impl Worker {
                         req,
                         code: ErrorCode::Internal,
                         retry_after_ms: 1000,
-                        message: format!("relay store error ({e}); retry"),
+                        message: describe(&e),
                     });
                 }
                 // Fetch results came from a rolled-back transaction's reads, which are still
@@ -462,6 +497,7 @@ impl Worker {
                 respond,
             } => match self.insert_message(sender, id, to, &body, now_ms) {
                 Ok(Inserted::New(seq)) => {
+                    Metrics::inc(&self.metrics.messages_stored);
                     fx.replies.push((respond, RelayFrame::Sent { req, seq }));
                     fx.deliveries.push((
                         to,
@@ -475,6 +511,7 @@ impl Worker {
                     ));
                 }
                 Ok(Inserted::Duplicate(seq)) => {
+                    Metrics::inc(&self.metrics.messages_deduplicated);
                     fx.replies.push((respond, RelayFrame::Sent { req, seq }))
                 }
                 Ok(Inserted::Refused(code, message)) => fx.replies.push((
@@ -484,7 +521,11 @@ impl Worker {
                         code,
                         // A full queue drains as the recipient reads; pairing never changes by
                         // retrying.
-                        retry_after_ms: if code == ErrorCode::QueueFull { 2000 } else { 0 },
+                        retry_after_ms: if code == ErrorCode::QueueFull {
+                            2000
+                        } else {
+                            0
+                        },
                         message,
                     },
                 )),
@@ -510,6 +551,7 @@ impl Worker {
                     .and_then(|mut s| s.execute(params![seq as i64, recipient.as_bytes()]));
                 match n {
                     Ok(1) => {
+                        Metrics::inc(&self.metrics.messages_acked);
                         if let Some(c) = self.counts.get_mut(&recipient) {
                             *c = c.saturating_sub(1);
                         }
@@ -538,6 +580,31 @@ impl Worker {
                 expires_at,
                 respond,
             } => {
+                let open: rusqlite::Result<i64> = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT COUNT(*) FROM invites WHERE inviter = ?1 AND claimed_by IS NULL AND expires_at > ?2",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row(params![inviter.as_bytes(), (crate::now_ms() / 1000) as i64], |r| r.get(0))
+                    });
+                if let Ok(n) = open
+                    && n >= i64::from(self.max_open_invites)
+                {
+                    Metrics::inc(&self.metrics.refused_invites);
+                    let message = format!(
+                        "you have {n} open invites on this relay (limit {}); wait until some are used or expire",
+                        self.max_open_invites
+                    );
+                    let frame = RelayFrame::Error {
+                        req,
+                        code: ErrorCode::RateLimited,
+                        retry_after_ms: 0,
+                        message,
+                    };
+                    fx.replies.push((respond, frame));
+                    return Ok(());
+                }
                 let r = self
                     .conn
                     .prepare_cached("INSERT INTO invites (id, inviter, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING")
@@ -610,6 +677,9 @@ impl Worker {
                     });
                 match r {
                     Ok((n, m)) => {
+                        self.metrics
+                            .messages_expired
+                            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                         if n > 0 || m > 0 {
                             tracing::info!(messages = n, invites = m, "expired entries removed");
                         }
@@ -617,6 +687,16 @@ impl Worker {
                     Err(e) => tracing::warn!(error = %e, "sweep failed"),
                 }
                 self.counts.clear();
+            }
+            Cmd::Stats { reply } => {
+                let n = self
+                    .conn
+                    .query_row("SELECT COUNT(*) FROM messages WHERE acked = 0", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .map(|n| n as u64)
+                    .map_err(|e| describe(&e.into()));
+                let _ = reply.send(n);
             }
             Cmd::Close { done } => {
                 let _ = done.send(());
@@ -783,4 +863,24 @@ enum Inserted {
     New(u64),
     Duplicate(u64),
     Refused(ErrorCode, String),
+}
+
+/// Words for a store failure that tell the sender what happened and that retrying is safe.
+fn describe(e: &StoreError) -> String {
+    match e {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+            if f.code == rusqlite::ErrorCode::DiskFull =>
+        {
+            "relay storage is full; the message was not stored and can be retried later".into()
+        }
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            "relay database is locked by another process; retry later".into()
+        }
+        other => format!("relay store error ({other}); retry later"),
+    }
 }
