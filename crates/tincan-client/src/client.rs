@@ -339,10 +339,24 @@ impl Client {
 
     /// Makes an invite valid for `ttl_secs` and registers it with the relay.
     pub async fn create_invite(&self, ttl_secs: u64) -> Result<InviteDraft, ClientError> {
-        let draft =
-            self.shared
-                .home()
-                .create_invite(&self.shared.relay_url, ttl_secs, now_secs())?;
+        let relay_url = self.shared.relay_url.clone();
+        self.create_invite_at(&relay_url, ttl_secs).await
+    }
+
+    /// Like [`Client::create_invite`], but the invite names `relay_url`: the address at which
+    /// the other agent reaches this same relay (a public URL or a tunnel) when this client
+    /// connects to it another way (e.g. over loopback).
+    pub async fn create_invite_at(
+        &self,
+        relay_url: &str,
+        ttl_secs: u64,
+    ) -> Result<InviteDraft, ClientError> {
+        let relay_url = normalize_relay_url(relay_url);
+        crate::conn::ws_url(&relay_url)?;
+        let draft = self
+            .shared
+            .home()
+            .create_invite(&relay_url, ttl_secs, now_secs())?;
         let id = draft.invite().id;
         let expires_at = draft.invite().expires_at;
         match self

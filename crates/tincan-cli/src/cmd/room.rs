@@ -1,41 +1,407 @@
-//! `tincan room open|status|stop` (and `tincan host`).
+//! `tincan room open|status|stop` (and `tincan host`): a detached relay, an identity, a
+//! single-use invite carrying the relay's reachable URL, and `serve` with a handler, in one
+//! command.
 
-use std::path::PathBuf;
-use std::process::ExitCode;
+mod state;
+mod tunnel;
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
+use serde_json::json;
+use tincan_client::{Client, ClientOptions, Home, now_secs};
 
+use self::state::{RELAY, Room, SERVE, TUNNEL, log_tail, running, stop_process};
+use crate::cli::parse_duration;
+use crate::cmd::home_dir;
+use crate::cmd::serve::{ServeLimits, Server};
 use crate::output::{CliError, Out};
+
+/// How long a stopped process has between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// `room` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum RoomCmd {
     /// Start a relay in the background, make an invite and serve messages with a handler.
     Open(OpenArgs),
+    /// List rooms: pids, relay URL, peers, uptime, message counts.
+    Status,
+    /// Stop a room's relay, tunnel and serve loop.
+    Stop(StopArgs),
 }
 
 /// `room open` arguments.
 #[derive(Args, Debug)]
 pub struct OpenArgs {
-    /// Command run through `sh -c` for each incoming message.
-    #[arg(long)]
+    /// Command run through `sh -c` for each incoming message (as in `tincan serve`). Without it,
+    /// the room opens and this command exits; use `tincan listen` to read.
+    #[arg(long, value_name = "CMD")]
     pub on_message: Option<String>,
+    /// Where the relay listens.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    pub listen: SocketAddr,
+    /// The URL the other agent reaches the relay at (a reverse proxy), put in the invite.
+    #[arg(long, conflicts_with = "tunnel")]
+    pub public_url: Option<String>,
+    /// Expose the relay through a Cloudflare quick tunnel (needs cloudflared).
+    #[arg(long)]
+    pub tunnel: bool,
+    /// How long the invite stays valid: e.g. 30m, 24h, 7d.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub ttl: u64,
+    /// Handler limits.
+    #[command(flatten)]
+    pub limits: ServeLimits,
+}
+
+/// `room stop` arguments.
+#[derive(Args, Debug)]
+pub struct StopArgs {
+    /// Stop every room of this home.
+    #[arg(long, conflicts_with = "port")]
+    pub all: bool,
+    /// Stop the room whose relay uses this port.
+    #[arg(long)]
+    pub port: Option<u16>,
 }
 
 pub async fn run(home: Option<PathBuf>, cmd: RoomCmd, out: &Out) -> Result<ExitCode, CliError> {
     match cmd {
         RoomCmd::Open(a) => open(home, a, out).await,
+        RoomCmd::Status => status(home, out),
+        RoomCmd::Stop(a) => stop(home, a, out),
     }
 }
 
-pub async fn open(
-    _home: Option<PathBuf>,
-    _args: OpenArgs,
-    _out: &Out,
-) -> Result<ExitCode, CliError> {
-    Err(CliError::new(
-        "not_implemented",
-        1,
-        "`tincan room open` is not implemented yet",
-    ))
+pub async fn open(home: Option<PathBuf>, args: OpenArgs, out: &Out) -> Result<ExitCode, CliError> {
+    let dir = home_dir(home)?;
+    let mut h = Home::open(&dir)?;
+    let (keys, _) = h.setup()?;
+    let cloudflared = if args.tunnel {
+        Some(tunnel::find_cloudflared()?)
+    } else {
+        None
+    };
+    let listen = with_port(args.listen)?;
+    let port = listen.port();
+    // Connect over loopback when the relay listens on every interface.
+    let local = if listen.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    } else {
+        listen
+    };
+    ensure_port_free(&dir, listen)?;
+    let room_dir = Room::dir_for(&dir, port);
+    std::fs::create_dir_all(&room_dir).map_err(|e| {
+        CliError::new(
+            "io",
+            1,
+            format!("cannot create {}: {e}", room_dir.display()),
+        )
+    })?;
+    let relay_pid = start_relay(&room_dir, listen, local)?;
+    let mut room = Room {
+        dir: room_dir.clone(),
+        port,
+        listen: listen.to_string(),
+        relay_url: format!("http://{local}"),
+        public_url: format!("http://{local}"),
+        relay_pid,
+        tunnel_pid: None,
+        serve_pid: None,
+        started_at: now_secs(),
+    };
+    room.save()?;
+    let undo = |room: &Room| {
+        if let Some(t) = room.tunnel_pid {
+            stop_process(t, TUNNEL, true, STOP_GRACE);
+        }
+        stop_process(room.relay_pid, RELAY, true, STOP_GRACE);
+        room.remove();
+    };
+    if let Some(bin) = &cloudflared {
+        match tunnel::start(bin, &local.to_string(), &room_dir.join("tunnel.log")) {
+            Ok(t) => {
+                room.tunnel_pid = Some(t.pid);
+                room.public_url = t.url;
+            }
+            Err(e) => {
+                undo(&room);
+                return Err(e);
+            }
+        }
+    } else if let Some(url) = &args.public_url {
+        room.public_url = url.trim_end_matches('/').to_string();
+    }
+    room.serve_pid = args.on_message.is_some().then(std::process::id);
+    room.save()?;
+
+    let invite = async {
+        let client = Client::connect(
+            h,
+            &room.relay_url,
+            ClientOptions::default(),
+            Duration::from_secs(10),
+        )
+        .await?;
+        let draft = client.create_invite_at(&room.public_url, args.ttl).await?;
+        client.home().set_setting("relay", client.relay_url())?;
+        Ok::<_, CliError>((client, draft.url()))
+    }
+    .await;
+    let (client, url) = match invite {
+        Ok(v) => v,
+        Err(e) => {
+            undo(&room);
+            return Err(e);
+        }
+    };
+    let handler = args
+        .on_message
+        .clone()
+        .unwrap_or_else(|| "YOUR_HANDLER".into());
+    let handoff = format!(
+        "tincan serve --join {} --on-message {} --seed 'Hello!'",
+        shell_quote(&url),
+        shell_quote(&handler)
+    );
+    let fingerprint = keys.fingerprint();
+    out.print(
+        json!({
+            "event": "room_open", "invite": url, "handoff": handoff, "relay_url": room.relay_url,
+            "public_url": room.public_url, "port": port, "relay_pid": room.relay_pid,
+            "tunnel_pid": room.tunnel_pid, "id": keys.ed25519.to_string(),
+            "fingerprint": fingerprint, "dir": room_dir.display().to_string(),
+            "relay_log": room.relay_log().display().to_string(),
+        }),
+        || {
+            format!(
+                "Room open: relay {} (pid {}), reachable at {}\n\
+                 fingerprint: {fingerprint}\n\n\
+                 Invite (single use):\n  {url}\n\n\
+                 Hand this line to the other agent:\n  {handoff}\n\n\
+                 `tincan room status` shows it; `tincan room stop` ends it.",
+                room.relay_url, room.relay_pid, room.public_url
+            )
+        },
+    );
+    match args.on_message {
+        Some(cmd) => {
+            Server::new(
+                client,
+                cmd,
+                args.limits,
+                out,
+                Some(room_dir.join("serve.json")),
+            )
+            .run(None)
+            .await
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Port 0 means "any free port": pick one now, since the room is keyed by its port.
+fn with_port(addr: SocketAddr) -> Result<SocketAddr, CliError> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    let l = std::net::TcpListener::bind(addr)
+        .map_err(|e| CliError::new("listen_failed", 1, format!("cannot listen on {addr}: {e}")))?;
+    l.local_addr()
+        .map_err(|e| CliError::internal(e.to_string()))
+}
+
+fn ensure_port_free(home: &Path, listen: SocketAddr) -> Result<(), CliError> {
+    let port = listen.port();
+    if let Some(r) = Room::list(home)
+        .into_iter()
+        .find(|r| r.port == port && r.relay_running())
+    {
+        return Err(CliError::new(
+            "port_in_use",
+            2,
+            format!(
+                "a room is already open on port {port} (relay pid {}); stop it with `tincan room stop --port {port}` or pick another port with --listen",
+                r.relay_pid
+            ),
+        ));
+    }
+    std::net::TcpListener::bind(listen).map(drop).map_err(|e| {
+        CliError::new(
+            "port_in_use",
+            2,
+            format!("cannot listen on {listen}: {e}; another program uses it; pick another port with --listen 127.0.0.1:PORT"),
+        )
+    })
+}
+
+/// Starts `tincan relay` detached (own process group, no terminal, output in relay.log) and
+/// waits until it accepts connections.
+fn start_relay(room_dir: &Path, listen: SocketAddr, local: SocketAddr) -> Result<u32, CliError> {
+    use std::os::unix::process::CommandExt;
+    let log_path = room_dir.join("relay.log");
+    let io = |e: std::io::Error| {
+        CliError::new("io", 1, format!("cannot write {}: {e}", log_path.display()))
+    };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io)?;
+    let log2 = log.try_clone().map_err(io)?;
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::internal(format!("cannot find the tincan binary: {e}")))?;
+    let mut child = Command::new(exe)
+        .args([
+            "--json",
+            "--log-json",
+            "relay",
+            "--listen",
+            &listen.to_string(),
+            "--db",
+        ])
+        .arg(room_dir.join("relay.db"))
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| CliError::internal(format!("cannot start the relay: {e}")))?;
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if TcpStream::connect_timeout(&local, Duration::from_millis(200)).is_ok() {
+            // Reaped when it ends, so it never lingers as a zombie of this process.
+            std::thread::spawn(move || child.wait());
+            return Ok(pid);
+        }
+        let exited = matches!(child.try_wait(), Ok(Some(_)));
+        if exited || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(CliError::new(
+                "relay_failed",
+                1,
+                format!(
+                    "the relay did not start on {listen}; its log ({}):\n{}",
+                    log_path.display(),
+                    log_tail(&log_path, 5)
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn status(home: Option<PathBuf>, out: &Out) -> Result<ExitCode, CliError> {
+    let dir = home_dir(home)?;
+    let peers = if dir.join("tincan.db").exists() {
+        Home::open(&dir)?.peers()?.len()
+    } else {
+        0
+    };
+    let now = now_secs();
+    let rooms: Vec<_> = Room::list(&dir)
+        .into_iter()
+        .map(|r| {
+            let stats = r.stats();
+            json!({
+                "port": r.port, "relay_url": r.relay_url, "public_url": r.public_url,
+                "relay_pid": r.relay_pid, "running": r.relay_running(),
+                "tunnel_pid": r.tunnel_pid,
+                "tunnel_running": r.tunnel_pid.is_some_and(|p| running(p, TUNNEL)),
+                "serve_pid": r.serve_pid, "serving": r.serving(),
+                "started_at": r.started_at, "uptime_secs": now.saturating_sub(r.started_at),
+                "peers": peers, "received": stats["received"].as_u64().unwrap_or(0),
+                "replied": stats["replied"].as_u64().unwrap_or(0),
+                "handler_errors": stats["handler_errors"].as_u64().unwrap_or(0),
+                "dropped": stats["dropped"].as_u64().unwrap_or(0),
+                "relay_log": r.relay_log().display().to_string(),
+            })
+        })
+        .collect();
+    out.print(json!({ "rooms": rooms }), || {
+        if rooms.is_empty() {
+            return "no rooms; open one with `tincan room open --on-message CMD`".into();
+        }
+        let mut s = String::new();
+        for r in &rooms {
+            s.push_str(&format!(
+                "port {} · relay pid {} ({}) · {} · up {}s · {} peers · {} received, {} replied{}\n",
+                r["port"],
+                r["relay_pid"],
+                if r["running"] == true { "running" } else { "stopped" },
+                r["public_url"].as_str().unwrap_or(""),
+                r["uptime_secs"],
+                r["peers"],
+                r["received"],
+                r["replied"],
+                if r["serving"] == true { " · serving" } else { "" },
+            ));
+        }
+        s.trim_end().to_string()
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stop(home: Option<PathBuf>, args: StopArgs, out: &Out) -> Result<ExitCode, CliError> {
+    let dir = home_dir(home)?;
+    let rooms = Room::list(&dir);
+    let targets: Vec<Room> = match (args.all, args.port) {
+        (true, _) => rooms,
+        (false, Some(p)) => rooms.into_iter().filter(|r| r.port == p).collect(),
+        (false, None) if rooms.len() > 1 => {
+            let ports: Vec<String> = rooms.iter().map(|r| r.port.to_string()).collect();
+            return Err(CliError::new(
+                "ambiguous_room",
+                2,
+                format!(
+                    "{} rooms are open (ports {}); pass --port PORT or --all",
+                    rooms.len(),
+                    ports.join(", ")
+                ),
+            ));
+        }
+        (false, None) => rooms,
+    };
+    if targets.is_empty() {
+        return Err(CliError::new(
+            "no_room",
+            3,
+            "no room to stop; `tincan room status` lists them",
+        ));
+    }
+    let mut stopped = Vec::new();
+    for r in &targets {
+        // The serve loop first (it flushes its replies), then the tunnel, then the relay.
+        let serve_clean = match r.serve_pid {
+            Some(p) if r.serving() && p != std::process::id() => {
+                stop_process(p, SERVE, false, STOP_GRACE)
+            }
+            _ => true,
+        };
+        let tunnel_clean = r
+            .tunnel_pid
+            .is_none_or(|p| stop_process(p, TUNNEL, true, STOP_GRACE));
+        let relay_clean = stop_process(r.relay_pid, RELAY, true, STOP_GRACE);
+        r.remove();
+        stopped.push(json!({
+            "port": r.port, "relay_pid": r.relay_pid, "clean": serve_clean && tunnel_clean && relay_clean,
+        }));
+    }
+    out.print(json!({ "stopped": stopped }), || {
+        let ports: Vec<String> = targets.iter().map(|r| r.port.to_string()).collect();
+        format!("stopped room(s) on port {}", ports.join(", "))
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Quotes `s` for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }

@@ -447,7 +447,8 @@ impl<'a> Server<'a> {
 }
 
 fn display(id: &PeerId, name: &Option<String>) -> String {
-    name.clone().unwrap_or_else(|| id.to_string()[..12].to_string())
+    name.clone()
+        .unwrap_or_else(|| id.to_string()[..12].to_string())
 }
 
 pub(crate) async fn shutdown_signal() {
