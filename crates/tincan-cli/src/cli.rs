@@ -128,21 +128,59 @@ pub struct ListenArgs {
     pub relay: Option<String>,
 }
 
-/// `relay` arguments.
-#[derive(Args, Debug)]
+/// `relay` arguments. Every limit can also come from the environment (`TINCAN_RELAY_<NAME>`) or
+/// a TOML config file (`--config`, keys named like the flags with `_`); flags win over the
+/// environment, which wins over the file.
+#[derive(Args, Debug, Default)]
 pub struct RelayArgs {
     /// Address to listen on. Loopback unless told otherwise.
-    #[arg(long, default_value = "127.0.0.1:8787", env = "TINCAN_RELAY_LISTEN")]
-    pub listen: String,
+    #[arg(long, env = "TINCAN_RELAY_LISTEN")]
+    pub listen: Option<String>,
     /// SQLite database file (default: relay.db in the platform data dir).
     #[arg(long, env = "TINCAN_RELAY_DB")]
     pub db: Option<PathBuf>,
-    /// Most undelivered messages kept per recipient.
-    #[arg(long, default_value_t = 10_000)]
-    pub queue_cap: u64,
-    /// How long undelivered messages are kept (e.g. 7d).
-    #[arg(long, default_value = "7d", value_parser = parse_duration)]
-    pub message_ttl: u64,
+    /// TOML file with any of these settings.
+    #[arg(long, env = "TINCAN_RELAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Largest sealed message body in bytes (default 71680).
+    #[arg(long, env = "TINCAN_RELAY_MAX_BODY")]
+    pub max_body: Option<usize>,
+    /// Most undelivered messages kept per recipient (default 10000).
+    #[arg(long, env = "TINCAN_RELAY_QUEUE_CAP")]
+    pub queue_cap: Option<u64>,
+    /// How long undelivered messages are kept, e.g. 7d (default 7d).
+    #[arg(long, env = "TINCAN_RELAY_MESSAGE_TTL", value_parser = parse_duration)]
+    pub message_ttl: Option<u64>,
+    /// Open connections in total (default 20000).
+    #[arg(long, env = "TINCAN_RELAY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Open connections per IP address (default 1000).
+    #[arg(long, env = "TINCAN_RELAY_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Messages per second one identity may send, 0 = unlimited (default 1000).
+    #[arg(long, env = "TINCAN_RELAY_RATE_PER_IDENTITY")]
+    pub rate_per_identity: Option<f64>,
+    /// Burst allowed above that rate (default 5000).
+    #[arg(long, env = "TINCAN_RELAY_BURST_PER_IDENTITY")]
+    pub burst_per_identity: Option<f64>,
+    /// New connections and HTTP requests per second from one IP, 0 = unlimited (default 200).
+    #[arg(long, env = "TINCAN_RELAY_RATE_PER_IP")]
+    pub rate_per_ip: Option<f64>,
+    /// Burst allowed above that rate (default 1000).
+    #[arg(long, env = "TINCAN_RELAY_BURST_PER_IP")]
+    pub burst_per_ip: Option<f64>,
+    /// Invites one identity may have open at once (default 100).
+    #[arg(long, env = "TINCAN_RELAY_MAX_OPEN_INVITES")]
+    pub max_open_invites: Option<u32>,
+    /// Cap on the database size in bytes; sends get a retryable error when it is reached.
+    #[arg(long, env = "TINCAN_RELAY_MAX_DB_BYTES")]
+    pub max_db_bytes: Option<u64>,
+    /// Lifetime of HTTP API tokens, e.g. 1h (default 1h).
+    #[arg(long, env = "TINCAN_RELAY_TOKEN_TTL", value_parser = parse_duration)]
+    pub token_ttl: Option<u64>,
+    /// How often the token secret rotates, e.g. 24h (default 24h).
+    #[arg(long, env = "TINCAN_RELAY_TOKEN_ROTATE", value_parser = parse_duration)]
+    pub token_rotate: Option<u64>,
 }
 
 /// Parses `90`, `90s`, `30m`, `24h`, `7d` into seconds.

@@ -36,6 +36,9 @@ use tokio::sync::watch;
 use crate::router::Router;
 use crate::store::Store;
 
+/// The largest `max_body` a relay may be configured with: what clients accept in a delivery.
+pub const MAX_BODY_LIMIT: usize = tincan_proto::frame::MAX_BODY;
+
 /// Why a relay could not start or stopped with an error.
 #[derive(Debug, Error)]
 pub enum RelayError {

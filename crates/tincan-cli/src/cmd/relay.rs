@@ -1,60 +1,137 @@
-//! `tincan relay`.
+//! `tincan relay`: settings from flags, environment and a TOML file, then the relay library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_json::json;
-use tincan_relay::Config;
+use tincan_relay::{Config, Rate};
 
-use crate::cli::RelayArgs;
+use crate::cli::{RelayArgs, parse_duration};
 use crate::output::{CliError, Out};
 
-pub async fn run(args: RelayArgs, out: &Out) -> Result<ExitCode, CliError> {
-    let db = match args.db {
+/// The config file: the same settings as the flags.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    db: Option<PathBuf>,
+    max_body: Option<usize>,
+    queue_cap: Option<u64>,
+    message_ttl: Option<String>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    rate_per_identity: Option<f64>,
+    burst_per_identity: Option<f64>,
+    rate_per_ip: Option<f64>,
+    burst_per_ip: Option<f64>,
+    max_open_invites: Option<u32>,
+    max_db_bytes: Option<u64>,
+    token_ttl: Option<String>,
+    token_rotate: Option<String>,
+}
+
+fn bad_config(message: String) -> CliError {
+    CliError::new("bad_config", 2, message)
+}
+
+fn load_file(path: &std::path::Path) -> Result<FileConfig, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad_config(format!("cannot read config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| bad_config(format!("config file {}: {e}", path.display())))
+}
+
+fn duration(flag: Option<u64>, file: Option<&str>, name: &str, default: Duration) -> Result<Duration, CliError> {
+    if let Some(s) = flag {
+        return Ok(Duration::from_secs(s));
+    }
+    match file {
+        Some(text) => parse_duration(text).map(Duration::from_secs).map_err(|e| bad_config(format!("{name}: {e}"))),
+        None => Ok(default),
+    }
+}
+
+/// Merges flags/environment over the file over the defaults.
+fn settings(args: RelayArgs) -> Result<(String, Config), CliError> {
+    let file = match &args.config {
+        Some(p) => load_file(p)?,
+        None => FileConfig::default(),
+    };
+    let listen = args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8787".into());
+    let db = match args.db.or(file.db) {
         Some(p) => p,
         None => {
-            let dirs = directories::ProjectDirs::from("", "", "tincan").ok_or_else(|| {
-                CliError::new(
-                    "no_data_dir",
-                    2,
-                    "cannot find a data directory; pass --db PATH",
-                )
-            })?;
-            std::fs::create_dir_all(dirs.data_dir()).map_err(|e| {
-                CliError::new(
-                    "io",
-                    1,
-                    format!("cannot create {}: {e}", dirs.data_dir().display()),
-                )
-            })?;
+            let dirs = directories::ProjectDirs::from("", "", "tincan")
+                .ok_or_else(|| CliError::new("no_data_dir", 2, "cannot find a data directory; pass --db PATH"))?;
+            std::fs::create_dir_all(dirs.data_dir())
+                .map_err(|e| CliError::new("io", 1, format!("cannot create {}: {e}", dirs.data_dir().display())))?;
             dirs.data_dir().join("relay.db")
         }
     };
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .map_err(|e| {
-            CliError::new(
-                "listen_failed",
-                1,
-                format!(
-                    "cannot listen on {}: {e} (is another relay running on that port?)",
-                    args.listen
-                ),
-            )
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| CliError::internal(e.to_string()))?;
-    let mut config = Config::new(db.clone());
-    config.queue_cap = args.queue_cap;
-    config.message_ttl = Duration::from_secs(args.message_ttl);
+    let mut c = Config::new(db);
+    let max_body = args.max_body.or(file.max_body).unwrap_or(c.max_body);
+    if max_body == 0 || max_body > tincan_relay::MAX_BODY_LIMIT {
+        return Err(bad_config(format!("max_body must be between 1 and {} bytes", tincan_relay::MAX_BODY_LIMIT)));
+    }
+    c.max_body = max_body;
+    c.queue_cap = args.queue_cap.or(file.queue_cap).unwrap_or(c.queue_cap);
+    c.message_ttl = duration(args.message_ttl, file.message_ttl.as_deref(), "message_ttl", c.message_ttl)?;
+    c.max_connections = args.max_connections.or(file.max_connections).unwrap_or(c.max_connections);
+    c.max_connections_per_ip = args.max_connections_per_ip.or(file.max_connections_per_ip).unwrap_or(c.max_connections_per_ip);
+    c.rate_per_identity = Rate::new(
+        args.rate_per_identity.or(file.rate_per_identity).unwrap_or(c.rate_per_identity.per_sec),
+        args.burst_per_identity.or(file.burst_per_identity).unwrap_or(c.rate_per_identity.burst),
+    );
+    c.rate_per_ip = Rate::new(
+        args.rate_per_ip.or(file.rate_per_ip).unwrap_or(c.rate_per_ip.per_sec),
+        args.burst_per_ip.or(file.burst_per_ip).unwrap_or(c.rate_per_ip.burst),
+    );
+    for (name, r) in [("identity", c.rate_per_identity), ("ip", c.rate_per_ip)] {
+        if !(r.per_sec >= 0.0 && r.burst >= 1.0 && r.per_sec.is_finite() && r.burst.is_finite()) {
+            return Err(bad_config(format!("rate_per_{name} must be >= 0 and burst_per_{name} >= 1")));
+        }
+    }
+    c.max_open_invites = args.max_open_invites.or(file.max_open_invites).unwrap_or(c.max_open_invites);
+    c.max_db_bytes = args.max_db_bytes.or(file.max_db_bytes).or(c.max_db_bytes);
+    c.token_ttl = duration(args.token_ttl, file.token_ttl.as_deref(), "token_ttl", c.token_ttl)?;
+    c.token_rotate_every = duration(args.token_rotate, file.token_rotate.as_deref(), "token_rotate", c.token_rotate_every)?;
+    Ok((listen, c))
+}
+
+pub async fn run(args: RelayArgs, out: &Out) -> Result<ExitCode, CliError> {
+    let (listen, config) = settings(args)?;
+    let db = config.db_path.clone();
+    let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| {
+        CliError::new("listen_failed", 1, format!("cannot listen on {listen}: {e} (is another relay running on that port?)"))
+    })?;
+    let addr = listener.local_addr().map_err(|e| CliError::internal(e.to_string()))?;
+    let limits = json!({
+        "max_body": config.max_body,
+        "queue_cap": config.queue_cap,
+        "message_ttl_secs": config.message_ttl.as_secs(),
+        "max_connections": config.max_connections,
+        "max_connections_per_ip": config.max_connections_per_ip,
+        "rate_per_identity": config.rate_per_identity.per_sec,
+        "burst_per_identity": config.rate_per_identity.burst,
+        "rate_per_ip": config.rate_per_ip.per_sec,
+        "burst_per_ip": config.rate_per_ip.burst,
+        "max_open_invites": config.max_open_invites,
+        "max_db_bytes": config.max_db_bytes,
+        "token_ttl_secs": config.token_ttl.as_secs(),
+    });
+    let served = tincan_relay::run(listener, config, shutdown_signal());
     out.print(
-        json!({"event": "listening", "addr": addr.to_string(), "url": format!("http://{addr}"), "db": db.display().to_string()}),
+        json!({"event": "listening", "addr": addr.to_string(), "url": format!("http://{addr}"), "db": db.display().to_string(), "limits": limits}),
         || format!("tincan relay listening on http://{addr} (db: {})", db.display()),
     );
-    tincan_relay::run(listener, config, shutdown_signal())
-        .await
-        .map_err(|e| CliError::new("relay_failed", 1, format!("relay stopped: {e}")))?;
+    served.await.map_err(|e| {
+        CliError::new(
+            "relay_failed",
+            1,
+            format!("relay stopped: {e}. If the database is locked, another relay uses it; if it is corrupt, move {} aside", db.display()),
+        )
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -77,5 +154,27 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, "queue_cap = 5\nmessage_ttl = \"2h\"\nrate_per_ip = 7.5\ndb = \"/tmp/x.db\"\n").unwrap();
+        let args = RelayArgs { config: Some(path.clone()), queue_cap: Some(9), ..Default::default() };
+        let (listen, c) = settings(args).unwrap();
+        assert_eq!(listen, "127.0.0.1:8787");
+        assert_eq!(c.queue_cap, 9, "flag wins");
+        assert_eq!(c.message_ttl, Duration::from_secs(7200), "file wins over default");
+        assert_eq!(c.rate_per_ip.per_sec, 7.5);
+        assert_eq!(c.max_open_invites, 100, "default");
+        std::fs::write(&path, "queue_capp = 5\n").unwrap();
+        let err = settings(RelayArgs { config: Some(path), ..Default::default() }).unwrap_err();
+        assert!(err.message.contains("queue_capp"), "{}", err.message);
     }
 }

@@ -1,0 +1,215 @@
+//! `tincan serve` with real processes: a relay child process, a `serve` child process running
+//! shell-script handlers, and peers driven by the `tincan` binary.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "support/running.rs"]
+mod running;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tincan_testkit::process::{Cli, RelayProcess};
+
+use running::{Running, alive, script};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn cli() -> Cli {
+    Cli::new(env!("CARGO_BIN_EXE_tincan"))
+}
+
+/// A relay and two paired homes: `a` serves, `b` talks to it.
+struct World {
+    dir: tempfile::TempDir,
+    _relay: RelayProcess,
+    a_id: String,
+    b_id: String,
+}
+
+impl World {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = RelayProcess::start(Path::new(env!("CARGO_BIN_EXE_tincan")), dir.path());
+        let c = cli();
+        let a_id = c.setup(&dir.path().join("a"));
+        let b_id = c.setup(&dir.path().join("b"));
+        c.pair(&dir.path().join("a"), &dir.path().join("b"), &relay.url());
+        Self { dir, _relay: relay, a_id, b_id }
+    }
+
+    fn path(&self, p: &str) -> std::path::PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn send_from_b(&self, text: &str) -> String {
+        let r = cli().run(&self.path("b"), &["send", &self.a_id, text]);
+        assert_eq!(r.code, 0, "{r:?}");
+        r.json()["id"].as_str().unwrap().to_string()
+    }
+
+    fn serve_a(&self, handler: &str, extra: &[&str]) -> Running {
+        let mut args = vec!["serve", "--on-message", handler];
+        args.extend_from_slice(extra);
+        let mut s = Running::spawn(&self.path("a"), &args, &[], self.dir.path());
+        s.wait_event("serving", WAIT);
+        s
+    }
+}
+
+fn ids(events: &[Value], field: &str) -> Vec<String> {
+    events.iter().map(|e| e[field].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn handler_gets_text_on_stdin_metadata_in_env_and_its_stdout_is_the_reply() {
+    let w = World::new();
+    script(
+        &w.path("echo.sh"),
+        r#"text=$(cat)
+case "$text" in
+  silent) exit 0 ;;
+esac
+# The text must reach the handler on stdin only: not in its environment, not in its argv.
+if env | grep -q -- "$text"; then echo "LEAK: text in env"; exit 0; fi
+if tr '\0' ' ' < /proc/$$/cmdline | grep -q -- "$text"; then echo "LEAK: text in argv"; exit 0; fi
+printf '  echo:%s|%s|%s|%s|%s  \n\n' "$text" "$TINCAN_FROM" "$TINCAN_FROM_NAME" "$TINCAN_TURN" "$TINCAN_MESSAGE_ID"
+"#,
+    );
+    let mut s = w.serve_a(&format!("sh {}", w.path("echo.sh").display()), &[]);
+    // A learns of B when the join arrives; then it can name it.
+    assert_eq!(s.wait_event("peer_joined", WAIT)["peer"], w.b_id.as_str());
+    let r = cli().run(&w.path("a"), &["peers", "alias", &w.b_id, "bob"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let first = w.send_from_b("secret-plaintext-7f3a");
+    let silent = w.send_from_b("silent");
+    let replied = s.wait_event("replied", WAIT);
+    assert_eq!(
+        replied["text"],
+        format!("echo:secret-plaintext-7f3a|{}|bob|1|{first}", w.b_id),
+        "trimmed stdout is the reply, metadata came through the environment"
+    );
+    assert_eq!(replied["in_reply_to"], first.as_str());
+    assert_eq!(replied["turn"], 2);
+    let no_reply = s.wait_event("no_reply", WAIT);
+    assert_eq!(no_reply["id"], silent.as_str());
+    assert_eq!(no_reply["reason"], "empty");
+    let received = s.events("received");
+    assert_eq!(received[0]["from"], w.b_id.as_str());
+    assert_eq!(received[0]["text"], "secret-plaintext-7f3a");
+
+    // B gets exactly the one reply.
+    let r = cli().run(&w.path("b"), &["listen", "--timeout", "2"]);
+    let texts: Vec<_> = r
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "message")
+        .map(|e| e["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(texts.len(), 1, "{r:?}");
+    assert!(texts[0].starts_with("echo:secret-plaintext-7f3a|"));
+
+    // SIGTERM ends it cleanly with a `done` event.
+    s.terminate();
+    assert!(s.wait_exit(WAIT).success());
+    assert_eq!(s.events("done")[0]["reason"], "signal");
+}
+
+#[test]
+fn hung_crashing_and_flooding_handlers_are_reported_and_the_loop_goes_on() {
+    let w = World::new();
+    let hang_pid = w.path("hang.pid");
+    script(
+        &w.path("h.sh"),
+        &format!(
+            r#"text=$(cat)
+case "$text" in
+  hang) sleep 300 & echo $! > {}; wait ;;
+  crash) echo "boom: something broke" >&2; exit 3 ;;
+  flood) yes flood-flood-flood ;;
+  *) echo "ok:$text" ;;
+esac
+"#,
+            hang_pid.display()
+        ),
+    );
+    let mut s = w.serve_a(
+        &format!("sh {}", w.path("h.sh").display()),
+        &["--handler-timeout", "1", "--max-output", "4096"],
+    );
+    let hang = w.send_from_b("hang");
+    let crash = w.send_from_b("crash");
+    let flood = w.send_from_b("flood");
+    let fine = w.send_from_b("still here");
+
+    let replied = s.wait_event("replied", WAIT);
+    assert_eq!(replied["text"], "ok:still here");
+    assert_eq!(replied["in_reply_to"], fine.as_str());
+    let errors = s.events("handler_error");
+    assert_eq!(ids(&errors, "id"), [hang.clone(), crash, flood], "in order, one each");
+    assert_eq!(errors[0]["code"], "timeout");
+    assert_eq!(errors[1]["code"], "exit");
+    assert_eq!(errors[1]["exit_code"], 3);
+    assert!(errors[1]["stderr"].as_str().unwrap().contains("boom: something broke"));
+    assert_eq!(errors[2]["code"], "output_too_large");
+    // The timeout took the whole process group down, not just `sh`.
+    let pid: u32 = std::fs::read_to_string(&hang_pid).unwrap().trim().parse().unwrap();
+    assert!(!alive(pid), "the handler's child {pid} outlived the timeout");
+
+    s.terminate();
+    assert!(s.wait_exit(WAIT).success());
+}
+
+#[test]
+fn a_message_flood_is_rate_limited_queued_and_every_message_is_accounted_for() {
+    let w = World::new();
+    let sent: Vec<String> = (0..16).map(|i| w.send_from_b(&format!("m{i:02}"))).collect();
+    let mut s = w.serve_a(
+        "cat",
+        &["--rate", "600", "--burst", "2", "--queue-cap", "6"],
+    );
+    // Every message is received once, then either answered or reported as dropped.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        s.poll();
+        if s.events("replied").len() + s.events("dropped").len() >= sent.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not settled: {:#?}", s.seen);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(ids(&s.events("received"), "id"), sent, "received once each, in order");
+    let replied = ids(&s.events("replied"), "in_reply_to");
+    let dropped = ids(&s.events("dropped"), "id");
+    assert!(!dropped.is_empty(), "a queue of 6 cannot hold a burst of 16");
+    assert!(!s.events("deferred").is_empty(), "the rate limit deferred some");
+    let all: HashSet<_> = replied.iter().chain(&dropped).cloned().collect();
+    assert_eq!(all.len(), sent.len(), "each message answered or dropped, never both");
+    assert_eq!(all, sent.iter().cloned().collect::<HashSet<_>>());
+    let in_order: Vec<_> = sent.iter().filter(|id| replied.contains(id)).cloned().collect();
+    assert_eq!(replied, in_order, "one peer's messages are handled in order");
+    for e in s.events("dropped") {
+        assert_eq!(e["reason"], "queue_full");
+    }
+    // Still serving.
+    let late = w.send_from_b("after the flood");
+    let r = s.wait_for(WAIT, "reply to the late message", |e| {
+        e["event"] == "replied" && e["in_reply_to"] == late.as_str()
+    });
+    assert_eq!(r["text"], "after the flood");
+    s.terminate();
+    assert!(s.wait_exit(WAIT).success());
+}
+
+#[test]
+fn seed_needs_a_peer_and_serve_needs_an_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cli();
+    let r = c.run(&dir.path().join("x"), &["serve", "--on-message", "cat"]);
+    assert_eq!((r.code, r.error_code().as_str()), (3, "no_identity"), "{r:?}");
+    c.setup(&dir.path().join("x"));
+    let r = c.run(&dir.path().join("x"), &["serve", "--on-message", "cat", "--seed", "hi"]);
+    assert_eq!((r.code, r.error_code().as_str()), (2, "usage"), "{r:?}");
+}
