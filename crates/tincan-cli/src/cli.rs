@@ -100,6 +100,27 @@ pub enum PeersAction {
         /// The new name (letters, digits, '-', '_', '.').
         name: String,
     },
+    /// Block a peer: its messages are withheld from you and your agent (kept in the inbox).
+    Block {
+        /// Peer id, unique prefix or alias.
+        peer: String,
+    },
+    /// Lift a block or an allow: the peer is back to the default.
+    Unblock {
+        /// Peer id, unique prefix or alias.
+        peer: String,
+    },
+    /// Allow a peer: its messages are shown also in allowlist-only mode.
+    Allow {
+        /// Peer id, unique prefix or alias.
+        peer: String,
+    },
+    /// Show, or turn on/off, allowlist-only mode (only allowed peers' messages are shown).
+    Allowlist {
+        /// on or off; omit to show the current mode.
+        #[arg(value_parser = ["on", "off"])]
+        state: Option<String>,
+    },
 }
 
 /// `send` arguments.

@@ -3,22 +3,175 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Args;
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+use tincan_mcp::install::{self, ClientKind, Dirs, ServerCommand};
+use tincan_mcp::{Hub, HubConfig, McpError, PushLimit};
 
+use crate::cmd::{home_dir, open_home};
 use crate::output::{CliError, Out};
 
 /// `mcp` arguments.
 #[derive(Args, Debug)]
 pub struct McpArgs {
-    /// Serve Streamable HTTP on this address instead of stdio.
+    /// Serve Streamable HTTP on this address (PORT or HOST:PORT, at path /mcp) instead of stdio.
     #[arg(long)]
     pub http: Option<String>,
+    /// Allow --http on a non-loopback address (the server has no authentication of its own).
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Relay to use (default: the home's last relay).
+    #[arg(long)]
+    pub relay: Option<String>,
+    /// Pushes a peer may get at once before flood control holds the rest for check_messages.
+    #[arg(long, default_value_t = 5)]
+    pub push_burst: u32,
+    /// Sustained pushes per peer per minute.
+    #[arg(long, default_value_t = 10)]
+    pub push_per_minute: u32,
+    /// Install into an MCP client instead of serving.
+    #[command(subcommand)]
+    pub action: Option<McpAction>,
 }
 
-pub async fn run(_home: Option<PathBuf>, _args: McpArgs, _out: &Out) -> Result<ExitCode, CliError> {
-    Err(CliError::new(
-        "not_implemented",
-        1,
-        "`tincan mcp` is not implemented yet",
-    ))
+/// `mcp` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum McpAction {
+    /// Add the tincan server to an MCP client's configuration, keeping what is there.
+    Install(InstallArgs),
+}
+
+/// `mcp install` arguments.
+#[derive(Args, Debug)]
+pub struct InstallArgs {
+    /// The client.
+    #[arg(long, value_enum)]
+    pub client: Client,
+    /// Print what would be added instead of writing it.
+    #[arg(long)]
+    pub print: bool,
+}
+
+/// MCP clients.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Client {
+    /// Claude Code (~/.claude.json, plus the audit hook in ~/.claude/settings.json).
+    Claude,
+    /// Codex (~/.codex/config.toml).
+    Codex,
+    /// OpenCode (~/.config/opencode/opencode.json).
+    Opencode,
+}
+
+pub async fn run(home: Option<PathBuf>, args: McpArgs, out: &Out) -> Result<ExitCode, CliError> {
+    if let Some(McpAction::Install(i)) = args.action {
+        return install_cmd(home, i, out);
+    }
+    let dir = home_dir(home.clone())?;
+    open_home(home)?;
+    let config = HubConfig {
+        home_dir: dir,
+        relay: args.relay,
+        push_limit: PushLimit {
+            burst: args.push_burst.max(1),
+            per_minute: args.push_per_minute.max(1),
+        },
+    };
+    let http = match &args.http {
+        Some(spec) => Some(tincan_mcp::http_addr(spec, args.allow_remote).map_err(mcp_err)?),
+        None => None,
+    };
+    let hub = Hub::start(config).await?;
+    match http {
+        None => tincan_mcp::serve_stdio(hub).await.map_err(mcp_err)?,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| CliError::new("bind", 1, format!("cannot listen on {addr}: {e}")))?;
+            let local = listener
+                .local_addr()
+                .map_err(|e| CliError::internal(e.to_string()))?;
+            // The actual address on stderr, so a caller that asked for port 0 can find it.
+            eprintln!("tincan mcp: Streamable HTTP on http://{local}/mcp");
+            tincan_mcp::serve_http(listener, hub, shutdown_signal())
+                .await
+                .map_err(mcp_err)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn mcp_err(e: McpError) -> CliError {
+    match e {
+        McpError::Client(c) => c.into(),
+        McpError::BadAddress(m) => CliError::new("usage", 2, m),
+        other => CliError::new("mcp", 1, other.to_string()),
+    }
+}
+
+/// The command an MCP client runs to start this server for `home`.
+pub fn server_command(home: Option<PathBuf>) -> Result<ServerCommand, CliError> {
+    let program = std::env::current_exe()
+        .map_err(|e| CliError::internal(format!("cannot find the tincan binary: {e}")))?;
+    let dir = home_dir(home)?;
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    Ok(ServerCommand {
+        program: program.display().to_string(),
+        args: vec!["--home".into(), dir.display().to_string(), "mcp".into()],
+    })
+}
+
+fn install_cmd(home: Option<PathBuf>, args: InstallArgs, out: &Out) -> Result<ExitCode, CliError> {
+    let kind = match args.client {
+        Client::Claude => ClientKind::Claude,
+        Client::Codex => ClientKind::Codex,
+        Client::Opencode => ClientKind::Opencode,
+    };
+    let user_home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .ok_or_else(|| CliError::new("no_home", 3, "HOME is not set"))?;
+    let dirs = Dirs {
+        home: user_home,
+        xdg_config: std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from),
+        codex_home: std::env::var_os("CODEX_HOME").map(PathBuf::from),
+    };
+    let cmd = server_command(home)?;
+    let changes = install::plan(kind, &dirs, &cmd)
+        .map_err(|e| CliError::new("config_unusable", 3, e.to_string()))?;
+    if !args.print {
+        install::apply(&changes).map_err(|e| CliError::new("local_store", 1, e.to_string()))?;
+    }
+    let files: Vec<_> = changes
+        .iter()
+        .map(|c| json!({"path": c.path.display().to_string(), "changed": c.changed, "snippet": c.snippet}))
+        .collect();
+    out.print(json!({"client": format!("{kind:?}").to_lowercase(), "written": !args.print, "files": files}), || {
+        let mut s = String::new();
+        for c in &changes {
+            if args.print {
+                s.push_str(&format!("# {} would get:\n{}\n", c.path.display(), c.snippet.trim_end()));
+            } else if c.changed {
+                s.push_str(&format!("updated {} (previous version in .bak)\n", c.path.display()));
+            } else {
+                s.push_str(&format!("{} already up to date\n", c.path.display()));
+            }
+        }
+        s.trim_end().to_string()
+    });
+    Ok(ExitCode::SUCCESS)
 }

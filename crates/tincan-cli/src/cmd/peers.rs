@@ -1,9 +1,10 @@
-//! `tincan peers` and `tincan peers alias`.
+//! `tincan peers`, `tincan peers alias`, and the peer policy: block, unblock, allow, allowlist.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use serde_json::json;
+use tincan_client::{Home, PeerPolicy};
 
 use crate::cli::{PeersAction, PeersArgs};
 use crate::cmd::open_home;
@@ -19,8 +20,25 @@ pub fn run(home: Option<PathBuf>, args: PeersArgs, out: &Out) -> Result<ExitCode
                 format!("{} is now '{name}'", p.id)
             });
         }
+        Some(PeersAction::Block { peer }) => set_policy(&h, &peer, PeerPolicy::Blocked, out)?,
+        Some(PeersAction::Unblock { peer }) => set_policy(&h, &peer, PeerPolicy::Default, out)?,
+        Some(PeersAction::Allow { peer }) => set_policy(&h, &peer, PeerPolicy::Allowed, out)?,
+        Some(PeersAction::Allowlist { state }) => {
+            if let Some(s) = &state {
+                h.set_allowlist_only(s == "on")?;
+            }
+            let on = h.allowlist_only()?;
+            out.print(json!({"allowlist_only": on}), || {
+                if on {
+                    "allowlist-only mode is on: only peers marked with `tincan peers allow` are shown".into()
+                } else {
+                    "allowlist-only mode is off: every peer that is not blocked is shown".into()
+                }
+            });
+        }
         None => {
             let peers = h.peers()?;
+            let policies = h.peer_policies()?;
             if out.json {
                 let list: Vec<_> = peers
                     .iter()
@@ -32,6 +50,7 @@ pub fn run(home: Option<PathBuf>, args: PeersArgs, out: &Out) -> Result<ExitCode
                             "relay": p.relay_url,
                             "paired_at": p.created_at,
                             "last_seen": p.last_seen,
+                            "policy": policies.get(&p.id).copied().unwrap_or_default().as_str(),
                         })
                     })
                     .collect();
@@ -40,15 +59,34 @@ pub fn run(home: Option<PathBuf>, args: PeersArgs, out: &Out) -> Result<ExitCode
                 println!("no peers yet: `tincan invite create` or `tincan invite accept '<url>'`");
             } else {
                 for p in peers {
+                    let policy = policies.get(&p.id).copied().unwrap_or_default();
                     println!(
-                        "{}  {}  {}",
+                        "{}  {}  {}{}",
                         p.id,
                         p.alias.as_deref().unwrap_or("-"),
-                        p.fingerprint()
+                        p.fingerprint(),
+                        match policy {
+                            PeerPolicy::Default => String::new(),
+                            other => format!("  [{}]", other.as_str()),
+                        }
                     );
                 }
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn set_policy(h: &Home, peer: &str, policy: PeerPolicy, out: &Out) -> Result<(), CliError> {
+    let p = h.resolve_peer(peer)?;
+    h.set_peer_policy(&p.id, policy)?;
+    out.print(
+        json!({"id": p.id.to_string(), "policy": policy.as_str()}),
+        || match policy {
+            PeerPolicy::Blocked => format!("{} is blocked: its messages are withheld", p.id),
+            PeerPolicy::Allowed => format!("{} is allowed", p.id),
+            PeerPolicy::Default => format!("{} is back to the default policy", p.id),
+        },
+    );
+    Ok(())
 }

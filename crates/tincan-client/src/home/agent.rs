@@ -124,7 +124,12 @@ impl Home {
 
     /// Claims the right to push a message: true once, and only while a check has not returned it
     /// yet (pushing what the agent already read would repeat it in its context).
-    pub fn claim_push(&self, from: &PeerId, id: &MessageId, now_ms: u64) -> Result<bool, ClientError> {
+    pub fn claim_push(
+        &self,
+        from: &PeerId,
+        id: &MessageId,
+        now_ms: u64,
+    ) -> Result<bool, ClientError> {
         let n = self.conn.execute(
             "UPDATE inbox SET pushed_at = ?3 WHERE peer = ?1 AND msg_id = ?2
              AND pushed_at IS NULL AND returned_at IS NULL AND withheld IS NULL",

@@ -42,7 +42,12 @@ impl Home {
     }
 
     /// Appends one event with its fields (an object); returns the written entry.
-    pub fn audit_append(&self, event: &str, fields: Value, at_ms: u64) -> Result<Value, ClientError> {
+    pub fn audit_append(
+        &self,
+        event: &str,
+        fields: Value,
+        at_ms: u64,
+    ) -> Result<Value, ClientError> {
         let path = self.audit_path();
         let mut opts = OpenOptions::new();
         opts.read(true).append(true).create(true);
@@ -57,7 +62,11 @@ impl Home {
             Some(line) => {
                 let v: Value = serde_json::from_str(&line).map_err(bad_log)?;
                 let seq = v.get("seq").and_then(Value::as_u64).unwrap_or(0);
-                let hash = v.get("hash").and_then(Value::as_str).unwrap_or(GENESIS).to_string();
+                let hash = v
+                    .get("hash")
+                    .and_then(Value::as_str)
+                    .unwrap_or(GENESIS)
+                    .to_string();
                 (seq + 1, hash)
             }
             None => (1, GENESIS.to_string()),
@@ -110,7 +119,11 @@ impl Home {
     pub fn audit_verify(&self) -> Result<AuditVerdict, ClientError> {
         let head: Option<String> = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", params![HEAD_KEY], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                params![HEAD_KEY],
+                |r| r.get(0),
+            )
             .optional()?;
         let text = match std::fs::read_to_string(self.audit_path()) {
             Ok(t) => t,
@@ -119,7 +132,12 @@ impl Home {
         };
         let mut prev = GENESIS.to_string();
         let mut n = 0u64;
-        let fail = |n: u64, why: String| Ok(AuditVerdict { entries: n, problem: Some((n, why)) });
+        let fail = |n: u64, why: String| {
+            Ok(AuditVerdict {
+                entries: n,
+                problem: Some((n, why)),
+            })
+        };
         for line in text.lines() {
             n += 1;
             let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(line) else {
@@ -129,10 +147,16 @@ impl Home {
                 return fail(n, "no hash".into());
             };
             if obj.get("seq").and_then(Value::as_u64) != Some(n) {
-                return fail(n, format!("expected seq {n}: a line was removed or inserted"));
+                return fail(
+                    n,
+                    format!("expected seq {n}: a line was removed or inserted"),
+                );
             }
             if obj.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
-                return fail(n, "does not follow the previous line: a line was removed or edited".into());
+                return fail(
+                    n,
+                    "does not follow the previous line: a line was removed or edited".into(),
+                );
             }
             if chain_hash(&obj) != hash {
                 return fail(n, "hash mismatch: the line was edited".into());
@@ -140,15 +164,24 @@ impl Home {
             prev = hash;
         }
         let expected = head.unwrap_or_else(|| format!("0 {GENESIS}"));
-        let actual = if n == 0 { format!("0 {GENESIS}") } else { format!("{n} {prev}") };
+        let actual = if n == 0 {
+            format!("0 {GENESIS}")
+        } else {
+            format!("{n} {prev}")
+        };
         if expected != actual {
             let last = expected.split(' ').next().unwrap_or("?").to_string();
             return fail(
                 n.max(1),
-                format!("the log ends at entry {n} but entry {last} was written: lines were removed at the end"),
+                format!(
+                    "the log ends at entry {n} but entry {last} was written: lines were removed at the end"
+                ),
             );
         }
-        Ok(AuditVerdict { entries: n, problem: None })
+        Ok(AuditVerdict {
+            entries: n,
+            problem: None,
+        })
     }
 
     /// A small piece of state kept beside the log (e.g. the last peer message shown to the agent).
@@ -196,7 +229,11 @@ fn last_line(file: &mut File) -> Result<Option<String>, ClientError> {
     file.seek(SeekFrom::Start(start))?;
     let mut buf = String::new();
     file.read_to_string(&mut buf)?;
-    Ok(buf.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_string))
+    Ok(buf
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(str::to_string))
 }
 
 fn bad_log(e: serde_json::Error) -> ClientError {
@@ -222,7 +259,8 @@ mod tests {
 
     fn write(h: &Home, n: u64) {
         for i in 0..n {
-            h.audit_append("received", json!({"peer": "p", "i": i}), 1000 + i).unwrap();
+            h.audit_append("received", json!({"peer": "p", "i": i}), 1000 + i)
+                .unwrap();
         }
     }
 
@@ -232,7 +270,13 @@ mod tests {
         assert_eq!(h.audit_verify().unwrap().problem, None);
         write(&h, 3);
         let v = h.audit_verify().unwrap();
-        assert_eq!(v, AuditVerdict { entries: 3, problem: None });
+        assert_eq!(
+            v,
+            AuditVerdict {
+                entries: 3,
+                problem: None
+            }
+        );
         assert_eq!(h.audit_entries().unwrap()[2]["seq"], 3);
     }
 

@@ -54,7 +54,11 @@ mod tests {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .unwrap();
-        assert_eq!(returned, Some(2), "history already shown is not shown again");
+        assert_eq!(
+            returned,
+            Some(2),
+            "history already shown is not shown again"
+        );
         assert_eq!(withheld, None);
         let v: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))

@@ -101,7 +101,11 @@ impl Home {
     }
 
     /// Why the policy refuses `kind` from `from`, if it does.
-    pub fn refusal(&self, from: &PeerId, kind: InboxKind) -> Result<Option<&'static str>, ClientError> {
+    pub fn refusal(
+        &self,
+        from: &PeerId,
+        kind: InboxKind,
+    ) -> Result<Option<&'static str>, ClientError> {
         let policy = self.peer_policy(from)?;
         Ok(match (policy, kind) {
             (PeerPolicy::Blocked, _) => Some("peer is blocked"),
