@@ -1,0 +1,214 @@
+//! `tincan room open|status|stop` with real processes: a detached relay started by `room open`,
+//! two `serve` processes holding a conversation through it, and a stand-in `cloudflared`.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "support/running.rs"]
+mod running;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use tincan_testkit::free_port;
+use tincan_testkit::process::Cli;
+
+use running::{Running, alive, script};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn cli() -> Cli {
+    Cli::new(env!("CARGO_BIN_EXE_tincan"))
+}
+
+fn texts(events: &[Value]) -> Vec<(u64, String)> {
+    events
+        .iter()
+        .map(|e| (e["turn"].as_u64().unwrap(), e["text"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+#[test]
+fn two_serve_processes_talk_ten_turns_through_a_room_then_status_and_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, guest) = (dir.path().join("host"), dir.path().join("guest"));
+    // Deterministic: each side names itself and the turn its reply will be.
+    script(
+        &dir.path().join("agent.sh"),
+        "text=$(cat)\necho \"$AGENT at turn $((TINCAN_TURN + 1)), answering: $text\" | cut -c1-60\n",
+    );
+    let handler = format!("sh {}", dir.path().join("agent.sh").display());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+
+    // One command on the host: relay, identity, invite, serve.
+    let mut h = Running::spawn(
+        &host,
+        &["room", "open", "--listen", &listen, "--on-message", &handler, "--max-turns", "10"],
+        &[("AGENT", "host")],
+        dir.path(),
+    );
+    let opened = h.wait_event("room_open", WAIT);
+    let invite = opened["invite"].as_str().unwrap().to_string();
+    assert!(invite.starts_with(&format!("http://127.0.0.1:{port}/invite#tincan1.")), "{opened}");
+    let handoff = opened["handoff"].as_str().unwrap();
+    assert!(handoff.starts_with("tincan serve --join '") && handoff.contains(&invite), "{handoff}");
+    let relay_pid = opened["relay_pid"].as_u64().unwrap() as u32;
+    assert!(alive(relay_pid));
+    assert!(host.join(format!("rooms/{port}/relay.pid")).exists());
+    assert!(host.join(format!("rooms/{port}/relay.log")).exists());
+    h.wait_event("serving", WAIT);
+
+    // A second room on the same port is refused with a clear error.
+    let r = cli().run(&host, &["room", "open", "--listen", &listen]);
+    assert_eq!((r.code, r.error_code().as_str()), (2, "port_in_use"), "{r:?}");
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("room stop"));
+
+    // One command on the guest: join, seed, serve.
+    let mut g = Running::spawn(
+        &guest,
+        &["serve", "--join", &invite, "--on-message", &handler, "--seed", "hello host", "--max-turns", "10"],
+        &[("AGENT", "guest")],
+        dir.path(),
+    );
+    assert!(g.wait_exit(WAIT).success(), "guest: {:#?}\n{}", g.seen, g.stderr());
+    assert!(h.wait_exit(WAIT).success(), "host: {:#?}\n{}", h.seen, h.stderr());
+
+    // Ten messages on the line: the seed, then five replies from the host, four from the guest.
+    let said = |who: &str, turn: u64, answering: &str| {
+        format!("{who} at turn {turn}, answering: {answering}").chars().take(60).collect::<String>()
+    };
+    let host_replies = texts(&h.events("replied"));
+    let guest_replies = texts(&g.events("replied"));
+    assert_eq!(host_replies.iter().map(|r| r.0).collect::<Vec<_>>(), [2, 4, 6, 8, 10]);
+    assert_eq!(guest_replies.iter().map(|r| r.0).collect::<Vec<_>>(), [3, 5, 7, 9]);
+    assert_eq!(host_replies[0].1, said("host", 2, "hello host"));
+    assert_eq!(guest_replies[0].1, said("guest", 3, &host_replies[0].1));
+    // Each side received exactly what the other sent, in order.
+    let host_got = texts(&h.events("received"));
+    let guest_got = texts(&g.events("received"));
+    assert_eq!(host_got[0], (1, "hello host".to_string()));
+    assert_eq!(&host_got[1..], &guest_replies[..]);
+    assert_eq!(guest_got, host_replies);
+    for p in [&h, &g] {
+        let done = &p.events("done")[0];
+        assert_eq!(done["reason"], "max_turns");
+        assert_eq!(done["turns"], 10);
+        assert!(p.events("handler_error").is_empty());
+    }
+
+    // The relay outlives the serve loop; status shows it with its counts.
+    let st = cli().run(&host, &["room", "status"]).json();
+    let room = &st["rooms"][0];
+    assert_eq!(room["port"], port);
+    assert_eq!(room["running"], true);
+    assert_eq!(room["serving"], false);
+    assert_eq!(room["relay_pid"], relay_pid);
+    assert_eq!((room["received"].as_u64(), room["replied"].as_u64()), (Some(5), Some(5)));
+    assert_eq!(room["peers"], 1);
+    assert!(room["uptime_secs"].as_u64().is_some());
+
+    // Stop: clean, no manual kill, nothing left.
+    let r = cli().run(&host, &["room", "stop"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["stopped"][0]["clean"], true);
+    assert!(!alive(relay_pid), "relay still running");
+    assert!(!port_open(port));
+    assert_eq!(cli().run(&host, &["room", "status"]).json()["rooms"], serde_json::json!([]));
+    let r = cli().run(&host, &["room", "stop"]);
+    assert_eq!((r.code, r.error_code().as_str()), (3, "no_room"), "{r:?}");
+}
+
+#[test]
+fn tunnel_puts_the_url_cloudflared_prints_into_the_invite() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("host");
+    let args_file = dir.path().join("cloudflared.args");
+    // Prints its banner on stderr the way cloudflared does, then stays up like a tunnel.
+    let fake = dir.path().join("cloudflared");
+    script(
+        &fake,
+        &format!(
+            r#"echo "$@" > {}
+echo "2026-01-01T00:00:00Z INF Requesting new quick Tunnel on trycloudflare.com..." >&2
+sleep 0.2
+echo "2026-01-01T00:00:01Z INF +--------------------------------------------------------------------------------------------+" >&2
+echo "2026-01-01T00:00:01Z INF |  Your quick Tunnel has been created! Visit it at (it may take some time to be reachable):  |" >&2
+echo "2026-01-01T00:00:01Z INF |  https://quiet-river-lamp-tree.trycloudflare.com                                            |" >&2
+echo "2026-01-01T00:00:01Z INF +--------------------------------------------------------------------------------------------+" >&2
+sleep 300 &
+wait
+"#,
+            args_file.display()
+        ),
+    );
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut h = Running::spawn(
+        &home,
+        &["room", "open", "--listen", &listen, "--tunnel"],
+        &[("TINCAN_CLOUDFLARED", fake.to_str().unwrap())],
+        dir.path(),
+    );
+    assert!(h.wait_exit(WAIT).success(), "{:#?}\n{}", h.seen, h.stderr());
+    let opened = h.events("room_open")[0].clone();
+    assert_eq!(opened["public_url"], "https://quiet-river-lamp-tree.trycloudflare.com");
+    assert!(
+        opened["invite"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://quiet-river-lamp-tree.trycloudflare.com/invite#tincan1."),
+        "{opened}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&args_file).unwrap().trim(),
+        format!("tunnel --url http://127.0.0.1:{port}")
+    );
+    let tunnel_pid = opened["tunnel_pid"].as_u64().unwrap() as u32;
+    let st = cli().run(&home, &["room", "status"]).json();
+    assert_eq!(st["rooms"][0]["tunnel_running"], true, "{st}");
+
+    let r = cli().run(&home, &["room", "stop", "--all"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!alive(tunnel_pid), "tunnel still running");
+    assert!(!port_open(port));
+}
+
+#[test]
+fn without_cloudflared_the_error_says_how_to_install_it_and_public_url_is_used_as_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("host");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let empty = dir.path().join("empty-bin");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut h = Running::spawn(
+        &home,
+        &["room", "open", "--listen", &listen, "--tunnel"],
+        &[("PATH", empty.to_str().unwrap())],
+        dir.path(),
+    );
+    assert_eq!(h.wait_exit(WAIT).code(), Some(2));
+    let err = &h.seen[0]["error"];
+    assert_eq!(err["code"], "no_cloudflared");
+    let msg = err["message"].as_str().unwrap();
+    assert!(msg.contains("install") && msg.contains("--public-url"), "{msg}");
+    assert!(!port_open(port), "no relay may be left behind");
+
+    // Behind a reverse proxy: the invite carries the public URL.
+    let r = cli().run(
+        &home,
+        &["room", "open", "--listen", &listen, "--public-url", "https://relay.example.org/"],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let invite = r.json()["invite"].as_str().unwrap().to_string();
+    assert!(invite.starts_with("https://relay.example.org/invite#tincan1."), "{invite}");
+    assert!(port_open(port));
+    assert_eq!(cli().run(&home, &["room", "stop"]).code, 0);
+    assert!(!port_open(port));
+    assert!(!Path::new(&home.join(format!("rooms/{port}/room.json"))).exists());
+}
