@@ -160,6 +160,12 @@ pub struct RelayArgs {
     /// SQLite database file (default: relay.db in the platform data dir).
     #[arg(long, env = "TINCAN_RELAY_DB")]
     pub db: Option<PathBuf>,
+    /// Terminate TLS in the relay: PEM certificate chain (with --tls-key).
+    #[arg(long, env = "TINCAN_RELAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "TINCAN_RELAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// TOML file with any of these settings.
     #[arg(long, env = "TINCAN_RELAY_CONFIG")]
     pub config: Option<PathBuf>,

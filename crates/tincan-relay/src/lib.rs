@@ -20,6 +20,7 @@ mod limits;
 mod metrics;
 mod router;
 pub mod store;
+pub mod tls;
 mod token;
 
 pub use limits::Rate;
@@ -30,7 +31,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::router::Router;
@@ -126,7 +126,7 @@ pub(crate) struct Shared {
 /// Serves the relay on `listener` until `shutdown` resolves, then closes connections cleanly and
 /// flushes the store.
 pub async fn run(
-    listener: TcpListener,
+    listener: impl axum::serve::Listener<Addr = std::net::SocketAddr>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RelayError> {
@@ -158,8 +158,9 @@ pub async fn run(
         tracing::info!("relay shutting down");
         let _ = stop_for_serve.send(true);
     };
+    // `tap_io` gives any listener (plain TCP or TLS, see `tls`) the peer address as ConnectInfo.
     axum::serve(
-        listener,
+        axum::serve::ListenerExt::tap_io(listener, |_| ()),
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(graceful)

@@ -100,8 +100,17 @@ fn settings(args: RelayArgs) -> Result<(String, Config), CliError> {
 }
 
 pub async fn run(args: RelayArgs, out: &Out) -> Result<ExitCode, CliError> {
+    let tls_files = (args.tls_cert.clone(), args.tls_key.clone());
     let (listen, config) = settings(args)?;
     let db = config.db_path.clone();
+    let tls = match (&tls_files.0, &tls_files.1) {
+        (Some(cert), Some(key)) => Some(
+            tincan_relay::tls::load_config(cert, key)
+                .map_err(|e| CliError::new("bad_tls", 2, e.to_string()))?,
+        ),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| {
         CliError::new("listen_failed", 1, format!("cannot listen on {listen}: {e} (is another relay running on that port?)"))
     })?;
@@ -120,10 +129,15 @@ pub async fn run(args: RelayArgs, out: &Out) -> Result<ExitCode, CliError> {
         "max_db_bytes": config.max_db_bytes,
         "token_ttl_secs": config.token_ttl.as_secs(),
     });
-    let served = tincan_relay::run(listener, config, shutdown_signal());
+    let served = async move {
+        match tls {
+            Some(tls) => tincan_relay::tls::run_tls(listener, tls, config, shutdown_signal()).await,
+            None => tincan_relay::run(listener, config, shutdown_signal()).await,
+        }
+    };
     out.print(
-        json!({"event": "listening", "addr": addr.to_string(), "url": format!("http://{addr}"), "db": db.display().to_string(), "limits": limits}),
-        || format!("tincan relay listening on http://{addr} (db: {})", db.display()),
+        json!({"event": "listening", "addr": addr.to_string(), "url": format!("{scheme}://{addr}"), "db": db.display().to_string(), "limits": limits}),
+        || format!("tincan relay listening on {scheme}://{addr} (db: {})", db.display()),
     );
     served.await.map_err(|e| {
         CliError::new(
