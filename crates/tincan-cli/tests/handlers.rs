@@ -20,7 +20,9 @@ use running::script;
 const PEER: &str = "vyvsdknncew2b3u4niu7tjc33yyqd6ocamopfv57jc3j45rsdteq";
 
 fn handler(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../handlers").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../handlers")
+        .join(name)
 }
 
 /// Runs a handler the way `serve` does: text on stdin, metadata in the environment.
@@ -42,7 +44,12 @@ fn run_handler(name: &str, text: &str, turn: u32, env: &[(&str, &str)]) -> Outpu
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -111,8 +118,17 @@ fn openai_handler_sends_the_conversation_to_a_compatible_api() {
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "reply number 1\n");
     let (path, headers, body) = requests.recv().unwrap();
     assert_eq!(path, "/v1/chat/completions");
-    assert!(headers.iter().any(|h| h == "Authorization: Bearer sk-test-123"), "{headers:?}");
-    assert!(headers.iter().any(|h| h.eq_ignore_ascii_case("content-type: application/json")));
+    assert!(
+        headers
+            .iter()
+            .any(|h| h == "Authorization: Bearer sk-test-123"),
+        "{headers:?}"
+    );
+    assert!(
+        headers
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case("content-type: application/json"))
+    );
     assert_eq!(body["model"], "test-model");
     assert_eq!(
         body["messages"],
@@ -143,13 +159,29 @@ fn openai_handler_sends_the_conversation_to_a_compatible_api() {
 fn openai_handler_without_key_or_model_says_what_to_set() {
     let state = tempfile::tempdir().unwrap();
     let st = state.path().to_str().unwrap();
-    let out = run_handler("openai", "hi", 1, &[("TINCAN_MODEL", "m"), ("TINCAN_HANDLER_STATE", st)]);
+    let out = run_handler(
+        "openai",
+        "hi",
+        1,
+        &[("TINCAN_MODEL", "m"), ("TINCAN_HANDLER_STATE", st)],
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("OPENAI_API_KEY is not set"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("OPENAI_API_KEY is not set"),
+        "{out:?}"
+    );
     assert!(out.stdout.is_empty());
-    let out = run_handler("openai", "hi", 1, &[("OPENAI_API_KEY", "k"), ("TINCAN_HANDLER_STATE", st)]);
+    let out = run_handler(
+        "openai",
+        "hi",
+        1,
+        &[("OPENAI_API_KEY", "k"), ("TINCAN_HANDLER_STATE", st)],
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("TINCAN_MODEL is not set"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TINCAN_MODEL is not set"),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -181,22 +213,43 @@ if [ -n "$out" ]; then echo "{name} answer $n" > "$out"; echo "progress noise"; 
             ),
         );
         let state = dir.path().join(format!("state-{name}"));
-        let env = [(env_var, fake.to_str().unwrap()), ("TINCAN_HANDLER_STATE", state.to_str().unwrap())];
+        let env = [
+            (env_var, fake.to_str().unwrap()),
+            ("TINCAN_HANDLER_STATE", state.to_str().unwrap()),
+        ];
         let out = run_handler(name, "first secret question", 1, &env);
         assert!(out.status.success(), "{name}: {out:?}");
-        assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{name} answer 1\n"));
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("{name} answer 1\n")
+        );
         let out = run_handler(name, "second question", 3, &env);
         assert!(out.status.success(), "{name}: {out:?}");
-        assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{name} answer 2\n"));
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("{name} answer 2\n")
+        );
 
         let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
         let argv = read(&format!("{name}.call1.argv"));
-        assert!(!argv.contains("secret"), "{name} got the text on its command line: {argv}");
+        assert!(
+            !argv.contains("secret"),
+            "{name} got the text on its command line: {argv}"
+        );
         let prompt2 = read(&format!("{name}.call2.stdin"));
-        assert!(prompt2.contains("first secret question"), "{name}: no history in {prompt2}");
-        assert!(prompt2.contains(&format!("{name} answer 1")), "{name}: no history in {prompt2}");
+        assert!(
+            prompt2.contains("first secret question"),
+            "{name}: no history in {prompt2}"
+        );
+        assert!(
+            prompt2.contains(&format!("{name} answer 1")),
+            "{name}: no history in {prompt2}"
+        );
         assert!(prompt2.contains("second question"));
-        assert!(prompt2.contains("untrusted"), "{name}: the prompt warns about untrusted text");
+        assert!(
+            prompt2.contains("untrusted"),
+            "{name}: the prompt warns about untrusted text"
+        );
     }
 }
 
@@ -222,11 +275,17 @@ fn cli_handlers_without_their_cli_say_what_to_install() {
         let out = cmd.output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{name}: {out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&format!("`{name}` is not on PATH")) && err.contains(hint), "{err}");
+        assert!(
+            err.contains(&format!("`{name}` is not on PATH")) && err.contains(hint),
+            "{err}"
+        );
     }
 }
 
 fn which_python() -> PathBuf {
-    let out = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().unwrap();
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap();
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }

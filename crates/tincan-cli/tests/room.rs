@@ -24,7 +24,12 @@ fn cli() -> Cli {
 fn texts(events: &[Value]) -> Vec<(u64, String)> {
     events
         .iter()
-        .map(|e| (e["turn"].as_u64().unwrap(), e["text"].as_str().unwrap().to_string()))
+        .map(|e| {
+            (
+                e["turn"].as_u64().unwrap(),
+                e["text"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -48,15 +53,30 @@ fn two_serve_processes_talk_ten_turns_through_a_room_then_status_and_stop() {
     // One command on the host: relay, identity, invite, serve.
     let mut h = Running::spawn(
         &host,
-        &["room", "open", "--listen", &listen, "--on-message", &handler, "--max-turns", "10"],
+        &[
+            "room",
+            "open",
+            "--listen",
+            &listen,
+            "--on-message",
+            &handler,
+            "--max-turns",
+            "10",
+        ],
         &[("AGENT", "host")],
         dir.path(),
     );
     let opened = h.wait_event("room_open", WAIT);
     let invite = opened["invite"].as_str().unwrap().to_string();
-    assert!(invite.starts_with(&format!("http://127.0.0.1:{port}/invite#tincan1.")), "{opened}");
+    assert!(
+        invite.starts_with(&format!("http://127.0.0.1:{port}/invite#tincan1.")),
+        "{opened}"
+    );
     let handoff = opened["handoff"].as_str().unwrap();
-    assert!(handoff.starts_with("tincan serve --join '") && handoff.contains(&invite), "{handoff}");
+    assert!(
+        handoff.starts_with("tincan serve --join '") && handoff.contains(&invite),
+        "{handoff}"
+    );
     let relay_pid = opened["relay_pid"].as_u64().unwrap() as u32;
     assert!(alive(relay_pid));
     assert!(host.join(format!("rooms/{port}/relay.pid")).exists());
@@ -65,27 +85,65 @@ fn two_serve_processes_talk_ten_turns_through_a_room_then_status_and_stop() {
 
     // A second room on the same port is refused with a clear error.
     let r = cli().run(&host, &["room", "open", "--listen", &listen]);
-    assert_eq!((r.code, r.error_code().as_str()), (2, "port_in_use"), "{r:?}");
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("room stop"));
+    assert_eq!(
+        (r.code, r.error_code().as_str()),
+        (2, "port_in_use"),
+        "{r:?}"
+    );
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("room stop")
+    );
 
     // One command on the guest: join, seed, serve.
     let mut g = Running::spawn(
         &guest,
-        &["serve", "--join", &invite, "--on-message", &handler, "--seed", "hello host", "--max-turns", "10"],
+        &[
+            "serve",
+            "--join",
+            &invite,
+            "--on-message",
+            &handler,
+            "--seed",
+            "hello host",
+            "--max-turns",
+            "10",
+        ],
         &[("AGENT", "guest")],
         dir.path(),
     );
-    assert!(g.wait_exit(WAIT).success(), "guest: {:#?}\n{}", g.seen, g.stderr());
-    assert!(h.wait_exit(WAIT).success(), "host: {:#?}\n{}", h.seen, h.stderr());
+    assert!(
+        g.wait_exit(WAIT).success(),
+        "guest: {:#?}\n{}",
+        g.seen,
+        g.stderr()
+    );
+    assert!(
+        h.wait_exit(WAIT).success(),
+        "host: {:#?}\n{}",
+        h.seen,
+        h.stderr()
+    );
 
     // Ten messages on the line: the seed, then five replies from the host, four from the guest.
     let said = |who: &str, turn: u64, answering: &str| {
-        format!("{who} at turn {turn}, answering: {answering}").chars().take(60).collect::<String>()
+        format!("{who} at turn {turn}, answering: {answering}")
+            .chars()
+            .take(60)
+            .collect::<String>()
     };
     let host_replies = texts(&h.events("replied"));
     let guest_replies = texts(&g.events("replied"));
-    assert_eq!(host_replies.iter().map(|r| r.0).collect::<Vec<_>>(), [2, 4, 6, 8, 10]);
-    assert_eq!(guest_replies.iter().map(|r| r.0).collect::<Vec<_>>(), [3, 5, 7, 9]);
+    assert_eq!(
+        host_replies.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [2, 4, 6, 8, 10]
+    );
+    assert_eq!(
+        guest_replies.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [3, 5, 7, 9]
+    );
     assert_eq!(host_replies[0].1, said("host", 2, "hello host"));
     assert_eq!(guest_replies[0].1, said("guest", 3, &host_replies[0].1));
     // Each side received exactly what the other sent, in order.
@@ -108,7 +166,10 @@ fn two_serve_processes_talk_ten_turns_through_a_room_then_status_and_stop() {
     assert_eq!(room["running"], true);
     assert_eq!(room["serving"], false);
     assert_eq!(room["relay_pid"], relay_pid);
-    assert_eq!((room["received"].as_u64(), room["replied"].as_u64()), (Some(5), Some(5)));
+    assert_eq!(
+        (room["received"].as_u64(), room["replied"].as_u64()),
+        (Some(5), Some(5))
+    );
     assert_eq!(room["peers"], 1);
     assert!(room["uptime_secs"].as_u64().is_some());
 
@@ -118,7 +179,10 @@ fn two_serve_processes_talk_ten_turns_through_a_room_then_status_and_stop() {
     assert_eq!(r.json()["stopped"][0]["clean"], true);
     assert!(!alive(relay_pid), "relay still running");
     assert!(!port_open(port));
-    assert_eq!(cli().run(&host, &["room", "status"]).json()["rooms"], serde_json::json!([]));
+    assert_eq!(
+        cli().run(&host, &["room", "status"]).json()["rooms"],
+        serde_json::json!([])
+    );
     let r = cli().run(&host, &["room", "stop"]);
     assert_eq!((r.code, r.error_code().as_str()), (3, "no_room"), "{r:?}");
 }
@@ -156,7 +220,10 @@ wait
     );
     assert!(h.wait_exit(WAIT).success(), "{:#?}\n{}", h.seen, h.stderr());
     let opened = h.events("room_open")[0].clone();
-    assert_eq!(opened["public_url"], "https://quiet-river-lamp-tree.trycloudflare.com");
+    assert_eq!(
+        opened["public_url"],
+        "https://quiet-river-lamp-tree.trycloudflare.com"
+    );
     assert!(
         opened["invite"]
             .as_str()
@@ -196,17 +263,30 @@ fn without_cloudflared_the_error_says_how_to_install_it_and_public_url_is_used_a
     let err = &h.seen[0]["error"];
     assert_eq!(err["code"], "no_cloudflared");
     let msg = err["message"].as_str().unwrap();
-    assert!(msg.contains("install") && msg.contains("--public-url"), "{msg}");
+    assert!(
+        msg.contains("install") && msg.contains("--public-url"),
+        "{msg}"
+    );
     assert!(!port_open(port), "no relay may be left behind");
 
     // Behind a reverse proxy: the invite carries the public URL.
     let r = cli().run(
         &home,
-        &["room", "open", "--listen", &listen, "--public-url", "https://relay.example.org/"],
+        &[
+            "room",
+            "open",
+            "--listen",
+            &listen,
+            "--public-url",
+            "https://relay.example.org/",
+        ],
     );
     assert_eq!(r.code, 0, "{r:?}");
     let invite = r.json()["invite"].as_str().unwrap().to_string();
-    assert!(invite.starts_with("https://relay.example.org/invite#tincan1."), "{invite}");
+    assert!(
+        invite.starts_with("https://relay.example.org/invite#tincan1."),
+        "{invite}"
+    );
     assert!(port_open(port));
     assert_eq!(cli().run(&home, &["room", "stop"]).code, 0);
     assert!(!port_open(port));

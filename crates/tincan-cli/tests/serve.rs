@@ -37,7 +37,12 @@ impl World {
         let a_id = c.setup(&dir.path().join("a"));
         let b_id = c.setup(&dir.path().join("b"));
         c.pair(&dir.path().join("a"), &dir.path().join("b"), &relay.url());
-        Self { dir, _relay: relay, a_id, b_id }
+        Self {
+            dir,
+            _relay: relay,
+            a_id,
+            b_id,
+        }
     }
 
     fn path(&self, p: &str) -> std::path::PathBuf {
@@ -60,7 +65,10 @@ impl World {
 }
 
 fn ids(events: &[Value], field: &str) -> Vec<String> {
-    events.iter().map(|e| e[field].as_str().unwrap().to_string()).collect()
+    events
+        .iter()
+        .map(|e| e[field].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -148,15 +156,31 @@ esac
     assert_eq!(replied["text"], "ok:still here");
     assert_eq!(replied["in_reply_to"], fine.as_str());
     let errors = s.events("handler_error");
-    assert_eq!(ids(&errors, "id"), [hang.clone(), crash, flood], "in order, one each");
+    assert_eq!(
+        ids(&errors, "id"),
+        [hang.clone(), crash, flood],
+        "in order, one each"
+    );
     assert_eq!(errors[0]["code"], "timeout");
     assert_eq!(errors[1]["code"], "exit");
     assert_eq!(errors[1]["exit_code"], 3);
-    assert!(errors[1]["stderr"].as_str().unwrap().contains("boom: something broke"));
+    assert!(
+        errors[1]["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("boom: something broke")
+    );
     assert_eq!(errors[2]["code"], "output_too_large");
     // The timeout took the whole process group down, not just `sh`.
-    let pid: u32 = std::fs::read_to_string(&hang_pid).unwrap().trim().parse().unwrap();
-    assert!(!alive(pid), "the handler's child {pid} outlived the timeout");
+    let pid: u32 = std::fs::read_to_string(&hang_pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        !alive(pid),
+        "the handler's child {pid} outlived the timeout"
+    );
 
     s.terminate();
     assert!(s.wait_exit(WAIT).success());
@@ -165,7 +189,9 @@ esac
 #[test]
 fn a_message_flood_is_rate_limited_queued_and_every_message_is_accounted_for() {
     let w = World::new();
-    let sent: Vec<String> = (0..16).map(|i| w.send_from_b(&format!("m{i:02}"))).collect();
+    let sent: Vec<String> = (0..16)
+        .map(|i| w.send_from_b(&format!("m{i:02}")))
+        .collect();
     let mut s = w.serve_a(
         "cat",
         &["--rate", "600", "--burst", "2", "--queue-cap", "6"],
@@ -180,16 +206,37 @@ fn a_message_flood_is_rate_limited_queued_and_every_message_is_accounted_for() {
         assert!(Instant::now() < deadline, "not settled: {:#?}", s.seen);
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(ids(&s.events("received"), "id"), sent, "received once each, in order");
+    assert_eq!(
+        ids(&s.events("received"), "id"),
+        sent,
+        "received once each, in order"
+    );
     let replied = ids(&s.events("replied"), "in_reply_to");
     let dropped = ids(&s.events("dropped"), "id");
-    assert!(!dropped.is_empty(), "a queue of 6 cannot hold a burst of 16");
-    assert!(!s.events("deferred").is_empty(), "the rate limit deferred some");
+    assert!(
+        !dropped.is_empty(),
+        "a queue of 6 cannot hold a burst of 16"
+    );
+    assert!(
+        !s.events("deferred").is_empty(),
+        "the rate limit deferred some"
+    );
     let all: HashSet<_> = replied.iter().chain(&dropped).cloned().collect();
-    assert_eq!(all.len(), sent.len(), "each message answered or dropped, never both");
+    assert_eq!(
+        all.len(),
+        sent.len(),
+        "each message answered or dropped, never both"
+    );
     assert_eq!(all, sent.iter().cloned().collect::<HashSet<_>>());
-    let in_order: Vec<_> = sent.iter().filter(|id| replied.contains(id)).cloned().collect();
-    assert_eq!(replied, in_order, "one peer's messages are handled in order");
+    let in_order: Vec<_> = sent
+        .iter()
+        .filter(|id| replied.contains(id))
+        .cloned()
+        .collect();
+    assert_eq!(
+        replied, in_order,
+        "one peer's messages are handled in order"
+    );
     for e in s.events("dropped") {
         assert_eq!(e["reason"], "queue_full");
     }
@@ -208,8 +255,15 @@ fn seed_needs_a_peer_and_serve_needs_an_identity() {
     let dir = tempfile::tempdir().unwrap();
     let c = cli();
     let r = c.run(&dir.path().join("x"), &["serve", "--on-message", "cat"]);
-    assert_eq!((r.code, r.error_code().as_str()), (3, "no_identity"), "{r:?}");
+    assert_eq!(
+        (r.code, r.error_code().as_str()),
+        (3, "no_identity"),
+        "{r:?}"
+    );
     c.setup(&dir.path().join("x"));
-    let r = c.run(&dir.path().join("x"), &["serve", "--on-message", "cat", "--seed", "hi"]);
+    let r = c.run(
+        &dir.path().join("x"),
+        &["serve", "--on-message", "cat", "--seed", "hi"],
+    );
     assert_eq!((r.code, r.error_code().as_str()), (2, "usage"), "{r:?}");
 }

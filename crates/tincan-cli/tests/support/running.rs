@@ -23,7 +23,11 @@ impl Running {
     pub fn spawn(home: &Path, args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Self {
         let stderr = home.with_extension(format!("{}.stderr", std::process::id()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tincan"));
-        cmd.arg("--home").arg(home).arg("--json").args(args).current_dir(cwd);
+        cmd.arg("--home")
+            .arg(home)
+            .arg("--json")
+            .args(args)
+            .current_dir(cwd);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -39,17 +43,28 @@ impl Running {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let v = serde_json::from_str(&line).unwrap_or_else(|_| serde_json::json!({ "raw": line }));
+                let v = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "raw": line }));
                 if tx.send(v).is_err() {
                     break;
                 }
             }
         });
-        Self { child, rx, seen: Vec::new(), stderr }
+        Self {
+            child,
+            rx,
+            seen: Vec::new(),
+            stderr,
+        }
     }
 
     /// Waits for an event matching `pred`, failing the test after `timeout`.
-    pub fn wait_for(&mut self, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_for(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         if let Some(v) = self.seen.iter().find(|v| pred(v)) {
             return v.clone();
         }
@@ -87,7 +102,11 @@ impl Running {
                 }
                 return s;
             }
-            assert!(Instant::now() < deadline, "still running after {timeout:?}: {:#?}", self.seen);
+            assert!(
+                Instant::now() < deadline,
+                "still running after {timeout:?}: {:#?}",
+                self.seen
+            );
             while let Ok(v) = self.rx.try_recv() {
                 self.seen.push(v);
             }
@@ -97,7 +116,11 @@ impl Running {
 
     /// Every event named `name` seen so far.
     pub fn events(&self, name: &str) -> Vec<Value> {
-        self.seen.iter().filter(|v| v["event"] == name).cloned().collect()
+        self.seen
+            .iter()
+            .filter(|v| v["event"] == name)
+            .cloned()
+            .collect()
     }
 
     /// Drains events that arrived since the last look.
@@ -109,7 +132,10 @@ impl Running {
 
     /// SIGTERM, as Ctrl-C or a service manager would.
     pub fn terminate(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
     }
 
     pub fn pid(&self) -> u32 {
@@ -131,7 +157,9 @@ impl Drop for Running {
 /// Whether a process is alive (and not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(s) => !s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
