@@ -292,11 +292,12 @@ mod tests {
             format!("{}\n{}\n", l[0], l[1])
         };
         let drop_all = |_: &str| String::new();
-        let cases: [(&str, &dyn Fn(&str) -> String); 4] = [
-            ("edit", &edit),
-            ("drop_middle", &drop_middle),
-            ("drop_last", &drop_last),
-            ("drop_all", &drop_all),
+        type Tamper = fn(&str) -> String;
+        let cases: [(&str, Tamper); 4] = [
+            ("edit", edit),
+            ("drop_middle", drop_middle),
+            ("drop_last", drop_last),
+            ("drop_all", drop_all),
         ];
         for (name, change) in cases {
             let (_d, h) = home();
