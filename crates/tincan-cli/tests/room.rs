@@ -292,3 +292,89 @@ fn without_cloudflared_the_error_says_how_to_install_it_and_public_url_is_used_a
     assert!(!port_open(port));
     assert!(!Path::new(&home.join(format!("rooms/{port}/room.json"))).exists());
 }
+
+/// Runs `tincan --home HOME --json ARGS` with extra environment; returns its exit code and
+/// output lines.
+fn run_env(home: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, Vec<Value>) {
+    let mut p = Running::spawn(home, args, env, home.parent().unwrap());
+    let code = p.wait_exit(WAIT).code().unwrap_or(-1);
+    (code, p.seen.clone())
+}
+
+#[test]
+fn agents_talk_over_wss_to_a_relay_that_terminates_tls_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("the openssl CLI is needed to make a test certificate");
+    assert!(status.success());
+    let port = free_port();
+    let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let mut relay = Running::spawn(
+        &dir.path().join("relay"),
+        &[
+            "relay",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--db",
+            dir.path().join("relay.db").to_str().unwrap(),
+            "--tls-cert",
+            cert_s,
+            "--tls-key",
+            key_s,
+        ],
+        &[],
+        dir.path(),
+    );
+    let listening = relay.wait_event("listening", WAIT);
+    assert_eq!(listening["url"], format!("https://127.0.0.1:{port}"));
+
+    // The agents trust the test certificate through SSL_CERT_FILE, as with a private CA.
+    let env = [("SSL_CERT_FILE", cert_s)];
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    assert_eq!(run_env(&a, &["setup"], &env).0, 0);
+    assert_eq!(run_env(&b, &["setup"], &env).0, 0);
+    let relay_url = format!("https://localhost:{port}");
+    let (code, out) = run_env(&a, &["invite", "create", "--relay", &relay_url], &env);
+    assert_eq!(code, 0, "{out:?}");
+    let url = out[0]["url"].as_str().unwrap().to_string();
+    assert!(url.starts_with(&format!("{relay_url}/invite#")));
+    let (code, out) = run_env(&b, &["invite", "accept", &url], &env);
+    assert_eq!(code, 0, "{out:?}");
+    let a_id = out[0]["peer"].as_str().unwrap().to_string();
+    let (code, out) = run_env(&b, &["send", &a_id, "over tls"], &env);
+    assert_eq!(code, 0, "{out:?}");
+    let (code, out) = run_env(&a, &["listen", "--timeout", "3"], &env);
+    assert_eq!(code, 0, "{out:?}");
+    assert!(
+        out.iter()
+            .any(|e| e["event"] == "message" && e["text"] == "over tls"),
+        "{out:?}"
+    );
+
+    // Without trusting the certificate, the client refuses the relay.
+    let (code, out) = run_env(
+        &b,
+        &["send", &a_id, "untrusted", "--timeout", "2"],
+        &[("SSL_CERT_FILE", "/nonexistent")],
+    );
+    assert_eq!(code, 5, "{out:?}");
+}
