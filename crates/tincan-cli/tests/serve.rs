@@ -267,3 +267,43 @@ fn seed_needs_a_peer_and_serve_needs_an_identity() {
     );
     assert_eq!((r.code, r.error_code().as_str()), (2, "usage"), "{r:?}");
 }
+
+#[test]
+fn shutdown_stops_running_handlers_and_lists_what_was_not_answered() {
+    let w = World::new();
+    let pid_file = w.path("slow.pid");
+    script(
+        &w.path("slow.sh"),
+        &format!(
+            "cat > /dev/null\nsleep 60 & echo $! > {}\nwait\n",
+            pid_file.display()
+        ),
+    );
+    let mut s = w.serve_a(&format!("sh {}", w.path("slow.sh").display()), &[]);
+    let first = w.send_from_b("one");
+    let second = w.send_from_b("two");
+    s.wait_for(WAIT, "both received", |e| {
+        e["event"] == "received" && e["id"] == second.as_str()
+    });
+    let deadline = Instant::now() + WAIT;
+    while !pid_file.exists() {
+        assert!(Instant::now() < deadline, "handler never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t = Instant::now();
+    s.terminate();
+    assert!(s.wait_exit(WAIT).success());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "shutdown waited for the handler"
+    );
+    let done = &s.events("done")[0];
+    assert_eq!(done["reason"], "signal");
+    assert_eq!(done["unhandled"], serde_json::json!([first, second]));
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!alive(pid), "the handler's child outlived serve");
+}

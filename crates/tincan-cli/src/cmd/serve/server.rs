@@ -392,12 +392,18 @@ impl<'a> Server<'a> {
 
     async fn finish(mut self, reason: &str) -> Result<ExitCode, CliError> {
         handler::terminate_all(&self.groups).await;
-        while self.jobs.join_next().await.is_some() {}
-        let unhandled: Vec<String> = self
-            .peers
-            .values()
-            .flat_map(|p| p.queue.iter().map(|(m, _)| m.id.to_string()))
-            .collect();
+        // Runs stopped by the shutdown were not answered: list them with the queued ones.
+        let mut unhandled = Vec::new();
+        while let Some(done) = self.jobs.join_next().await {
+            if let Ok(done) = done {
+                unhandled.push(done.id.to_string());
+            }
+        }
+        unhandled.extend(
+            self.peers
+                .values()
+                .flat_map(|p| p.queue.iter().map(|(m, _)| m.id.to_string())),
+        );
         // Replies are in the persisted outbox either way; give them a moment to leave.
         let flushed = self
             .client
