@@ -26,6 +26,16 @@ impl Default for ClientOptions {
     }
 }
 
+/// How a client reaches its relay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// One WebSocket: lowest latency (the default).
+    #[default]
+    WebSocket,
+    /// The HTTP API: token auth, POST to send, long-poll to receive.
+    Http,
+}
+
 /// A message received from a peer.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ReceivedMessage {
@@ -161,6 +171,16 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Starts a client in the background; it keeps (re)connecting until dropped.
     pub fn start(home: Home, relay_url: &str, opts: ClientOptions) -> Result<Self, ClientError> {
+        Self::start_with(home, relay_url, opts, Transport::WebSocket)
+    }
+
+    /// Like [`Client::start`], over the chosen transport.
+    pub fn start_with(
+        home: Home,
+        relay_url: &str,
+        opts: ClientOptions,
+        transport: Transport,
+    ) -> Result<Self, ClientError> {
         home.identity()?;
         let relay_url = normalize_relay_url(relay_url);
         crate::conn::ws_url(&relay_url)?;
@@ -174,7 +194,17 @@ impl Client {
         });
         let (cmd, cmd_rx) = mpsc::unbounded_channel();
         let (events_tx, events) = mpsc::channel(1024);
-        let task = tokio::spawn(crate::conn::run(shared.clone(), cmd_rx, events_tx, opts));
+        let task = match transport {
+            Transport::WebSocket => {
+                tokio::spawn(crate::conn::run(shared.clone(), cmd_rx, events_tx, opts))
+            }
+            Transport::Http => tokio::spawn(crate::http_conn::run(
+                shared.clone(),
+                cmd_rx,
+                events_tx,
+                opts,
+            )),
+        };
         Ok(Self {
             shared,
             cmd,

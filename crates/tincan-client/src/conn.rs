@@ -125,7 +125,7 @@ pub(crate) async fn run(
     }
 }
 
-async fn emit_unconsumed(shared: &Shared, events: &Events, after: i64) -> i64 {
+pub(crate) async fn emit_unconsumed(shared: &Shared, events: &Events, after: i64) -> i64 {
     let entries = {
         let home = shared.home();
         match home.unconsumed(10_000) {
@@ -158,7 +158,8 @@ async fn connect(shared: &Shared, receive: bool) -> Result<Ws, ClientError> {
     };
     let (mut ws, _) = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::connect_async(url.as_str()),
+        // Nagle off: small frames (acks, replies) must not wait for the peer's ACK.
+        tokio_tungstenite::connect_async_with_config(url.as_str(), None, true),
     )
     .await
     .map_err(|_| unreachable("connect timed out".into()))?

@@ -49,8 +49,9 @@ mod client;
 mod conn;
 mod error;
 pub mod home;
+mod http_conn;
 
-pub use client::{Client, ClientOptions, ConnState, Event, ReceivedMessage};
+pub use client::{Client, ClientOptions, ConnState, Event, ReceivedMessage, Transport};
 pub use error::ClientError;
 pub use home::{AgentMessage, AuditVerdict, Home, PeerPolicy, PeerRecord, now_ms, now_secs};
 pub use tincan_proto;

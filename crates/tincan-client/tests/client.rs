@@ -281,3 +281,54 @@ async fn replayed_and_impersonated_deliveries_are_rejected() {
         _ => unreachable!(),
     }
 }
+
+/// The same client over the HTTP API (token, POST, long-poll, ack) talks to a WebSocket client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_transport_pairs_sends_and_receives() {
+    use tincan_client::Transport;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = open_relay(&dir, true).await;
+    let mut a = Client::connect(
+        home(&dir, "a").await,
+        &relay.url,
+        ClientOptions::default(),
+        T,
+    )
+    .await
+    .unwrap();
+    let mut b = Client::start_with(
+        home(&dir, "b").await,
+        &relay.url,
+        ClientOptions::default(),
+        Transport::Http,
+    )
+    .unwrap();
+    b.wait_connected(T).await.unwrap();
+    let invite = Invite::parse(&a.create_invite(60).await.unwrap().url(), now_secs()).unwrap();
+    let peer = b.accept_invite(&invite, T).await.unwrap();
+    let b_id = match next_matching(&mut a, |e| matches!(e, Event::PeerJoined { .. })).await {
+        Event::PeerJoined { peer, .. } => peer,
+        _ => unreachable!(),
+    };
+    let ids = b
+        .send_many(&peer.id.to_string(), &["over http 1", "over http 2"])
+        .await
+        .unwrap();
+    b.wait_sent(&ids[1], T).await.unwrap();
+    for want in ["over http 1", "over http 2"] {
+        match next_matching(&mut a, |e| matches!(e, Event::Message(_))).await {
+            Event::Message(m) => assert_eq!(m.text, want),
+            _ => unreachable!(),
+        }
+    }
+    // Long-poll delivery the other way, in order.
+    a.send_many(&b_id.to_string(), &["back 1", "back 2", "back 3"])
+        .await
+        .unwrap();
+    for want in ["back 1", "back 2", "back 3"] {
+        match next_matching(&mut b, |e| matches!(e, Event::Message(_))).await {
+            Event::Message(m) => assert_eq!(m.text, want),
+            _ => unreachable!(),
+        }
+    }
+}

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::router::Router;
@@ -126,6 +127,19 @@ pub(crate) struct Shared {
 /// Serves the relay on `listener` until `shutdown` resolves, then closes connections cleanly and
 /// flushes the store.
 pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RelayError> {
+    // Small frames must leave at once: Nagle's algorithm would hold them for the peer's ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    run_listener(listener, config, shutdown).await
+}
+
+/// [`run`] on any listener (the TLS listener in [`tls`] uses this).
+pub async fn run_listener(
     listener: impl axum::serve::Listener<Addr = std::net::SocketAddr>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,

@@ -86,7 +86,7 @@ pub async fn run_tls(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RelayError> {
     let listener = TlsListener::new(listener, TlsAcceptor::from(tls))?;
-    crate::run(listener, config, shutdown).await
+    crate::run_listener(listener, config, shutdown).await
 }
 
 /// A listener that yields connections whose TLS handshake has completed.
@@ -123,6 +123,7 @@ async fn accept_loop(
             Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
             accepted = listener.accept(), if handshakes.len() < MAX_HANDSHAKES => match accepted {
                 Ok((tcp, remote)) => {
+                    let _ = tcp.set_nodelay(true);
                     let (acceptor, tx) = (acceptor.clone(), tx.clone());
                     handshakes.spawn(async move {
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

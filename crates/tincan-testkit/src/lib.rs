@@ -26,7 +26,9 @@ pub struct InProcessRelay {
 impl InProcessRelay {
     /// Starts a relay with `config` (its db_path should live in a temp dir).
     pub async fn start(config: tincan_relay::Config) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -36,7 +38,11 @@ impl InProcessRelay {
             .await
             .expect("relay run");
         });
-        Self { url, stop: Some(stop), task: Some(task) }
+        Self {
+            url,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     /// Stops the relay and waits for it to flush.

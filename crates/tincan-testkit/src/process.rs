@@ -42,9 +42,19 @@ impl RelayProcess {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("relay log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("relay log");
         let child = Command::new(&self.bin)
-            .args(["--log-json", "relay", "--listen", &format!("127.0.0.1:{}", self.port), "--db"])
+            .args([
+                "--log-json",
+                "relay",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--db",
+            ])
             .arg(&self.db)
             .env("TINCAN_LOG", "debug")
             .stdout(Stdio::null())
@@ -77,7 +87,10 @@ impl RelayProcess {
     /// SIGTERMs the relay and returns its exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(s)) = c.try_wait() {
@@ -128,24 +141,38 @@ impl Run {
     /// stdout parsed as one JSON value (the first line).
     pub fn json(&self) -> Value {
         let line = self.stdout.lines().next().unwrap_or("");
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {:?} / stderr {:?}", self.stdout, self.stderr))
+        serde_json::from_str(line).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {:?} / stderr {:?}",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     /// Every stdout line parsed as JSON.
     pub fn events(&self) -> Vec<Value> {
-        self.stdout.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("NDJSON line")).collect()
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).expect("NDJSON line"))
+            .collect()
     }
 
     /// The error code of a JSON error.
     pub fn error_code(&self) -> String {
-        self.json()["error"]["code"].as_str().unwrap_or("").to_string()
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 }
 
 impl Cli {
     /// A runner for `bin`.
     pub fn new(bin: &str) -> Self {
-        Self { bin: PathBuf::from(bin) }
+        Self {
+            bin: PathBuf::from(bin),
+        }
     }
 
     /// Runs `tincan --home HOME --json ARGS...`.
@@ -157,15 +184,26 @@ impl Cli {
     pub fn run_stdin(&self, home: &Path, args: &[&str], stdin: Option<&str>) -> Run {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--home").arg(home).arg("--json").args(args);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::piped());
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn tincan");
         if let Some(input) = stdin {
             use std::io::Write;
-            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write stdin");
         } else {
             drop(child.stdin.take());
         }
-        let Output { status, stdout, stderr } = child.wait_with_output().expect("wait tincan");
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = child.wait_with_output().expect("wait tincan");
         Run {
             code: status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&stdout).into_owned(),

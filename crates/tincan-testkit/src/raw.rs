@@ -6,7 +6,8 @@ use tincan_proto::identity::Identity;
 use tincan_proto::labels;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket to a relay, speaking frames directly.
 pub struct RawConn {
@@ -17,7 +18,9 @@ impl RawConn {
     /// Connects without authenticating; returns the connection and the challenge nonce.
     pub async fn connect(relay_url: &str) -> (Self, [u8; 32]) {
         let url = relay_url.replacen("http://", "ws://", 1) + "/v1/ws";
-        let (ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.expect("connect");
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
+            .await
+            .expect("connect");
         let mut c = Self { ws };
         match c.recv().await {
             Some(RelayFrame::Challenge { nonce, .. }) => (c, nonce),
@@ -29,7 +32,12 @@ impl RawConn {
     pub async fn authed(relay_url: &str, id: &Identity, receive: bool) -> Self {
         let (mut c, nonce) = Self::connect(relay_url).await;
         let signature = id.sign(labels::RELAY_CHALLENGE, &nonce);
-        c.send(&ClientFrame::Auth { peer: id.peer_id(), signature, receive }).await;
+        c.send(&ClientFrame::Auth {
+            peer: id.peer_id(),
+            signature,
+            receive,
+        })
+        .await;
         match c.recv().await {
             Some(RelayFrame::AuthOk { .. }) => c,
             other => panic!("expected AuthOk, got {other:?}"),
@@ -49,7 +57,9 @@ impl RawConn {
     /// Receives the next frame (None when closed or after 5 s).
     pub async fn recv(&mut self) -> Option<RelayFrame> {
         loop {
-            let msg = tokio::time::timeout(std::time::Duration::from_secs(5), self.ws.next()).await.ok()??;
+            let msg = tokio::time::timeout(std::time::Duration::from_secs(5), self.ws.next())
+                .await
+                .ok()??;
             match msg {
                 Ok(Message::Binary(b)) => return RelayFrame::decode(&b).ok(),
                 Ok(Message::Close(_)) | Err(_) => return None,
