@@ -11,6 +11,7 @@ mod external;
 mod latency;
 mod pairing;
 mod report;
+mod serve_rtt;
 mod setup;
 mod throughput;
 
@@ -52,6 +53,9 @@ struct Args {
     /// Pairings to time.
     #[arg(long, default_value_t = 20)]
     pairings: usize,
+    /// Timed turns through `tincan serve --on-message cat`.
+    #[arg(long, default_value_t = 500)]
+    serve_turns: usize,
     /// Runs of `tincan version`.
     #[arg(long, default_value_t = 50)]
     cold_starts: usize,
@@ -76,6 +80,7 @@ enum PartName {
     Pairing,
     RelayRss,
     ColdStart,
+    Serve,
 }
 
 fn main() -> ExitCode {
@@ -223,6 +228,32 @@ async fn run_all(args: &Args) -> Vec<Part> {
             key: "cold_start",
             title: "cold start",
             params: json!({"runs": n, "command": "tincan version"}),
+            outcome,
+        });
+    }
+    if wanted(PartName::Serve) {
+        let sp = serve_rtt::Params {
+            round_trips: args.serve_turns.max(1),
+            warmup: 20,
+        };
+        let bar = bar("serve", sp.round_trips as u64);
+        let outcome = match &tincan {
+            Ok(path) => {
+                let timeout = Duration::from_secs(30)
+                    + Duration::from_millis(200) * (sp.warmup + sp.round_trips) as u32;
+                in_relay(timeout, |url| {
+                    let (sp, bar, path) = (sp.clone(), bar.clone(), path.clone());
+                    async move { serve_rtt::run(&path, &url, &sp, &bar).await }
+                })
+                .await
+            }
+            Err(why) => Outcome::Skipped(why.clone()),
+        };
+        finish(&bar, &outcome);
+        parts.push(Part {
+            key: "serve",
+            title: "serve round trip (cat handler)",
+            params: json!({"turns": sp.round_trips, "warmup": sp.warmup, "handler": "cat"}),
             outcome,
         });
     }
