@@ -353,64 +353,80 @@ fn tampered_ciphertext_in_the_relay_store_is_rejected_not_shown() {
 fn relay_sigkilled_under_traffic_delivers_every_acked_message_exactly_once() {
     let mut w = World::new();
     let c = cli();
-    let (a, b) = (w.home("a"), w.home("b"));
+    let (a, b, d) = (w.home("a"), w.home("b"), w.home("d"));
     let a_id = c.setup(&a);
     c.setup(&b);
+    c.setup(&d);
     c.pair(&a, &b, &w.relay.url());
-    assert_eq!(c.run(&a, &["listen", "--once", "--timeout", "10"]).code, 0);
+    c.pair(&a, &d, &w.relay.url());
+    assert_eq!(c.run(&a, &["listen", "--timeout", "3"]).code, 0);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let url = w.relay.url();
-    let b_home = b.clone();
-    let a_peer = a_id.clone();
-    // The sender: an SDK client in this process, sending 600 messages in bursts.
-    let sender = rt.spawn(async move {
-        let client = Client::start(
-            Home::open(&b_home).unwrap(),
-            &url,
-            ClientOptions { receive: false },
-        )
-        .unwrap();
-        let mut all = Vec::new();
-        for burst in 0..30 {
-            let texts: Vec<String> = (0..20)
-                .map(|i| format!("msg-{:04}", burst * 20 + i))
-                .collect();
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            all.extend(client.send_many(&a_peer, &refs).await.unwrap());
-            tokio::time::sleep(Duration::from_millis(15)).await;
-        }
-        client
-            .wait_outbox_empty(Duration::from_secs(60))
-            .await
+    // Two senders (SDK clients in this process), each sending 800 messages in steady bursts.
+    let spawn_sender = |home: std::path::PathBuf, tag: &'static str| {
+        let url = w.relay.url();
+        let a_peer = a_id.clone();
+        rt.spawn(async move {
+            let client = Client::start(
+                Home::open(&home).unwrap(),
+                &url,
+                ClientOptions { receive: false },
+            )
             .unwrap();
-        all
-    });
-    // Kill the relay (SIGKILL) three times while the sender is busy, restarting each time.
-    for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(120));
+            for burst in 0..40 {
+                let texts: Vec<String> = (0..20)
+                    .map(|i| format!("{tag}-{:04}", burst * 20 + i))
+                    .collect();
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                client.send_many(&a_peer, &refs).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            client
+                .wait_outbox_empty(Duration::from_secs(90))
+                .await
+                .unwrap();
+        })
+    };
+    let sb = spawn_sender(b.clone(), "b");
+    let sd = spawn_sender(d.clone(), "d");
+    // SIGKILL the relay six times while both are busy, restarting it each time.
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(150));
         w.relay.kill9();
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(60));
         w.relay.restart();
     }
-    let sent = rt.block_on(sender).unwrap();
-    assert_eq!(sent.len(), 600);
-    // Every message was acked by the relay (outbox empty) and arrives exactly once, in order.
+    rt.block_on(sb).unwrap();
+    rt.block_on(sd).unwrap();
+    // Every message was acked by the relay (both outboxes are empty); each arrives exactly
+    // once, in order per sender.
     let mut got = Vec::new();
     for _ in 0..20 {
         let r = c.run(&a, &["listen", "--timeout", "2"]);
         got.extend(messages(&r.events()));
-        if got.len() >= 600 {
+        if got.len() >= 1600 {
             break;
         }
     }
-    let expected: Vec<String> = (0..600).map(|i| format!("msg-{i:04}")).collect();
     let mut counts: HashMap<&String, usize> = HashMap::new();
     for g in &got {
         *counts.entry(g).or_default() += 1;
     }
     assert!(counts.values().all(|n| *n == 1), "duplicates delivered");
-    assert_eq!(got, expected, "every acked message exactly once, in order");
+    for tag in ["b", "d"] {
+        let from: Vec<&String> = got.iter().filter(|g| g.starts_with(tag)).collect();
+        let expected: Vec<String> = (0..800).map(|i| format!("{tag}-{i:04}")).collect();
+        assert_eq!(
+            from.len(),
+            800,
+            "sender {tag}: {} of 800 arrived",
+            from.len()
+        );
+        assert!(
+            from.iter().zip(&expected).all(|(g, e)| *g == e),
+            "sender {tag}: out of order"
+        );
+    }
 }
 
 #[test]

@@ -182,6 +182,7 @@ error_codes! {
     Internal = 12, "internal", "The relay failed; the request may be retried.";
     Replaced = 13, "replaced", "Another connection authenticated as this identity.";
     ShuttingDown = 14, "shutting_down", "The relay is shutting down.";
+    StorageFull = 15, "storage_full", "The relay's storage is full; the request was not stored.";
 }
 
 impl fmt::Display for ErrorCode {

@@ -92,7 +92,9 @@ fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::QueueFull | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::NotPaired => StatusCode::FORBIDDEN,
-        ErrorCode::ShuttingDown | ErrorCode::Internal => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::ShuttingDown | ErrorCode::Internal | ErrorCode::StorageFull => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         _ => StatusCode::BAD_REQUEST,
     }
 }

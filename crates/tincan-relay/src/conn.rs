@@ -35,6 +35,7 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, remote: Socket
         shared: shared.clone(),
         sink,
         unflushed: 0,
+        rate_held: None,
     };
     match conn.authenticate(stream).await {
         Some((peer, receive, stream)) => {
@@ -51,6 +52,9 @@ struct Conn {
     shared: Arc<Shared>,
     sink: Sink,
     unflushed: usize,
+    /// The message refused by the rate limit, if any: later sends on this connection are refused
+    /// until it is resent, so a refusal never lets later messages overtake it.
+    rate_held: Option<tincan_proto::ids::MessageId>,
 }
 
 impl Conn {
@@ -275,14 +279,30 @@ impl Conn {
             }
         };
         Metrics::inc(&self.shared.metrics.frames_in[metrics::kind(frame_kind(&frame))]);
+        let held_back = match (&frame, self.rate_held) {
+            (ClientFrame::Send { id, .. }, Some(h)) if *id != h => true,
+            (ClientFrame::Send { .. }, Some(_)) => {
+                self.rate_held = None;
+                false
+            }
+            _ => false,
+        };
         if let ClientFrame::Send { req, .. }
         | ClientFrame::RegisterInvite { req, .. }
         | ClientFrame::ClaimInvite { req, .. } = &frame
-            && let Err(wait) = self
-                .shared
-                .identity_rate
-                .take(peer, std::time::Instant::now())
+            && let Err(wait) = if held_back {
+                Err(std::time::Duration::from_millis(1))
+            } else {
+                self.shared
+                    .identity_rate
+                    .take(peer, std::time::Instant::now())
+            }
         {
+            if let ClientFrame::Send { id, .. } = &frame
+                && self.rate_held.is_none()
+            {
+                self.rate_held = Some(*id);
+            }
             Metrics::inc(&self.shared.metrics.rate_limited_identity);
             let rate = self.shared.config.rate_per_identity;
             let err = RelayFrame::Error {

@@ -152,6 +152,7 @@ impl Store {
             require_pairing: config.require_pairing,
             max_open_invites: config.max_open_invites,
             metrics,
+            held: HashMap::new(),
         };
         thread::Builder::new()
             .name("tincan-store".into())
@@ -322,6 +323,7 @@ fn fail(cmd: Cmd, code: ErrorCode, message: &str) {
     let respond = |r: Responder, req: u32| {
         let retry_after_ms = match code {
             ErrorCode::Internal | ErrorCode::ShuttingDown => 1000,
+            ErrorCode::StorageFull => 5000,
             _ => 0,
         };
         let _ = r.send(RelayFrame::Error {
@@ -368,7 +370,21 @@ struct Worker {
     require_pairing: bool,
     max_open_invites: u32,
     metrics: Arc<Metrics>,
+    /// Ordering guard: after a retryable refusal of message `id` from a sender to a recipient,
+    /// later messages on that path are refused too until `id` itself is resent, so a refusal in
+    /// the middle of a pipelined burst can never let later messages overtake it.
+    held: HashMap<(PeerId, PeerId), Held>,
 }
+
+struct Held {
+    id: MessageId,
+    code: ErrorCode,
+    message: String,
+    until_ms: u64,
+}
+
+/// How long a hold lasts if the refused message is never resent.
+const HOLD_MS: u64 = 60_000;
 
 const MAX_BATCH: usize = 1024;
 
@@ -403,83 +419,112 @@ impl Worker {
 
     fn apply_batch(&mut self, batch: Vec<Cmd>) {
         let started = std::time::Instant::now();
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            // Nothing was applied: every command is answered with the reason, none is dropped.
+            let e = StoreError::from(e);
+            Metrics::inc(&self.metrics.store_errors);
+            tracing::error!(error = %e, "cannot begin a store transaction; batch refused");
+            let (code, why) = classify(&e);
+            for cmd in batch {
+                if let Cmd::Send {
+                    sender,
+                    to,
+                    id,
+                    now_ms,
+                    ..
+                } = &cmd
+                {
+                    self.hold(*sender, *to, *id, code, &why, *now_ms);
+                }
+                fail(cmd, code, &why);
+            }
+            return;
+        }
         let mut fx = Effects::default();
-        let result = self
-            .conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(StoreError::from)
-            .and_then(|()| {
-                let mut failed = Vec::new();
-                for cmd in batch {
-                    // Each command is all-or-nothing inside the batch: a failure rolls back only
-                    // that command's statements, never half of it.
-                    if let Err(e) = self.conn.execute_batch("SAVEPOINT cmd") {
-                        tracing::error!(error = %e, "savepoint failed");
-                        failed.push((cmd, describe(&e.into())));
-                        continue;
-                    }
-                    match self.apply(cmd, &mut fx) {
-                        Ok(()) => {
-                            let _ = self.conn.execute_batch("RELEASE cmd");
-                        }
-                        Err((cmd, e)) => {
-                            tracing::error!(error = %e, "store command failed");
-                            let _ = self.conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd");
-                            failed.push((cmd, describe(&e)));
-                        }
-                    }
+        let mut failed = Vec::new();
+        for cmd in batch {
+            // Each command is all-or-nothing inside the batch: a failure rolls back only that
+            // command's statements, never half of it.
+            if let Err(e) = self.conn.execute_batch("SAVEPOINT cmd") {
+                tracing::error!(error = %e, "savepoint failed");
+                failed.push((cmd, StoreError::from(e)));
+                continue;
+            }
+            match self.apply(cmd, &mut fx) {
+                Ok(()) => {
+                    let _ = self.conn.execute_batch("RELEASE cmd");
                 }
-                self.conn
-                    .execute_batch("COMMIT")
-                    .map_err(StoreError::from)
-                    .map(|()| failed)
-            });
-        match result {
-            Ok(failed) => {
-                self.metrics.store_batch.observe(started.elapsed());
-                for (cmd, why) in failed {
-                    Metrics::inc(&self.metrics.store_errors);
-                    fail(cmd, ErrorCode::Internal, &why);
-                }
-                for (a, b) in fx.new_pairs {
-                    self.pairs.insert(pair_key(a, b));
-                }
-                for (r, frame) in fx.replies {
-                    let _ = r.send(frame);
-                }
-                for (reply, rows) in fx.fetches {
-                    let _ = reply.send(rows);
-                }
-                for (to, msg) in fx.deliveries {
-                    self.router.deliver(&to, msg);
+                Err((cmd, e)) => {
+                    tracing::error!(error = %e, "store command failed");
+                    let _ = self.conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd");
+                    failed.push((cmd, e));
                 }
             }
-            Err(e) => {
-                Metrics::inc(&self.metrics.store_errors);
-                tracing::error!(error = %e, "store transaction failed; batch refused");
-                let _ = self.conn.execute_batch("ROLLBACK");
-                self.counts.clear();
-                for (r, frame) in fx.replies {
-                    let req = match frame {
-                        RelayFrame::Sent { req, .. }
-                        | RelayFrame::InviteRegistered { req }
-                        | RelayFrame::InviteClaimed { req, .. } => req,
-                        RelayFrame::Error { req, .. } => req,
-                        _ => 0,
-                    };
-                    let _ = r.send(RelayFrame::Error {
-                        req,
-                        code: ErrorCode::Internal,
-                        retry_after_ms: 1000,
-                        message: describe(&e),
-                    });
-                }
-                // Fetch results came from a rolled-back transaction's reads, which are still
-                // valid (reads of committed data); deliver them.
-                for (reply, rows) in fx.fetches {
-                    let _ = reply.send(rows);
+        }
+        let committed = self.conn.execute_batch("COMMIT").map_err(StoreError::from);
+        for (cmd, e) in failed {
+            Metrics::inc(&self.metrics.store_errors);
+            let (code, why) = classify(&e);
+            if let Cmd::Send {
+                sender,
+                to,
+                id,
+                now_ms,
+                ..
+            } = &cmd
+            {
+                self.hold(*sender, *to, *id, code, &why, *now_ms);
+            }
+            fail(cmd, code, &why);
+        }
+        // Reads in the batch saw committed data only; they are valid either way.
+        for (reply, rows) in fx.fetches {
+            let _ = reply.send(rows);
+        }
+        if let Err(e) = committed {
+            Metrics::inc(&self.metrics.store_errors);
+            tracing::error!(error = %e, "store transaction failed; batch refused");
+            let _ = self.conn.execute_batch("ROLLBACK");
+            self.counts.clear();
+            let (code, why) = classify(&e);
+            // Hold each path at its first refused message, so nothing overtakes it.
+            let mut seen = HashSet::new();
+            for (to, msg) in &fx.deliveries {
+                if seen.insert((msg.from, *to)) {
+                    self.hold(msg.from, *to, msg.id, code, &why, msg.stored_at);
                 }
             }
+            for (r, frame) in fx.replies {
+                let req = match frame {
+                    RelayFrame::Sent { req, .. }
+                    | RelayFrame::InviteRegistered { req }
+                    | RelayFrame::InviteClaimed { req, .. }
+                    | RelayFrame::Error { req, .. } => req,
+                    _ => 0,
+                };
+                let retry_after_ms = if code == ErrorCode::StorageFull {
+                    5000
+                } else {
+                    1000
+                };
+                let _ = r.send(RelayFrame::Error {
+                    req,
+                    code,
+                    retry_after_ms,
+                    message: why.clone(),
+                });
+            }
+            return;
+        }
+        self.metrics.store_batch.observe(started.elapsed());
+        for (a, b) in fx.new_pairs {
+            self.pairs.insert(pair_key(a, b));
+        }
+        for (r, frame) in fx.replies {
+            let _ = r.send(frame);
+        }
+        for (to, msg) in fx.deliveries {
+            self.router.deliver(&to, msg);
         }
     }
 
@@ -521,10 +566,11 @@ impl Worker {
                         code,
                         // A full queue drains as the recipient reads; pairing never changes by
                         // retrying.
-                        retry_after_ms: if code == ErrorCode::QueueFull {
-                            2000
-                        } else {
-                            0
+                        retry_after_ms: match code {
+                            ErrorCode::QueueFull => 2000,
+                            ErrorCode::StorageFull => 5000,
+                            ErrorCode::Internal => 1000,
+                            _ => 0,
                         },
                         message,
                     },
@@ -713,6 +759,57 @@ impl Worker {
         body: &[u8],
         now_ms: u64,
     ) -> Result<Inserted, StoreError> {
+        if let Some(h) = self.held.get(&(sender, to)) {
+            if h.id != id && now_ms < h.until_ms {
+                return Ok(Inserted::Refused(
+                    h.code,
+                    format!(
+                        "{} (held behind an earlier message that must be resent first)",
+                        h.message
+                    ),
+                ));
+            }
+            self.held.remove(&(sender, to));
+        }
+        let result = self.insert_message_inner(sender, id, to, body, now_ms)?;
+        if let Inserted::Refused(code @ ErrorCode::QueueFull, message) = &result {
+            self.hold(sender, to, id, *code, message, now_ms);
+        }
+        Ok(result)
+    }
+
+    fn hold(
+        &mut self,
+        sender: PeerId,
+        to: PeerId,
+        id: MessageId,
+        code: ErrorCode,
+        message: &str,
+        now_ms: u64,
+    ) {
+        if self.held.len() > 100_000 {
+            self.held.retain(|_, h| h.until_ms > now_ms);
+        }
+        let message = message.to_string();
+        self.held.insert(
+            (sender, to),
+            Held {
+                id,
+                code,
+                message,
+                until_ms: now_ms + HOLD_MS,
+            },
+        );
+    }
+
+    fn insert_message_inner(
+        &mut self,
+        sender: PeerId,
+        id: MessageId,
+        to: PeerId,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<Inserted, StoreError> {
         if self.require_pairing && !self.pairs.contains(&pair_key(sender, to)) {
             return Ok(Inserted::Refused(
                 ErrorCode::NotPaired,
@@ -865,13 +962,24 @@ enum Inserted {
     Refused(ErrorCode, String),
 }
 
+/// The error code and words for a store failure.
+fn classify(e: &StoreError) -> (ErrorCode, String) {
+    let why = describe(e);
+    let code = if why.starts_with("relay storage is full") {
+        ErrorCode::StorageFull
+    } else {
+        ErrorCode::Internal
+    };
+    (code, why)
+}
+
 /// Words for a store failure that tell the sender what happened and that retrying is safe.
 fn describe(e: &StoreError) -> String {
     match e {
         StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
             if f.code == rusqlite::ErrorCode::DiskFull =>
         {
-            "relay storage is full; the message was not stored and can be retried later".into()
+            "relay storage is full; the request was not stored and can be retried later".into()
         }
         StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
             if matches!(

@@ -368,3 +368,132 @@ async fn slow_reader_catches_up_in_order_from_the_store() {
         }
     }
 }
+
+/// A refused message holds back the later ones on the same path until it is resent, so a
+/// refusal in the middle of a pipelined burst never reorders messages (Olm would then drop
+/// them as out of its skipped-key window).
+#[tokio::test]
+async fn a_refused_message_is_never_overtaken_by_later_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = relay(&dir, |c| c.queue_cap = 2).await;
+    let (a, b) = (Identity::generate(), Identity::generate());
+    pair(&r.url, &a, &b).await;
+    let mut c = RawConn::authed(&r.url, &a, false).await;
+    let send = |i: u8| ClientFrame::Send {
+        req: u32::from(i),
+        id: MessageId::from_bytes([i; 16]),
+        to: b.peer_id(),
+        body: vec![i],
+    };
+    for i in 0..2 {
+        c.send(&send(i)).await;
+        assert!(matches!(c.recv().await, Some(RelayFrame::Sent { .. })));
+    }
+    c.send(&send(2)).await;
+    assert!(matches!(
+        c.recv().await,
+        Some(RelayFrame::Error {
+            req: 2,
+            code: ErrorCode::QueueFull,
+            ..
+        })
+    ));
+    // The recipient frees space by acking message 0.
+    let mut rb = RawConn::authed(&r.url, &b, true).await;
+    let Some(RelayFrame::Deliver { seq, .. }) = rb.recv().await else {
+        panic!("no delivery")
+    };
+    rb.send(&ClientFrame::Ack { seq }).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Message 3 would fit now, but 2 must go first.
+    c.send(&send(3)).await;
+    match c.recv().await {
+        Some(RelayFrame::Error {
+            req: 3,
+            code: ErrorCode::QueueFull,
+            message,
+            retry_after_ms,
+        }) => {
+            assert!(
+                message.contains("held behind") && retry_after_ms > 0,
+                "{message}"
+            )
+        }
+        other => panic!("expected message 3 to be held, got {other:?}"),
+    }
+    c.send(&send(2)).await;
+    assert!(matches!(
+        c.recv().await,
+        Some(RelayFrame::Sent { req: 2, .. })
+    ));
+    // In order from here on: 1 (still unacked), 2, then 3 once there is room.
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        let Some(RelayFrame::Deliver { seq, body, .. }) = rb.recv().await else {
+            panic!("no delivery")
+        };
+        bodies.push(body[0]);
+        rb.send(&ClientFrame::Ack { seq }).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.send(&send(3)).await;
+    assert!(matches!(
+        c.recv().await,
+        Some(RelayFrame::Sent { req: 3, .. })
+    ));
+    let Some(RelayFrame::Deliver { body, .. }) = rb.recv().await else {
+        panic!("no delivery")
+    };
+    bodies.push(body[0]);
+    assert_eq!(bodies, vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn rate_limited_sends_hold_back_later_ones_until_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = relay(&dir, |c| {
+        c.rate_per_identity = tincan_relay::Rate::new(5.0, 2.0)
+    })
+    .await;
+    let (a, b) = (Identity::generate(), Identity::generate());
+    pair(&r.url, &a, &b).await;
+    let mut c = RawConn::authed(&r.url, &a, false).await;
+    let send = |i: u8| ClientFrame::Send {
+        req: u32::from(i),
+        id: MessageId::from_bytes([i; 16]),
+        to: b.peer_id(),
+        body: vec![i],
+    };
+    // Registering the invite used one token of the burst of 2; message 0 takes the other.
+    c.send(&send(0)).await;
+    assert!(matches!(
+        c.recv().await,
+        Some(RelayFrame::Sent { req: 0, .. })
+    ));
+    c.send(&send(1)).await;
+    let wait = match c.recv().await {
+        Some(RelayFrame::Error {
+            req: 1,
+            code: ErrorCode::RateLimited,
+            retry_after_ms,
+            ..
+        }) => retry_after_ms,
+        other => panic!("expected rate_limited, got {other:?}"),
+    };
+    tokio::time::sleep(Duration::from_millis(u64::from(wait) + 50)).await;
+    // Message 2 is held even though a token is available now: 1 goes first.
+    c.send(&send(2)).await;
+    assert!(matches!(
+        c.recv().await,
+        Some(RelayFrame::Error {
+            req: 2,
+            code: ErrorCode::RateLimited,
+            ..
+        })
+    ));
+    c.send(&send(1)).await;
+    assert!(matches!(
+        c.recv().await,
+        Some(RelayFrame::Sent { req: 1, .. })
+    ));
+}
