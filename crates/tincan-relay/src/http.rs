@@ -1,5 +1,9 @@
 //! HTTP routes: the WebSocket endpoint, health, metrics, and the page an invite link opens.
 
+// Handlers return the ready HTTP error response as their `Err`; it is the rare path, and boxing
+// it would only add an allocation to every error.
+#![allow(clippy::result_large_err)]
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
