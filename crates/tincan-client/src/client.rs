@@ -152,10 +152,17 @@ pub struct Client {
     cmd: mpsc::UnboundedSender<Cmd>,
     events: mpsc::Receiver<(Event, Option<i64>)>,
     task: JoinHandle<()>,
+    /// The last inbox entry returned but not yet marked consumed (marks are batched under load).
+    unmarked: Option<i64>,
+    unmarked_count: usize,
 }
+
+/// Most returned-but-unmarked inbox entries before the mark is written.
+const MARK_BATCH: usize = 256;
 
 impl Drop for Client {
     fn drop(&mut self) {
+        self.flush_marks();
         self.task.abort();
     }
 }
@@ -210,6 +217,8 @@ impl Client {
             cmd,
             events,
             task,
+            unmarked: None,
+            unmarked_count: 0,
         })
     }
 
@@ -428,14 +437,35 @@ impl Client {
 
     /// The next event. Messages and joins are marked as handed over when returned, so each is
     /// returned once across restarts of the application.
+    ///
+    /// Under load the marks are written in batches (one write per up to 256 events, and always
+    /// before waiting for more), so a crash can show at most that many entries again; it never
+    /// loses one.
     pub async fn next_event(&mut self) -> Option<Event> {
-        let (event, inbox_seq) = self.events.recv().await?;
-        if let Some(seq) = inbox_seq
-            && let Err(e) = self.shared.home().mark_consumed(seq)
-        {
-            tracing::warn!(error = %e, "could not mark inbox entry consumed; it may be shown again");
+        let (event, inbox_seq) = match self.events.try_recv() {
+            Ok(item) => item,
+            Err(_) => {
+                self.flush_marks();
+                self.events.recv().await?
+            }
+        };
+        if let Some(seq) = inbox_seq {
+            self.unmarked = Some(seq);
+            self.unmarked_count += 1;
+            if self.unmarked_count >= MARK_BATCH {
+                self.flush_marks();
+            }
         }
         Some(event)
+    }
+
+    fn flush_marks(&mut self) {
+        if let Some(seq) = self.unmarked.take() {
+            self.unmarked_count = 0;
+            if let Err(e) = self.shared.home().mark_consumed(seq) {
+                tracing::warn!(error = %e, "could not mark inbox entries consumed; they may be shown again");
+            }
+        }
     }
 }
 
