@@ -817,16 +817,13 @@ impl Worker {
                     .into(),
             ));
         }
-        let existing: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT seq FROM messages WHERE sender = ?1 AND client_id = ?2")?
-            .query_row(params![sender.as_bytes(), id.as_bytes()], |r| r.get(0))
-            .optional()?;
-        if let Some(seq) = existing {
-            return Ok(Inserted::Duplicate(seq as u64));
-        }
+        // The common path is one INSERT; the duplicate lookup runs only when it did not insert
+        // (or when the queue is full, because a resend of a stored message must still get `Sent`).
         let count = self.queue_len(to, now_ms)?;
         if count >= self.queue_cap {
+            if let Some(seq) = self.existing_seq(sender, id)? {
+                return Ok(Inserted::Duplicate(seq));
+            }
             return Ok(Inserted::Refused(
                 ErrorCode::QueueFull,
                 format!(
@@ -835,14 +832,31 @@ impl Worker {
                 ),
             ));
         }
-        self.conn
+        let inserted = self
+            .conn
             .prepare_cached(
-                "INSERT INTO messages (recipient, sender, client_id, body, stored_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO messages (recipient, sender, client_id, body, stored_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (sender, client_id) DO NOTHING",
             )?
             .execute(params![to.as_bytes(), sender.as_bytes(), id.as_bytes(), body, now_ms as i64, (now_ms + self.ttl_ms) as i64])?;
+        if inserted == 0 {
+            let seq = self.existing_seq(sender, id)?.unwrap_or(0);
+            return Ok(Inserted::Duplicate(seq));
+        }
         let seq = self.conn.last_insert_rowid() as u64;
         *self.counts.entry(to).or_insert(0) += 1;
         Ok(Inserted::New(seq))
+    }
+
+    fn existing_seq(&mut self, sender: PeerId, id: MessageId) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT seq FROM messages WHERE sender = ?1 AND client_id = ?2")?
+            .query_row(params![sender.as_bytes(), id.as_bytes()], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .map(|s| s as u64))
     }
 
     fn queue_len(&mut self, to: PeerId, now_ms: u64) -> Result<u64, StoreError> {

@@ -391,8 +391,6 @@ impl Home {
                                 now_ms,
                             )?,
                         };
-                        tx.prepare_cached("UPDATE peers SET last_seen = ?1 WHERE id = ?2")?
-                            .execute(params![(now_ms / 1000) as i64, d.from.to_string()])?;
                         out.push(Processed::New(entry));
                         continue;
                     }
@@ -460,6 +458,8 @@ impl Home {
             if let Some(s) = sessions.get(&p) {
                 peers::save_session(&tx, &key, s)?;
             }
+            tx.prepare_cached("UPDATE peers SET last_seen = ?1 WHERE id = ?2")?
+                .execute(params![(now_ms / 1000) as i64, p.to_string()])?;
         }
         tx.commit()?;
         let _ = me_id;
