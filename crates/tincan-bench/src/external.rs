@@ -30,7 +30,7 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, String> {
 }
 
 /// Kills the child by its PID when dropped, so an early return never leaves a relay running.
-struct Reaped(Child);
+pub struct Reaped(pub Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
@@ -128,14 +128,14 @@ pub fn cold_start(
     })
 }
 
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     // Another process could take the port between this and the relay's bind; the health check
     // then fails loudly rather than measuring the wrong thing.
     let l = TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
 
-fn health_ok(addr: SocketAddr) -> bool {
+pub fn health_ok(addr: SocketAddr) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };
@@ -149,7 +149,7 @@ fn health_ok(addr: SocketAddr) -> bool {
     buf.starts_with("HTTP/1.") && buf.split_whitespace().nth(1) == Some("200")
 }
 
-fn vm_field(status: &str, name: &str) -> Option<u64> {
+pub fn vm_field(status: &str, name: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix(name))

@@ -8,12 +8,18 @@
 
 mod breakdown;
 mod external;
+mod http_poll;
+mod idle_conns;
 mod latency;
+mod load;
 mod pairing;
+mod relay_latency;
+mod relay_load;
 mod report;
 mod serve_rtt;
 mod setup;
 mod throughput;
+mod wire;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -62,6 +68,42 @@ struct Args {
     /// The `tincan` binary (default: next to this one).
     #[arg(long)]
     tincan: Option<PathBuf>,
+    /// Relay load: pair counts for the routing-throughput matrix.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+    load_pairs: Vec<usize>,
+    /// Relay load: body sizes in bytes for the matrix.
+    #[arg(long, value_delimiter = ',', default_value = "64,1024,16384")]
+    load_sizes: Vec<usize>,
+    /// Relay load: measured seconds per matrix cell (after the warm-up).
+    #[arg(long, default_value_t = 3.0)]
+    load_secs: f64,
+    /// Relay load: unmeasured warm-up per cell, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    load_warmup_ms: u64,
+    /// Relay load: Send requests in flight across all senders (split evenly, 4..=1024 each).
+    #[arg(long, default_value_t = 4096)]
+    load_in_flight: usize,
+    /// Relay latency: offered load in msg/s (default: half the measured 100-pair 1 KiB rate).
+    #[arg(long)]
+    latency_rate: Option<f64>,
+    /// Relay latency: sending pairs.
+    #[arg(long, default_value_t = 100)]
+    latency_pairs: usize,
+    /// Relay latency: measured seconds (after 1 s of warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    latency_secs: f64,
+    /// Idle connections held open against a `tincan relay` process.
+    #[arg(long, default_value_t = 10_000)]
+    idle_conns: usize,
+    /// HTTP API: sender/receiver pairs.
+    #[arg(long, default_value_t = 10)]
+    http_pairs: usize,
+    /// HTTP API: POST /v1/messages requests in flight per sender.
+    #[arg(long, default_value_t = 4)]
+    http_concurrency: usize,
+    /// HTTP API: measured seconds (after 1 s of warm-up).
+    #[arg(long, default_value_t = 3.0)]
+    http_secs: f64,
     /// Parts to run (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     parts: Vec<PartName>,
@@ -81,6 +123,14 @@ enum PartName {
     RelayRss,
     ColdStart,
     Serve,
+    /// Relay routing throughput matrix (raw frames, no E2E crypto).
+    RelayLoad,
+    /// Relay latency percentiles under a fixed open-loop load.
+    RelayLatency,
+    /// Relay RSS per idle authenticated connection.
+    IdleConns,
+    /// HTTP API long-poll throughput.
+    HttpPoll,
 }
 
 fn main() -> ExitCode {
@@ -257,7 +307,132 @@ async fn run_all(args: &Args) -> Vec<Part> {
             outcome,
         });
     }
+    relay_parts(args, &tincan, &mut parts).await;
     parts
+}
+
+/// The relay-level parts (issue 4 part 7): raw frames against a relay, no client SDK.
+async fn relay_parts(args: &Args, tincan: &Result<PathBuf, String>, parts: &mut Vec<Part>) {
+    let wanted = |p: PartName| args.parts.is_empty() || args.parts.contains(&p);
+    let lp = relay_load::Params {
+        pairs: args.load_pairs.iter().map(|&n| n.max(1)).collect(),
+        sizes: args.load_sizes.iter().map(|&n| n.max(8)).collect(),
+        measure: Duration::from_secs_f64(args.load_secs.max(0.1)),
+        warmup: Duration::from_millis(args.load_warmup_ms),
+        in_flight: args.load_in_flight.max(1),
+    };
+    let mut target_rate = None;
+    if wanted(PartName::RelayLoad) {
+        let cells = (lp.pairs.len() * lp.sizes.len()) as u64;
+        let bar = bar("relay load", cells);
+        let limit: Duration =
+            lp.pairs.iter().map(|&n| lp.cell_limit(n)).sum::<Duration>() * lp.sizes.len() as u32;
+        let outcome = bounded(limit, async {
+            let (outcome, rate) = relay_load::run(&lp, &bar).await?;
+            target_rate = rate;
+            Ok(outcome)
+        })
+        .await;
+        finish(&bar, &outcome);
+        parts.push(Part {
+            key: "relay_load",
+            title: "relay routing",
+            params: json!({"pairs": lp.pairs, "sizes": lp.sizes, "measure_secs": lp.measure.as_secs_f64(), "warmup_ms": lp.warmup.as_millis() as u64, "in_flight": lp.in_flight}),
+            outcome,
+        });
+    }
+    if wanted(PartName::RelayLatency) {
+        let measure = Duration::from_secs_f64(args.latency_secs.max(0.5));
+        let warmup = Duration::from_secs(1);
+        let bar = bar("relay lat", (warmup + measure).as_millis() as u64);
+        let pairs = args.latency_pairs.max(1);
+        let outcome = bounded(measure + Duration::from_secs(90), async {
+            let (rate, source) = match (args.latency_rate, target_rate) {
+                (Some(r), _) => (r, "--latency-rate".to_string()),
+                (None, Some(t)) => (t / 2.0, format!("half the measured {t:.0} msg/s")),
+                (None, None) => {
+                    // Calibrate: a short closed-loop run of the target cell.
+                    bar.set_message("calibrating");
+                    let cal = relay_load::Params {
+                        measure: Duration::from_secs(2),
+                        ..lp.clone()
+                    };
+                    let t = relay_load::cell(
+                        &cal,
+                        relay_load::TARGET_PAIRS,
+                        relay_load::TARGET_SIZE,
+                        &bar,
+                    )
+                    .await?
+                    .delivered_per_sec;
+                    (
+                        t / 2.0,
+                        format!("half of {t:.0} msg/s measured by a 2 s calibration run"),
+                    )
+                }
+            };
+            let p = relay_latency::Params {
+                pairs,
+                size: relay_load::TARGET_SIZE,
+                rate: rate.max(1.0),
+                warmup,
+                measure,
+                window: 1024,
+            };
+            relay_latency::run(&p, &source, &bar).await
+        })
+        .await;
+        finish(&bar, &outcome);
+        parts.push(Part {
+            key: "relay_latency",
+            title: "relay latency",
+            params: json!({"pairs": pairs, "size": relay_load::TARGET_SIZE, "rate": args.latency_rate, "measure_secs": measure.as_secs_f64()}),
+            outcome,
+        });
+    }
+    if wanted(PartName::IdleConns) {
+        let n = args.idle_conns.max(1);
+        let bar = bar("idle conns", n as u64);
+        let outcome = match tincan {
+            Ok(path) => {
+                bounded(
+                    Duration::from_secs(60) + Duration::from_millis(10) * n as u32,
+                    idle_conns::run(path, n, &bar),
+                )
+                .await
+            }
+            Err(why) => Outcome::Skipped(why.clone()),
+        };
+        finish(&bar, &outcome);
+        parts.push(Part {
+            key: "idle_conns",
+            title: "relay idle connections",
+            params: json!({"connections": n}),
+            outcome,
+        });
+    }
+    if wanted(PartName::HttpPoll) {
+        let hp = http_poll::Params {
+            pairs: args.http_pairs.max(1),
+            size: relay_load::TARGET_SIZE,
+            concurrency: args.http_concurrency.max(1),
+            warmup: Duration::from_secs(1),
+            measure: Duration::from_secs_f64(args.http_secs.max(0.5)),
+        };
+        let bar = bar("http poll", (hp.warmup + hp.measure).as_millis() as u64);
+        let outcome = bounded(
+            hp.warmup + hp.measure + Duration::from_secs(60),
+            http_poll::run(&hp, &bar),
+        )
+        .await;
+        finish(&bar, &outcome);
+        parts.push(Part {
+            key: "http_poll",
+            title: "HTTP long-poll",
+            params: json!({"pairs": hp.pairs, "size": hp.size, "concurrency": hp.concurrency, "measure_secs": hp.measure.as_secs_f64()}),
+            outcome,
+        });
+    }
 }
 
 /// Runs `f` against a fresh in-process relay, bounded by `limit`, and stops the relay after.
@@ -266,7 +441,13 @@ where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = Result<Outcome>>,
 {
-    let relay = match Relay::start().await {
+    // The end-to-end parts measure tincan, not the relay's abuse limits: rates unlimited.
+    let relay = match Relay::start_with(|c| {
+        c.rate_per_identity = tincan_relay::Rate::new(0.0, 1.0);
+        c.rate_per_ip = tincan_relay::Rate::new(0.0, 1.0);
+    })
+    .await
+    {
         Ok(r) => r,
         Err(e) => return Outcome::Failed(format!("cannot start relay: {e:#}")),
     };

@@ -1,10 +1,12 @@
 //! Results: figures with their targets, the human table and the `--json` document.
 //!
 //! JSON schema (`"schema": "tincan-bench/1"`): `parts` maps a part key (`throughput`, `latency`,
-//! `pairing`, `relay_rss`, `cold_start`) to `{status, params, figures, notes}` where `status` is
+//! `pairing`, `relay_rss`, `cold_start`, `serve`, `relay_load`, `relay_latency`, `idle_conns`,
+//! `http_poll`) to `{status, params, figures, notes}` where `status` is
 //! `"ok"`, `"skipped"` or `"failed"` (then `reason` says why), and `figures` maps a figure key to
 //! `{value, unit, target: {op, value} | null, meets: bool | null}`.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -29,18 +31,23 @@ impl Cmp {
 /// One measured number.
 #[derive(Clone, Debug)]
 pub struct Figure {
-    pub key: &'static str,
-    pub label: &'static str,
+    pub key: Cow<'static, str>,
+    pub label: Cow<'static, str>,
     pub value: f64,
     pub unit: &'static str,
     pub target: Option<(Cmp, f64)>,
 }
 
 impl Figure {
-    pub fn new(key: &'static str, label: &'static str, value: f64, unit: &'static str) -> Self {
+    pub fn new(
+        key: impl Into<Cow<'static, str>>,
+        label: impl Into<Cow<'static, str>>,
+        value: f64,
+        unit: &'static str,
+    ) -> Self {
         Self {
-            key,
-            label,
+            key: key.into(),
+            label: label.into(),
             value,
             unit,
             target: None,

@@ -21,11 +21,6 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Starts a relay with default settings and a fresh SQLite file.
-    pub async fn start() -> Result<Self> {
-        Self::start_with(|_| {}).await
-    }
-
     /// Starts a relay with settings adjusted by `tune` and a fresh SQLite file.
     pub async fn start_with(tune: impl FnOnce(&mut tincan_relay::Config)) -> Result<Self> {
         let dir = tempfile::tempdir().context("cannot create a temp dir for the relay")?;
