@@ -90,7 +90,12 @@ fn print_event(client: &Client, event: &Event, out: &Out) -> bool {
         Event::Rejected { from, reason } => {
             out.print(
                 json!({"event": "rejected", "from": from.to_string(), "reason": reason}),
-                || format!("rejected a message claiming to be from {from}: {}", terminal_safe(reason)),
+                || {
+                    format!(
+                        "rejected a message claiming to be from {from}: {}",
+                        terminal_safe(reason)
+                    )
+                },
             );
             false
         }

@@ -42,12 +42,19 @@ fn load_file(path: &std::path::Path) -> Result<FileConfig, CliError> {
     toml::from_str(&text).map_err(|e| bad_config(format!("config file {}: {e}", path.display())))
 }
 
-fn duration(flag: Option<u64>, file: Option<&str>, name: &str, default: Duration) -> Result<Duration, CliError> {
+fn duration(
+    flag: Option<u64>,
+    file: Option<&str>,
+    name: &str,
+    default: Duration,
+) -> Result<Duration, CliError> {
     if let Some(s) = flag {
         return Ok(Duration::from_secs(s));
     }
     match file {
-        Some(text) => parse_duration(text).map(Duration::from_secs).map_err(|e| bad_config(format!("{name}: {e}"))),
+        Some(text) => parse_duration(text)
+            .map(Duration::from_secs)
+            .map_err(|e| bad_config(format!("{name}: {e}"))),
         None => Ok(default),
     }
 }
@@ -58,44 +65,94 @@ fn settings(args: RelayArgs) -> Result<(String, Config), CliError> {
         Some(p) => load_file(p)?,
         None => FileConfig::default(),
     };
-    let listen = args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8787".into());
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| "127.0.0.1:8787".into());
     let db = match args.db.or(file.db) {
         Some(p) => p,
         None => {
-            let dirs = directories::ProjectDirs::from("", "", "tincan")
-                .ok_or_else(|| CliError::new("no_data_dir", 2, "cannot find a data directory; pass --db PATH"))?;
-            std::fs::create_dir_all(dirs.data_dir())
-                .map_err(|e| CliError::new("io", 1, format!("cannot create {}: {e}", dirs.data_dir().display())))?;
+            let dirs = directories::ProjectDirs::from("", "", "tincan").ok_or_else(|| {
+                CliError::new(
+                    "no_data_dir",
+                    2,
+                    "cannot find a data directory; pass --db PATH",
+                )
+            })?;
+            std::fs::create_dir_all(dirs.data_dir()).map_err(|e| {
+                CliError::new(
+                    "io",
+                    1,
+                    format!("cannot create {}: {e}", dirs.data_dir().display()),
+                )
+            })?;
             dirs.data_dir().join("relay.db")
         }
     };
     let mut c = Config::new(db);
     let max_body = args.max_body.or(file.max_body).unwrap_or(c.max_body);
     if max_body == 0 || max_body > tincan_relay::MAX_BODY_LIMIT {
-        return Err(bad_config(format!("max_body must be between 1 and {} bytes", tincan_relay::MAX_BODY_LIMIT)));
+        return Err(bad_config(format!(
+            "max_body must be between 1 and {} bytes",
+            tincan_relay::MAX_BODY_LIMIT
+        )));
     }
     c.max_body = max_body;
     c.queue_cap = args.queue_cap.or(file.queue_cap).unwrap_or(c.queue_cap);
-    c.message_ttl = duration(args.message_ttl, file.message_ttl.as_deref(), "message_ttl", c.message_ttl)?;
-    c.max_connections = args.max_connections.or(file.max_connections).unwrap_or(c.max_connections);
-    c.max_connections_per_ip = args.max_connections_per_ip.or(file.max_connections_per_ip).unwrap_or(c.max_connections_per_ip);
+    c.message_ttl = duration(
+        args.message_ttl,
+        file.message_ttl.as_deref(),
+        "message_ttl",
+        c.message_ttl,
+    )?;
+    c.max_connections = args
+        .max_connections
+        .or(file.max_connections)
+        .unwrap_or(c.max_connections);
+    c.max_connections_per_ip = args
+        .max_connections_per_ip
+        .or(file.max_connections_per_ip)
+        .unwrap_or(c.max_connections_per_ip);
     c.rate_per_identity = Rate::new(
-        args.rate_per_identity.or(file.rate_per_identity).unwrap_or(c.rate_per_identity.per_sec),
-        args.burst_per_identity.or(file.burst_per_identity).unwrap_or(c.rate_per_identity.burst),
+        args.rate_per_identity
+            .or(file.rate_per_identity)
+            .unwrap_or(c.rate_per_identity.per_sec),
+        args.burst_per_identity
+            .or(file.burst_per_identity)
+            .unwrap_or(c.rate_per_identity.burst),
     );
     c.rate_per_ip = Rate::new(
-        args.rate_per_ip.or(file.rate_per_ip).unwrap_or(c.rate_per_ip.per_sec),
-        args.burst_per_ip.or(file.burst_per_ip).unwrap_or(c.rate_per_ip.burst),
+        args.rate_per_ip
+            .or(file.rate_per_ip)
+            .unwrap_or(c.rate_per_ip.per_sec),
+        args.burst_per_ip
+            .or(file.burst_per_ip)
+            .unwrap_or(c.rate_per_ip.burst),
     );
     for (name, r) in [("identity", c.rate_per_identity), ("ip", c.rate_per_ip)] {
         if !(r.per_sec >= 0.0 && r.burst >= 1.0 && r.per_sec.is_finite() && r.burst.is_finite()) {
-            return Err(bad_config(format!("rate_per_{name} must be >= 0 and burst_per_{name} >= 1")));
+            return Err(bad_config(format!(
+                "rate_per_{name} must be >= 0 and burst_per_{name} >= 1"
+            )));
         }
     }
-    c.max_open_invites = args.max_open_invites.or(file.max_open_invites).unwrap_or(c.max_open_invites);
+    c.max_open_invites = args
+        .max_open_invites
+        .or(file.max_open_invites)
+        .unwrap_or(c.max_open_invites);
     c.max_db_bytes = args.max_db_bytes.or(file.max_db_bytes).or(c.max_db_bytes);
-    c.token_ttl = duration(args.token_ttl, file.token_ttl.as_deref(), "token_ttl", c.token_ttl)?;
-    c.token_rotate_every = duration(args.token_rotate, file.token_rotate.as_deref(), "token_rotate", c.token_rotate_every)?;
+    c.token_ttl = duration(
+        args.token_ttl,
+        file.token_ttl.as_deref(),
+        "token_ttl",
+        c.token_ttl,
+    )?;
+    c.token_rotate_every = duration(
+        args.token_rotate,
+        file.token_rotate.as_deref(),
+        "token_rotate",
+        c.token_rotate_every,
+    )?;
     Ok((listen, c))
 }
 
@@ -112,9 +169,15 @@ pub async fn run(args: RelayArgs, out: &Out) -> Result<ExitCode, CliError> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| {
-        CliError::new("listen_failed", 1, format!("cannot listen on {listen}: {e} (is another relay running on that port?)"))
+        CliError::new(
+            "listen_failed",
+            1,
+            format!("cannot listen on {listen}: {e} (is another relay running on that port?)"),
+        )
     })?;
-    let addr = listener.local_addr().map_err(|e| CliError::internal(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CliError::internal(e.to_string()))?;
     let limits = json!({
         "max_body": config.max_body,
         "queue_cap": config.queue_cap,
@@ -179,16 +242,32 @@ mod tests {
     fn flags_override_file_override_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.toml");
-        std::fs::write(&path, "queue_cap = 5\nmessage_ttl = \"2h\"\nrate_per_ip = 7.5\ndb = \"/tmp/x.db\"\n").unwrap();
-        let args = RelayArgs { config: Some(path.clone()), queue_cap: Some(9), ..Default::default() };
+        std::fs::write(
+            &path,
+            "queue_cap = 5\nmessage_ttl = \"2h\"\nrate_per_ip = 7.5\ndb = \"/tmp/x.db\"\n",
+        )
+        .unwrap();
+        let args = RelayArgs {
+            config: Some(path.clone()),
+            queue_cap: Some(9),
+            ..Default::default()
+        };
         let (listen, c) = settings(args).unwrap();
         assert_eq!(listen, "127.0.0.1:8787");
         assert_eq!(c.queue_cap, 9, "flag wins");
-        assert_eq!(c.message_ttl, Duration::from_secs(7200), "file wins over default");
+        assert_eq!(
+            c.message_ttl,
+            Duration::from_secs(7200),
+            "file wins over default"
+        );
         assert_eq!(c.rate_per_ip.per_sec, 7.5);
         assert_eq!(c.max_open_invites, 100, "default");
         std::fs::write(&path, "queue_capp = 5\n").unwrap();
-        let err = settings(RelayArgs { config: Some(path), ..Default::default() }).unwrap_err();
+        let err = settings(RelayArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(err.message.contains("queue_capp"), "{}", err.message);
     }
 }

@@ -45,7 +45,11 @@ pub async fn run(home: Option<PathBuf>, args: SendArgs, out: &Out) -> Result<Exi
             );
             Ok(ExitCode::SUCCESS)
         }
-        Err(e @ (ClientError::Unreachable { .. } | ClientError::Timeout(_) | ClientError::Deferred { .. })) => {
+        Err(
+            e @ (ClientError::Unreachable { .. }
+            | ClientError::Timeout(_)
+            | ClientError::Deferred { .. }),
+        ) => {
             let err: CliError = e.into();
             Err(CliError::new(
                 &err.code,
