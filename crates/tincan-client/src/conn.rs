@@ -523,17 +523,7 @@ impl<'a> Session<'a> {
     }
 
     async fn open_deliveries(&mut self, ws: &mut Ws, deliveries: Vec<Incoming>) -> Result<(), End> {
-        let result = {
-            let mut home = self.shared.home();
-            home.process_incoming(&deliveries, now_ms()).map(|out| {
-                out.into_iter()
-                    .filter_map(|p| match p {
-                        Processed::New(e) => Some((entry_event(&home, &e), e.seq)),
-                        Processed::Duplicate => None,
-                    })
-                    .collect::<Vec<_>>()
-            })
-        };
+        let result = open_batch(self.shared, &deliveries);
         let events = match result {
             Ok(ev) => ev,
             Err(e) => {
@@ -576,4 +566,21 @@ fn read(
         Some(Err(e)) => Err(e.to_string()),
         Some(Ok(_)) => Ok(None),
     }
+}
+
+/// Opens a batch of deliveries in one home transaction and returns the events to emit with their
+/// inbox sequence numbers (duplicates yield nothing). Shared by both transports.
+pub(crate) fn open_batch(
+    shared: &Shared,
+    batch: &[Incoming],
+) -> Result<Vec<(Option<Event>, i64)>, ClientError> {
+    let mut home = shared.home();
+    let out = home.process_incoming(batch, now_ms())?;
+    Ok(out
+        .into_iter()
+        .filter_map(|p| match p {
+            Processed::New(e) => Some((entry_event(&home, &e), e.seq)),
+            Processed::Duplicate => None,
+        })
+        .collect())
 }

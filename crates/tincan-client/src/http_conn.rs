@@ -12,10 +12,10 @@ use tincan_proto::ids::MessageId;
 use tincan_proto::labels;
 use tokio::sync::mpsc;
 
-use crate::client::{Cmd, ConnState, Event, Shared, entry_event};
-use crate::conn::emit_unconsumed;
+use crate::client::{Cmd, ConnState, Event, Shared};
+use crate::conn::{emit_unconsumed, open_batch};
 use crate::error::ClientError;
-use crate::home::{Incoming, Processed, now_ms};
+use crate::home::{Incoming, now_ms};
 
 type Events = mpsc::Sender<(Event, Option<i64>)>;
 
@@ -456,18 +456,7 @@ async fn open_rows(
     if seqs.is_empty() {
         return Ok(last);
     }
-    let opened = {
-        let mut home = shared.home();
-        home.process_incoming(&batch, now_ms()).map(|out| {
-            out.into_iter()
-                .filter_map(|p| match p {
-                    Processed::New(e) => Some((entry_event(&home, &e), e.seq)),
-                    Processed::Duplicate => None,
-                })
-                .collect::<Vec<_>>()
-        })
-    };
-    let opened = opened.map_err(|e| format!("local store error: {e}"))?;
+    let opened = open_batch(shared, &batch).map_err(|e| format!("local store error: {e}"))?;
     http.call(
         reqwest::Method::POST,
         "/v1/ack",

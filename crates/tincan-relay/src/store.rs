@@ -478,19 +478,8 @@ impl Worker {
             let e = StoreError::from(e);
             Metrics::inc(&self.metrics.store_errors);
             tracing::error!(error = %e, "cannot begin a store transaction; batch refused");
-            let (code, why) = classify(&e);
             for cmd in batch {
-                if let Cmd::Send {
-                    sender,
-                    to,
-                    id,
-                    now_ms,
-                    ..
-                } = &cmd
-                {
-                    self.hold(*sender, *to, *id, code, &why, *now_ms);
-                }
-                fail(cmd, code, &why);
+                self.refuse(cmd, &e);
             }
             return;
         }
@@ -518,18 +507,7 @@ impl Worker {
         let committed = self.conn.execute_batch("COMMIT").map_err(StoreError::from);
         for (cmd, e) in failed {
             Metrics::inc(&self.metrics.store_errors);
-            let (code, why) = classify(&e);
-            if let Cmd::Send {
-                sender,
-                to,
-                id,
-                now_ms,
-                ..
-            } = &cmd
-            {
-                self.hold(*sender, *to, *id, code, &why, *now_ms);
-            }
-            fail(cmd, code, &why);
+            self.refuse(cmd, &e);
         }
         // Reads in the batch saw committed data only; they are valid either way.
         for (reply, rows) in fx.fetches {
@@ -902,6 +880,22 @@ impl Worker {
         let seq = self.conn.last_insert_rowid() as u64;
         *self.counts.entry(to).or_insert(0) += 1;
         Ok(Inserted::New(seq))
+    }
+
+    /// Answers a command the store could not apply, holding its path if it was a send.
+    fn refuse(&mut self, cmd: Cmd, e: &StoreError) {
+        let (code, why) = classify(e);
+        if let Cmd::Send {
+            sender,
+            to,
+            id,
+            now_ms,
+            ..
+        } = &cmd
+        {
+            self.hold(*sender, *to, *id, code, &why, *now_ms);
+        }
+        fail(cmd, code, &why);
     }
 
     fn recount_queued(&mut self) {
