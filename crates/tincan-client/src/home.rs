@@ -9,6 +9,7 @@
 
 mod agent;
 mod audit;
+mod checkpoint;
 mod invites;
 mod messages;
 mod migrate;
@@ -42,6 +43,7 @@ pub struct Home {
     /// The identity as loaded at open; used read-only (id, signing). Anything that changes the
     /// account (invites, inbound sessions) reloads it inside its transaction.
     identity: Option<Identity>,
+    _checkpoints: checkpoint::Checkpointer,
 }
 
 impl std::fmt::Debug for Home {
@@ -63,13 +65,17 @@ impl Home {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Checkpoints run on their own thread (see `checkpoint`), not inside message commits.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.execute_batch(schema::SCHEMA)?;
         migrate::migrate(&mut conn)?;
+        let checkpoints = checkpoint::Checkpointer::start(&dir.join(DB_FILE))?;
         let mut home = Self {
             dir: dir.to_path_buf(),
             conn,
             key,
             identity: None,
+            _checkpoints: checkpoints,
         };
         home.identity = home.load_identity()?;
         Ok(home)
