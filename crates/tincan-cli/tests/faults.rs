@@ -53,7 +53,9 @@ fn full_relay_store_refuses_clearly_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let c = cli();
     let db = dir.path().join("relay.db");
-    let (mut relay, url) = relay_with(dir.path(), &db, &["--max-db-bytes", "300000"]);
+    let (relay, url) = relay_with(dir.path(), &db, &["--max-db-bytes", "300000"]);
+    // Killed even if an assertion below fails, so no relay outlives the test.
+    let _relay = KillOnDrop(relay);
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let a_id = c.setup(&a);
     c.setup(&b);
@@ -101,7 +103,6 @@ fn full_relay_store_refuses_clearly_and_loses_nothing() {
     got.extend(messages(&c.run(&a, &["listen", "--timeout", "3"]).events()));
     assert_eq!(got.len(), sent.len(), "every message arrives once");
     assert!(got == sent, "in order, nothing lost");
-    let _ = relay.kill();
 }
 
 #[test]
@@ -235,4 +236,13 @@ fn no_secret_reaches_any_log_line() {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
