@@ -64,8 +64,7 @@ pub(crate) async fn run(
         match connect(&shared, opts.receive).await {
             Ok(ws) => {
                 backoff = Duration::from_millis(50);
-                shared.state.send_replace(ConnState::Connected);
-                let _ = events.try_send((Event::Connected, None));
+                report_connected(&shared, &events);
                 let end = Session::new(&shared, &events, opts.receive)
                     .run(ws, &mut cmd_rx, &mut pending)
                     .await;
@@ -80,10 +79,7 @@ pub(crate) async fn run(
                     }
                     End::Lost(reason) => {
                         tracing::info!(reason = %reason, "disconnected from relay");
-                        shared
-                            .state
-                            .send_replace(ConnState::Connecting(Some(reason.clone())));
-                        let _ = events.try_send((Event::Disconnected { reason }, None));
+                        report_lost(&shared, &events, reason);
                     }
                 }
             }
@@ -583,4 +579,18 @@ pub(crate) fn open_batch(
             Processed::Duplicate => None,
         })
         .collect())
+}
+
+/// Records that the connection is up and tells the application. Shared by both transports.
+pub(crate) fn report_connected(shared: &Shared, events: &Events) {
+    shared.state.send_replace(ConnState::Connected);
+    let _ = events.try_send((Event::Connected, None));
+}
+
+/// Records that the connection dropped (the task reconnects) and tells the application.
+pub(crate) fn report_lost(shared: &Shared, events: &Events, reason: String) {
+    shared
+        .state
+        .send_replace(ConnState::Connecting(Some(reason.clone())));
+    let _ = events.try_send((Event::Disconnected { reason }, None));
 }

@@ -13,7 +13,7 @@ use tincan_proto::labels;
 use tokio::sync::mpsc;
 
 use crate::client::{Cmd, ConnState, Event, Shared};
-use crate::conn::{emit_unconsumed, open_batch};
+use crate::conn::{emit_unconsumed, open_batch, report_connected, report_lost};
 use crate::error::ClientError;
 use crate::home::{Incoming, now_ms};
 
@@ -167,8 +167,7 @@ pub(crate) async fn run(
         match http.authenticate(&shared).await {
             Ok(()) => {
                 backoff = Duration::from_millis(50);
-                shared.state.send_replace(ConnState::Connected);
-                let _ = events.try_send((Event::Connected, None));
+                report_connected(&shared, &events);
                 let reason = session(
                     &shared,
                     &events,
@@ -181,10 +180,7 @@ pub(crate) async fn run(
                 match reason {
                     None => return,
                     Some(reason) => {
-                        shared
-                            .state
-                            .send_replace(ConnState::Connecting(Some(reason.clone())));
-                        let _ = events.try_send((Event::Disconnected { reason }, None));
+                        report_lost(&shared, &events, reason);
                     }
                 }
             }

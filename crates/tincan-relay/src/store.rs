@@ -329,18 +329,26 @@ fn pair_key(x: PeerId, y: PeerId) -> (PeerId, PeerId) {
     if x <= y { (x, y) } else { (y, x) }
 }
 
+/// When retrying a request refused with `code` may succeed, in ms; 0 if retrying will not help.
+/// The one place that decides it for every refusal the store sends.
+fn retry_after(code: ErrorCode) -> u32 {
+    match code {
+        // A full queue drains as the recipient reads.
+        ErrorCode::QueueFull => 2000,
+        ErrorCode::StorageFull => 5000,
+        ErrorCode::Internal | ErrorCode::ShuttingDown => 1000,
+        // Pairing, size and invite state never change by retrying.
+        _ => 0,
+    }
+}
+
 /// Tells a command's requester that it failed, without touching the database.
 fn fail(cmd: Cmd, code: ErrorCode, message: &str) {
     let respond = |r: Responder, req: u32| {
-        let retry_after_ms = match code {
-            ErrorCode::Internal | ErrorCode::ShuttingDown => 1000,
-            ErrorCode::StorageFull => 5000,
-            _ => 0,
-        };
         let _ = r.send(RelayFrame::Error {
             req,
             code,
-            retry_after_ms,
+            retry_after_ms: retry_after(code),
             message: message.to_string(),
         });
     };
@@ -535,15 +543,10 @@ impl Worker {
                     | RelayFrame::Error { req, .. } => req,
                     _ => 0,
                 };
-                let retry_after_ms = if code == ErrorCode::StorageFull {
-                    5000
-                } else {
-                    1000
-                };
                 let _ = r.send(RelayFrame::Error {
                     req,
                     code,
-                    retry_after_ms,
+                    retry_after_ms: retry_after(code),
                     message: why.clone(),
                 });
             }
@@ -598,14 +601,7 @@ impl Worker {
                     RelayFrame::Error {
                         req,
                         code,
-                        // A full queue drains as the recipient reads; pairing never changes by
-                        // retrying.
-                        retry_after_ms: match code {
-                            ErrorCode::QueueFull => 2000,
-                            ErrorCode::StorageFull => 5000,
-                            ErrorCode::Internal => 1000,
-                            _ => 0,
-                        },
+                        retry_after_ms: retry_after(code),
                         message,
                     },
                 )),
