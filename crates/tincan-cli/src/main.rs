@@ -55,6 +55,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Dependencies whose `trace` output carries payloads or credentials.
+const QUIET_LIBRARIES: &[&str] = &[
+    "tungstenite",
+    "tokio_tungstenite",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "reqwest",
+    "axum",
+    "tower_http",
+    "rustls",
+    "tokio_rustls",
+    "rmcp",
+];
+
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     let default = if matches!(cli.command, Command::Relay(_)) {
@@ -62,7 +77,15 @@ fn init_logging(cli: &Cli) {
     } else {
         "warn"
     };
-    let filter = EnvFilter::try_from_env("TINCAN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let mut filter =
+        EnvFilter::try_from_env("TINCAN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // At `trace` these libraries log whole frames and headers (ciphertext, bearer tokens); cap
+    // them whatever TINCAN_LOG asks for, so no log level can leak them.
+    for lib in QUIET_LIBRARIES {
+        if let Ok(d) = format!("{lib}=debug").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

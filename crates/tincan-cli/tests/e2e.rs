@@ -328,7 +328,7 @@ fn tampered_ciphertext_in_the_relay_store_is_rejected_not_shown() {
         let db = rusqlite::Connection::open(&w.relay.db).unwrap();
         let (seq, mut body): (i64, Vec<u8>) = db
             .query_row(
-                "SELECT seq, body FROM messages WHERE acked = 0 ORDER BY seq LIMIT 1",
+                "SELECT seq, body FROM queue ORDER BY seq LIMIT 1",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -336,7 +336,7 @@ fn tampered_ciphertext_in_the_relay_store_is_rejected_not_shown() {
         let mid = body.len() / 2;
         body[mid] ^= 0x01;
         db.execute(
-            "UPDATE messages SET body = ?1 WHERE seq = ?2",
+            "UPDATE queue SET body = ?1 WHERE seq = ?2",
             rusqlite::params![body, seq],
         )
         .unwrap();

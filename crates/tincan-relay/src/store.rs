@@ -3,8 +3,19 @@
 //! Every mutation goes through one thread that batches whatever commands are waiting into a
 //! single transaction (group commit). A sender is told its message is stored only after the
 //! transaction holding it has committed, and the recipient is notified after that, in sequence
-//! order. Acknowledged messages keep a row without a body until their TTL passes, so a resend of
-//! the same (sender, message id) is recognised and not delivered twice.
+//! order. An acknowledged message is deleted (tables: [`schema`]). A resend of the same (sender,
+//! message id) is recognised while the message is queued (a unique index) and, after its ack, for
+//! a bounded window kept in memory ([`Recent`]); past that the recipient's client recognises it
+//! by id, as docs/PROTOCOL.md asks every client to.
+//!
+//! Sends and acks are one statement each and run without a savepoint: a savepoint per command
+//! made SQLite copy every page a command touched into a sub-journal, which cost more than the
+//! writes themselves. Multi-statement commands (invites, sweeps) run inside their own savepoint.
+
+mod recent;
+mod schema;
+
+pub(crate) use recent::Recent;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -33,6 +44,19 @@ pub enum StoreError {
     /// The store thread could not be started.
     #[error("cannot start store thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// An earlier command's failure rolled back the batch this command was in.
+    #[error("the store transaction was rolled back by an earlier failure")]
+    RolledBack,
+    /// The database was written by a newer relay.
+    #[error(
+        "the relay database has layout {found}, newer than this relay supports ({supported}); upgrade tincan or use another --db"
+    )]
+    NewerLayout {
+        /// Layout found in the file.
+        found: i64,
+        /// Newest layout this build knows.
+        supported: i64,
+    },
 }
 
 /// A stored message on its way to its recipient.
@@ -111,6 +135,17 @@ enum Cmd {
     },
 }
 
+impl Cmd {
+    /// Whether the command writes more than one statement and so needs its own savepoint to be
+    /// undone as a whole. A send undoes its own first insert if the second fails.
+    fn needs_savepoint(&self) -> bool {
+        matches!(
+            self,
+            Cmd::RegisterInvite { .. } | Cmd::ClaimInvite { .. } | Cmd::Sweep { .. }
+        )
+    }
+}
+
 /// A handle to the store thread. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -124,7 +159,7 @@ impl Store {
         router: Arc<Router>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        let conn = Connection::open(&config.db_path)?;
+        let mut conn = Connection::open(&config.db_path)?;
         // A corrupt or foreign file fails here with SQLite's own words ("file is not a database").
         conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -136,7 +171,7 @@ impl Store {
         // commits; a bigger page cache saves re-reading index pages.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "cache_size", -32_768)?;
-        conn.execute_batch(SCHEMA)?;
+        let next_seq = schema::prepare(&mut conn)?;
         if let Some(max) = config.max_db_bytes {
             let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
             let pages = (max / page.max(512) as u64).max(16);
@@ -145,10 +180,7 @@ impl Store {
             })?;
         }
         let pairs = load_pairs(&conn)?;
-        let queued: i64 =
-            conn.query_row("SELECT COUNT(*) FROM messages WHERE acked = 0", [], |r| {
-                r.get(0)
-            })?;
+        let queued: i64 = conn.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))?;
         let checkpoints = Checkpointer::start(&config.db_path)?;
         let (tx, rx) = std_mpsc::channel();
         let worker = Worker {
@@ -163,6 +195,8 @@ impl Store {
             metrics,
             held: HashMap::new(),
             queued: queued.max(0) as u64,
+            next_seq,
+            recent: Recent::default(),
             _checkpoints: checkpoints,
         };
         thread::Builder::new()
@@ -279,33 +313,6 @@ impl Store {
     }
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS messages (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    recipient BLOB NOT NULL,
-    sender BLOB NOT NULL,
-    client_id BLOB NOT NULL,
-    body BLOB,
-    stored_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL,
-    acked INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (sender, client_id)
-);
-CREATE INDEX IF NOT EXISTS messages_queue ON messages (recipient, acked, seq);
-CREATE INDEX IF NOT EXISTS messages_expiry ON messages (expires_at);
-CREATE TABLE IF NOT EXISTS invites (
-    id BLOB PRIMARY KEY,
-    inviter BLOB NOT NULL,
-    expires_at INTEGER NOT NULL,
-    claimed_by BLOB
-);
-CREATE TABLE IF NOT EXISTS pairs (
-    a BLOB NOT NULL,
-    b BLOB NOT NULL,
-    PRIMARY KEY (a, b)
-) WITHOUT ROWID;
-";
-
 fn load_pairs(conn: &Connection) -> Result<HashSet<(PeerId, PeerId)>, StoreError> {
     let mut stmt = conn.prepare("SELECT a, b FROM pairs")?;
     let rows = stmt.query_map([], |r| {
@@ -376,6 +383,8 @@ struct Effects {
     deliveries: Vec<(PeerId, Arc<Stored>)>,
     new_pairs: Vec<(PeerId, PeerId)>,
     fetches: Vec<(oneshot::Sender<Vec<Stored>>, Vec<Stored>)>,
+    /// Messages acked in this batch: (sender, id, seq), remembered once the batch commits.
+    acked: Vec<(PeerId, MessageId, u64)>,
 }
 
 struct Worker {
@@ -395,6 +404,10 @@ struct Worker {
     held: HashMap<(PeerId, PeerId), Held>,
     /// Stored, unacknowledged messages (recounted at every sweep).
     queued: u64,
+    /// The sequence number the next stored message gets.
+    next_seq: u64,
+    /// Recently acknowledged messages, for deduplicating late resends.
+    recent: Recent,
     _checkpoints: Checkpointer,
 }
 
@@ -493,24 +506,45 @@ impl Worker {
         }
         let mut fx = Effects::default();
         let mut failed = Vec::new();
-        for cmd in batch {
-            // Each command is all-or-nothing inside the batch: a failure rolls back only that
+        let seq_before = self.next_seq;
+        let mut batch = batch.into_iter();
+        while let Some(cmd) = batch.next() {
+            // Each command is all-or-nothing inside the batch: a failure undoes only that
             // command's statements, never half of it.
-            if let Err(e) = self.conn.execute_batch("SAVEPOINT cmd") {
+            let savepoint = cmd.needs_savepoint();
+            if savepoint && let Err(e) = self.conn.execute_batch("SAVEPOINT cmd") {
                 tracing::error!(error = %e, "savepoint failed");
                 failed.push((cmd, StoreError::from(e)));
                 continue;
             }
             match self.apply(cmd, &mut fx) {
                 Ok(()) => {
-                    let _ = self.conn.execute_batch("RELEASE cmd");
+                    if savepoint {
+                        let _ = self.conn.execute_batch("RELEASE cmd");
+                    }
                 }
                 Err((cmd, e)) => {
                     tracing::error!(error = %e, "store command failed");
-                    let _ = self.conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd");
+                    if savepoint {
+                        let _ = self.conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd");
+                    }
                     failed.push((cmd, e));
+                    if self.conn.is_autocommit() {
+                        // SQLite rolled the whole transaction back (it may on a full disk or an
+                        // I/O error): nothing of this batch is stored. Refuse the rest too.
+                        for cmd in batch.by_ref() {
+                            failed.push((cmd, StoreError::RolledBack));
+                        }
+                    }
                 }
             }
+        }
+        if self.next_seq != seq_before
+            && let Err(e) = schema::record_seq(&self.conn, self.next_seq - 1)
+        {
+            // The commit below fails too if this did; if it somehow does not, sequence numbers
+            // are still unique while any row carries them.
+            tracing::error!(error = %e, "cannot record the sequence high-water mark");
         }
         let committed = self.conn.execute_batch("COMMIT").map_err(StoreError::from);
         for (cmd, e) in failed {
@@ -555,6 +589,10 @@ impl Worker {
         self.metrics.store_batch.observe(started.elapsed());
         for (a, b) in fx.new_pairs {
             self.pairs.insert(pair_key(a, b));
+        }
+        let now = crate::now_ms();
+        for (sender, id, seq) in fx.acked {
+            self.recent.insert(sender, id, seq, now);
         }
         for (r, frame) in fx.replies {
             let _ = r.send(frame);
@@ -623,17 +661,29 @@ impl Worker {
             Cmd::Ack { recipient, seq } => {
                 let n = self
                     .conn
-                    .prepare_cached("UPDATE messages SET acked = 1, body = NULL WHERE seq = ?1 AND recipient = ?2 AND acked = 0")
-                    .and_then(|mut s| s.execute(params![seq as i64, recipient.as_bytes()]));
+                    .prepare_cached(
+                        "DELETE FROM queue WHERE seq = ?1 AND recipient = ?2 RETURNING sender, client_id",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row(params![seq as i64, recipient.as_bytes()], |r| {
+                            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+                        })
+                        .optional()
+                    });
                 match n {
-                    Ok(1) => {
+                    Ok(Some((sender, id))) => {
+                        if let (Some(sender), Ok(id)) =
+                            (peer(&sender), <[u8; 16]>::try_from(id.as_slice()))
+                        {
+                            fx.acked.push((sender, MessageId::from_bytes(id), seq));
+                        }
                         Metrics::inc(&self.metrics.messages_acked);
                         self.queued = self.queued.saturating_sub(1);
                         if let Some(c) = self.counts.get_mut(&recipient) {
                             *c = c.saturating_sub(1);
                         }
                     }
-                    Ok(_) => {}
+                    Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "ack failed; message will be redelivered"),
                 }
             }
@@ -739,24 +789,13 @@ impl Worker {
                 }
             },
             Cmd::Sweep { now_ms } => {
-                let r = self
-                    .conn
-                    .execute(
-                        "DELETE FROM messages WHERE expires_at <= ?1 AND acked = 0",
-                        params![now_ms as i64],
-                    )
-                    .and_then(|n| {
-                        // Acknowledged rows kept only for deduplication go at the same age.
-                        self.conn.execute(
-                            "DELETE FROM messages WHERE expires_at <= ?1 AND acked = 1",
-                            params![now_ms as i64],
-                        )?;
-                        let m = self.conn.execute(
-                            "DELETE FROM invites WHERE expires_at <= ?1 AND claimed_by IS NULL",
-                            params![(now_ms / 1000) as i64],
-                        )?;
-                        Ok((n, m))
-                    });
+                let r = self.sweep_queue(now_ms).and_then(|n| {
+                    let m = self.conn.execute(
+                        "DELETE FROM invites WHERE expires_at <= ?1 AND claimed_by IS NULL",
+                        params![(now_ms / 1000) as i64],
+                    )?;
+                    Ok((n, m))
+                });
                 match r {
                     Ok((n, m)) => {
                         self.metrics
@@ -849,7 +888,7 @@ impl Worker {
         }
         // The common path is one INSERT; the duplicate lookup runs only when it did not insert
         // (or when the queue is full, because a resend of a stored message must still get `Sent`).
-        let count = self.queue_len(to, now_ms)?;
+        let count = self.queue_len(to)?;
         if count >= self.queue_cap {
             if let Some(seq) = self.existing_seq(sender, id)? {
                 return Ok(Inserted::Duplicate(seq));
@@ -862,18 +901,30 @@ impl Worker {
                 ),
             ));
         }
+        if let Some(seq) = self.recent.get(&sender, &id) {
+            return Ok(Inserted::Duplicate(seq));
+        }
+        let seq = self.next_seq;
         let inserted = self
             .conn
             .prepare_cached(
-                "INSERT INTO messages (recipient, sender, client_id, body, stored_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (sender, client_id) DO NOTHING",
+                "INSERT INTO queue (seq, recipient, sender, client_id, body, stored_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (sender, client_id) DO NOTHING",
             )?
-            .execute(params![to.as_bytes(), sender.as_bytes(), id.as_bytes(), body, now_ms as i64, (now_ms + self.ttl_ms) as i64])?;
+            .execute(params![
+                seq as i64,
+                to.as_bytes(),
+                sender.as_bytes(),
+                id.as_bytes(),
+                body,
+                now_ms as i64,
+                (now_ms + self.ttl_ms) as i64
+            ])?;
         if inserted == 0 {
             let seq = self.existing_seq(sender, id)?.unwrap_or(0);
             return Ok(Inserted::Duplicate(seq));
         }
-        let seq = self.conn.last_insert_rowid() as u64;
+        self.next_seq += 1;
         *self.counts.entry(to).or_insert(0) += 1;
         Ok(Inserted::New(seq))
     }
@@ -894,21 +945,42 @@ impl Worker {
         fail(cmd, code, &why);
     }
 
+    /// Deletes expired messages. Rows are stored in `seq` order with one TTL, so the expired ones
+    /// are the oldest: walk from the lowest seq to the first unexpired row and delete up to it.
+    /// (A row stored a few milliseconds out of order, or under a longer TTL before a restart,
+    /// may wait for a later sweep; expired rows are never delivered either way.)
+    fn sweep_queue(&mut self, now_ms: u64) -> rusqlite::Result<usize> {
+        let first_live: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT seq FROM queue WHERE expires_at > ?1 ORDER BY seq LIMIT 1")?
+            .query_row(params![now_ms as i64], |r| r.get(0))
+            .optional()?;
+        match first_live {
+            Some(seq) => self
+                .conn
+                .prepare_cached("DELETE FROM queue WHERE seq < ?1")?
+                .execute(params![seq]),
+            None => self.conn.prepare_cached("DELETE FROM queue")?.execute([]),
+        }
+    }
+
     fn recount_queued(&mut self) {
         match self
             .conn
-            .query_row("SELECT COUNT(*) FROM messages WHERE acked = 0", [], |r| {
-                r.get::<_, i64>(0)
-            }) {
+            .query_row("SELECT COUNT(*) FROM queue", [], |r| r.get::<_, i64>(0))
+        {
             Ok(n) => self.queued = n.max(0) as u64,
             Err(e) => tracing::warn!(error = %e, "cannot count queued messages"),
         }
     }
 
     fn existing_seq(&mut self, sender: PeerId, id: MessageId) -> Result<Option<u64>, StoreError> {
+        if let Some(seq) = self.recent.get(&sender, &id) {
+            return Ok(Some(seq));
+        }
         Ok(self
             .conn
-            .prepare_cached("SELECT seq FROM messages WHERE sender = ?1 AND client_id = ?2")?
+            .prepare_cached("SELECT seq FROM queue WHERE sender = ?1 AND client_id = ?2")?
             .query_row(params![sender.as_bytes(), id.as_bytes()], |r| {
                 r.get::<_, i64>(0)
             })
@@ -916,14 +988,14 @@ impl Worker {
             .map(|s| s as u64))
     }
 
-    fn queue_len(&mut self, to: PeerId, now_ms: u64) -> Result<u64, StoreError> {
+    fn queue_len(&mut self, to: PeerId) -> Result<u64, StoreError> {
         if let Some(c) = self.counts.get(&to) {
             return Ok(*c);
         }
         let c: i64 = self
             .conn
-            .prepare_cached("SELECT COUNT(*) FROM messages WHERE recipient = ?1 AND acked = 0 AND expires_at > ?2")?
-            .query_row(params![to.as_bytes(), now_ms as i64], |r| r.get(0))?;
+            .prepare_cached("SELECT COUNT(*) FROM queue WHERE recipient = ?1")?
+            .query_row(params![to.as_bytes()], |r| r.get(0))?;
         self.counts.insert(to, c as u64);
         Ok(c as u64)
     }
@@ -936,8 +1008,8 @@ impl Worker {
         now_ms: u64,
     ) -> Result<Vec<Stored>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, sender, client_id, body, stored_at FROM messages
-             WHERE recipient = ?1 AND acked = 0 AND seq > ?2 AND expires_at > ?3 ORDER BY seq LIMIT ?4",
+            "SELECT seq, sender, client_id, body, stored_at FROM queue
+             WHERE recipient = ?1 AND seq > ?2 AND expires_at > ?3 ORDER BY seq LIMIT ?4",
         )?;
         let rows = stmt.query_map(
             params![

@@ -1,0 +1,119 @@
+//! The relay's tables, and the migration from older layouts.
+//!
+//! Layout 2 (this one) keeps only what is still owed to a recipient in `queue`; an ack deletes
+//! the row, so the relay keeps no record of who wrote to whom once a message is delivered.
+//! `UNIQUE (sender, client_id)` deduplicates resends of queued messages (after the ack, the
+//! writer's in-memory window and the recipient's own check by message id take over; see
+//! docs/PROTOCOL.md). There is no expiry index: rows are stored in `seq` order with a fixed TTL,
+//! so the sweep walks the oldest rows. Sequence numbers are assigned by the writer and never
+//! reused: the highest one handed out is kept in `meta`, so they keep increasing even after every
+//! row that carried them is gone (HTTP cursors and redelivery depend on that).
+//!
+//! Layout 1 (the first release) kept every message in `messages`, acked ones without a body, and
+//! is migrated in one transaction on open.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::StoreError;
+
+/// `PRAGMA user_version` of this layout.
+pub(super) const VERSION: i64 = 2;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queue (
+    seq INTEGER PRIMARY KEY,
+    recipient BLOB NOT NULL,
+    sender BLOB NOT NULL,
+    client_id BLOB NOT NULL,
+    body BLOB NOT NULL,
+    stored_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    UNIQUE (sender, client_id)
+);
+CREATE INDEX IF NOT EXISTS queue_recipient ON queue (recipient, seq);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS invites (
+    id BLOB PRIMARY KEY,
+    inviter BLOB NOT NULL,
+    expires_at INTEGER NOT NULL,
+    claimed_by BLOB
+);
+CREATE TABLE IF NOT EXISTS pairs (
+    a BLOB NOT NULL,
+    b BLOB NOT NULL,
+    PRIMARY KEY (a, b)
+) WITHOUT ROWID;
+";
+
+/// Creates or migrates the tables; returns the next sequence number to hand out.
+pub(super) fn prepare(conn: &mut Connection) -> Result<u64, StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > VERSION {
+        return Err(StoreError::NewerLayout {
+            found: version,
+            supported: VERSION,
+        });
+    }
+    tx.execute_batch(SCHEMA)?;
+    let legacy: bool = tx
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if legacy {
+        migrate_from_1(&tx)?;
+    }
+    tx.pragma_update(None, "user_version", VERSION)?;
+    let last = last_seq(&tx)?;
+    tx.commit()?;
+    Ok(last + 1)
+}
+
+/// Layout 1 → 2: unacked messages move to `queue`; records of delivered ones are dropped.
+fn migrate_from_1(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    let carried: Option<i64> = tx.query_row("SELECT MAX(seq) FROM messages", [], |r| r.get(0))?;
+    tx.execute_batch(
+        "INSERT OR IGNORE INTO queue (seq, recipient, sender, client_id, body, stored_at, expires_at)
+             SELECT seq, recipient, sender, client_id, body, stored_at, expires_at
+             FROM messages WHERE acked = 0 AND body IS NOT NULL;
+         DROP TABLE messages;",
+    )?;
+    if let Some(max) = carried {
+        record_seq(tx, max as u64)?;
+    }
+    tracing::info!("relay store migrated from layout 1 to layout {VERSION}");
+    Ok(())
+}
+
+/// The highest sequence number ever handed out (0 if none).
+fn last_seq(tx: &rusqlite::Transaction<'_>) -> Result<u64, StoreError> {
+    let recorded: Option<i64> = tx
+        .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let in_queue: Option<i64> = tx.query_row("SELECT MAX(seq) FROM queue", [], |r| r.get(0))?;
+    Ok([recorded, in_queue]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0)
+        .max(0) as u64)
+}
+
+/// Records that sequence numbers up to `seq` have been handed out.
+pub(super) fn record_seq(conn: &Connection, seq: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('last_seq', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+    )?
+    .execute(params![seq as i64])?;
+    Ok(())
+}

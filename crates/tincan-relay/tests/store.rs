@@ -1,0 +1,248 @@
+//! The relay's store through real connections: deduplication after an ack, sequence numbers
+//! across restarts, and the migration from the first database layout.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use tincan_proto::frame::{ClientFrame, RelayFrame};
+use tincan_proto::identity::Identity;
+use tincan_proto::ids::{InviteId, MessageId};
+use tincan_relay::Config;
+use tincan_testkit::InProcessRelay;
+use tincan_testkit::raw::RawConn;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+async fn pair(url: &str, a: &Identity, b: &Identity, invite: [u8; 16]) {
+    let mut ca = RawConn::authed(url, a, false).await;
+    let id = InviteId::from_bytes(invite);
+    ca.send(&ClientFrame::RegisterInvite {
+        req: 1,
+        id,
+        expires_at: now_secs() + 600,
+    })
+    .await;
+    assert!(matches!(
+        ca.recv().await,
+        Some(RelayFrame::InviteRegistered { req: 1 })
+    ));
+    let mut cb = RawConn::authed(url, b, false).await;
+    cb.send(&ClientFrame::ClaimInvite { req: 2, id }).await;
+    assert!(matches!(
+        cb.recv().await,
+        Some(RelayFrame::InviteClaimed { req: 2, .. })
+    ));
+}
+
+async fn send(c: &mut RawConn, req: u32, id: [u8; 16], to: &Identity, body: Vec<u8>) -> u64 {
+    c.send(&ClientFrame::Send {
+        req,
+        id: MessageId::from_bytes(id),
+        to: to.peer_id(),
+        body,
+    })
+    .await;
+    match c.recv().await {
+        Some(RelayFrame::Sent { req: r, seq }) if r == req => seq,
+        other => panic!("expected Sent for {req}, got {other:?}"),
+    }
+}
+
+/// Receives one delivery and acks it; returns (seq, body).
+async fn take(rb: &mut RawConn) -> (u64, Vec<u8>) {
+    match rb.recv().await {
+        Some(RelayFrame::Deliver { seq, body, .. }) => {
+            rb.send(&ClientFrame::Ack { seq }).await;
+            (seq, body)
+        }
+        other => panic!("expected a delivery, got {other:?}"),
+    }
+}
+
+/// Nothing arrives within `ms`.
+async fn quiet(rb: &mut RawConn, ms: u64) {
+    let r = tokio::time::timeout(Duration::from_millis(ms), rb.recv()).await;
+    assert!(
+        !matches!(r, Ok(Some(RelayFrame::Deliver { .. }))),
+        "unexpected delivery: {r:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_resend_after_the_ack_is_recognised_and_not_delivered_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = InProcessRelay::start(Config::new(dir.path().join("relay.db"))).await;
+    let (a, b) = (Identity::generate(), Identity::generate());
+    pair(&r.url, &a, &b, [7; 16]).await;
+    let mut c = RawConn::authed(&r.url, &a, false).await;
+    let mut rb = RawConn::authed(&r.url, &b, true).await;
+    let first = send(&mut c, 1, [1; 16], &b, b"one".to_vec()).await;
+    assert_eq!(take(&mut rb).await, (first, b"one".to_vec()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The sender never saw `Sent` (say its connection dropped) and resends: the relay answers with
+    // the original seq, stores nothing and delivers nothing.
+    let again = send(&mut c, 2, [1; 16], &b, b"one".to_vec()).await;
+    assert_eq!(again, first);
+    quiet(&mut rb, 300).await;
+    let second = send(&mut c, 3, [2; 16], &b, b"two".to_vec()).await;
+    assert!(second > first);
+    assert_eq!(take(&mut rb).await, (second, b"two".to_vec()));
+}
+
+#[tokio::test]
+async fn sequence_numbers_keep_increasing_after_every_message_is_acked_and_the_relay_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.db");
+    let (a, b) = (Identity::generate(), Identity::generate());
+    let r = InProcessRelay::start(Config::new(db.clone())).await;
+    pair(&r.url, &a, &b, [8; 16]).await;
+    let mut last = 0;
+    {
+        let mut c = RawConn::authed(&r.url, &a, false).await;
+        let mut rb = RawConn::authed(&r.url, &b, true).await;
+        for i in 0..3u8 {
+            last = send(&mut c, u32::from(i) + 1, [i; 16], &b, vec![i]).await;
+            take(&mut rb).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    r.stop().await;
+    let queued: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(queued, 0, "acked messages are deleted");
+    let r = InProcessRelay::start(Config::new(db)).await;
+    let mut c = RawConn::authed(&r.url, &a, false).await;
+    let next = send(&mut c, 9, [9; 16], &b, vec![9]).await;
+    assert!(next > last, "seq {next} reused after {last}");
+}
+
+#[tokio::test]
+async fn a_first_layout_database_is_migrated_keeping_the_queue_and_its_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.db");
+    let (a, b) = (Identity::generate(), Identity::generate());
+    let (pa, pb) = if a.peer_id() <= b.peer_id() {
+        (a.peer_id(), b.peer_id())
+    } else {
+        (b.peer_id(), a.peer_id())
+    };
+    let far = (now_secs() as i64 + 3600) * 1000;
+    {
+        // The layout the first release wrote: every message in `messages`, acked ones bodiless.
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE messages (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, recipient BLOB NOT NULL, sender BLOB NOT NULL,
+                client_id BLOB NOT NULL, body BLOB, stored_at INTEGER NOT NULL,
+                expires_at INTEGER NOT NULL, acked INTEGER NOT NULL DEFAULT 0,
+                UNIQUE (sender, client_id));
+             CREATE INDEX messages_queue ON messages (recipient, acked, seq);
+             CREATE INDEX messages_expiry ON messages (expires_at);
+             CREATE TABLE invites (id BLOB PRIMARY KEY, inviter BLOB NOT NULL,
+                expires_at INTEGER NOT NULL, claimed_by BLOB);
+             CREATE TABLE pairs (a BLOB NOT NULL, b BLOB NOT NULL, PRIMARY KEY (a, b)) WITHOUT ROWID;",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO pairs (a, b) VALUES (?1, ?2)",
+            rusqlite::params![pa.as_bytes(), pb.as_bytes()],
+        )
+        .unwrap();
+        for (seq, id, body, acked) in [
+            (10i64, [1u8; 16], None, 1),
+            (11, [2; 16], Some(b"second".to_vec()), 0),
+            (12, [3; 16], Some(b"third".to_vec()), 0),
+        ] {
+            conn.execute(
+                "INSERT INTO messages (seq, recipient, sender, client_id, body, stored_at, expires_at, acked)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7)",
+                rusqlite::params![seq, b.peer_id().as_bytes(), a.peer_id().as_bytes(), id, body, far, acked],
+            )
+            .unwrap();
+        }
+    }
+    let r = InProcessRelay::start(Config::new(db.clone())).await;
+    let mut rb = RawConn::authed(&r.url, &b, true).await;
+    assert_eq!(take(&mut rb).await, (11, b"second".to_vec()));
+    assert_eq!(take(&mut rb).await, (12, b"third".to_vec()));
+    quiet(&mut rb, 200).await;
+    let mut c = RawConn::authed(&r.url, &a, false).await;
+    // A resend of a queued message is still recognised.
+    assert_eq!(send(&mut c, 1, [2; 16], &b, b"second".to_vec()).await, 11);
+    let next = send(&mut c, 2, [4; 16], &b, b"fourth".to_vec()).await;
+    assert!(next > 12);
+    assert_eq!(take(&mut rb).await, (next, b"fourth".to_vec()));
+    let has_old: Option<i64> = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE name = 'messages'",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
+    assert!(has_old.is_none(), "the old table is gone");
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_relay_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 99;")
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = tincan_relay::run(listener, Config::new(db), async {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("layout 99") && err.contains("upgrade"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn expired_messages_are_never_delivered_and_the_sweep_deletes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.db");
+    let (a, b) = (Identity::generate(), Identity::generate());
+    let mut short = Config::new(db.clone());
+    short.message_ttl = Duration::from_millis(300);
+    let r = InProcessRelay::start(short).await;
+    pair(&r.url, &a, &b, [5; 16]).await;
+    let mut c = RawConn::authed(&r.url, &a, false).await;
+    send(&mut c, 1, [1; 16], &b, b"old one".to_vec()).await;
+    send(&mut c, 2, [2; 16], &b, b"old two".to_vec()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut rb = RawConn::authed(&r.url, &b, true).await;
+    quiet(&mut rb, 200).await;
+    drop((c, rb));
+    r.stop().await;
+    // A restarted relay sweeps at once; a fresh message is kept and delivered.
+    let r = InProcessRelay::start(Config::new(db.clone())).await;
+    let mut c = RawConn::authed(&r.url, &a, false).await;
+    let fresh = send(&mut c, 3, [3; 16], &b, b"fresh".to_vec()).await;
+    let count = || {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM queue", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while count() != 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(count(), 1, "only the fresh message is left in the queue");
+    let mut rb = RawConn::authed(&r.url, &b, true).await;
+    assert_eq!(take(&mut rb).await, (fresh, b"fresh".to_vec()));
+    quiet(&mut rb, 200).await;
+}
