@@ -16,6 +16,7 @@ mod migrate;
 mod peers;
 mod policy;
 mod schema;
+mod session_cache;
 
 use std::fs;
 use std::io::Write;
@@ -43,6 +44,8 @@ pub struct Home {
     /// The identity as loaded at open; used read-only (id, signing). Anything that changes the
     /// account (invites, inbound sessions) reloads it inside its transaction.
     identity: Option<Identity>,
+    /// Unpickled sessions, checked against the stored revision in every transaction.
+    sessions: session_cache::SessionCache,
     _checkpoints: checkpoint::Checkpointer,
 }
 
@@ -75,6 +78,7 @@ impl Home {
             conn,
             key,
             identity: None,
+            sessions: session_cache::SessionCache::default(),
             _checkpoints: checkpoints,
         };
         home.identity = home.load_identity()?;

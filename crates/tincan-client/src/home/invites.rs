@@ -63,7 +63,7 @@ impl Home {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        peers::upsert_peer(
+        let rev = peers::upsert_peer(
             &tx,
             &key,
             &invite.inviter.ed25519,
@@ -74,13 +74,14 @@ impl Home {
         )?;
         super::messages::push_outbox(
             &tx,
-            &invite.inviter.ed25519,
+            &invite.inviter.ed25519.to_string(),
             &MessageId::from_bytes(msg_id),
             &invite.relay_url,
             &join,
             now_ms,
         )?;
         tx.commit()?;
+        self.sessions.put(rev, session);
         Ok(MessageId::from_bytes(msg_id))
     }
 

@@ -8,6 +8,7 @@ use tincan_proto::envelope::{Body, MAX_TEXT};
 use tincan_proto::ids::{MessageId, PeerId};
 use tincan_proto::session::{self, PeerSession, SessionError};
 
+use super::session_cache::{self, Taken};
 use super::{Home, invites, peers, random16};
 use crate::error::ClientError;
 
@@ -116,7 +117,7 @@ pub enum Processed {
 
 pub(super) fn push_outbox(
     tx: &Transaction<'_>,
-    peer: &PeerId,
+    peer: &str,
     id: &MessageId,
     relay_url: &str,
     body: &[u8],
@@ -125,7 +126,7 @@ pub(super) fn push_outbox(
     tx.prepare_cached(
         "INSERT INTO outbox (peer, msg_id, relay_url, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![peer.to_string(), id.to_string(), relay_url, body, now_ms as i64])?;
+    .execute(params![peer, id.to_string(), relay_url, body, now_ms as i64])?;
     Ok(())
 }
 
@@ -173,26 +174,25 @@ impl Home {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let relay_url: String = tx
-            .query_row(
-                "SELECT relay_url FROM peers WHERE id = ?1",
-                params![peer.to_string()],
-                |r| r.get(0),
-            )
-            .optional()?
+        let Taken {
+            mut session,
+            relay_url,
+        } = self
+            .sessions
+            .take(&tx, &self.key, peer)?
             .ok_or_else(|| ClientError::UnknownPeer(peer.to_string()))?;
-        let mut session = peers::load_session(&tx, &self.key, peer)?
-            .ok_or_else(|| ClientError::UnknownPeer(peer.to_string()))?;
+        let peer_text = peer.to_string();
         let mut ids = Vec::with_capacity(texts.len());
         for t in texts {
             let id = random16();
             let sealed = session.seal(me, Body::Text((*t).to_string()), id, now_ms)?;
             let id = MessageId::from_bytes(id);
-            push_outbox(&tx, peer, &id, &relay_url, &sealed, now_ms)?;
+            push_outbox(&tx, &peer_text, &id, &relay_url, &sealed, now_ms)?;
             ids.push(id);
         }
-        peers::save_session(&tx, &self.key, &session)?;
+        let rev = session_cache::save(&tx, &self.key, &session)?;
         tx.commit()?;
+        self.sessions.put(rev, session);
         Ok(ids)
     }
 
@@ -344,6 +344,8 @@ impl Home {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut sessions: HashMap<PeerId, PeerSession> = HashMap::new();
         let mut dirty: Vec<PeerId> = Vec::new();
+        // Sessions opened by a join in this batch, with the revision they were stored under.
+        let mut joined: Vec<(PeerId, i64)> = Vec::new();
         let mut out = Vec::with_capacity(batch.len());
         for d in batch {
             let seen: Option<i64> = tx
@@ -355,9 +357,9 @@ impl Home {
                 continue;
             }
             if !sessions.contains_key(&d.from)
-                && let Some(s) = peers::load_session(&tx, &key, &d.from)?
+                && let Some(t) = self.sessions.take(&tx, &key, &d.from)?
             {
-                sessions.insert(d.from, s);
+                sessions.insert(d.from, t.session);
             }
             // A known peer's message opens with its session.
             let mut failure: Option<String> = None;
@@ -411,7 +413,7 @@ impl Home {
                             "UPDATE meta SET value = ?1 WHERE key = 'identity'",
                             params![identity.pickle(&key)],
                         )?;
-                        peers::upsert_peer(
+                        let rev = peers::upsert_peer(
                             &tx,
                             &key,
                             &d.from,
@@ -432,6 +434,7 @@ impl Home {
                         )?;
                         sessions.insert(d.from, s);
                         dirty.retain(|p| *p != d.from);
+                        joined.push((d.from, rev));
                         out.push(Processed::New(entry));
                         continue;
                     }
@@ -454,14 +457,23 @@ impl Home {
             )?;
             out.push(Processed::New(entry));
         }
+        let mut saved = Vec::with_capacity(dirty.len() + joined.len());
         for p in dirty {
             if let Some(s) = sessions.get(&p) {
-                peers::save_session(&tx, &key, s)?;
+                saved.push((p, session_cache::save(&tx, &key, s)?));
             }
             tx.prepare_cached("UPDATE peers SET last_seen = ?1 WHERE id = ?2")?
                 .execute(params![(now_ms / 1000) as i64, p.to_string()])?;
         }
+        // A session saved again after its join in this batch keeps the later revision.
+        saved.extend(joined);
         tx.commit()?;
+        // Only sessions whose new state was just stored go back; the others are read again.
+        for (p, rev) in saved {
+            if let Some(s) = sessions.remove(&p) {
+                self.sessions.put(rev, s);
+            }
+        }
         let _ = me_id;
         Ok(out)
     }

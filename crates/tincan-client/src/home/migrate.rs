@@ -17,6 +17,18 @@ const STEPS: &[&str] = &[
      ALTER TABLE inbox ADD COLUMN returned_at INTEGER;
      UPDATE inbox SET returned_at = received_at WHERE consumed = 1;
      CREATE INDEX IF NOT EXISTS inbox_agent ON inbox (returned_at, seq);",
+    // 2: a revision for each stored session, so a process can keep the session unpickled in
+    // memory and reload it only when another writer changed it (see `session_cache`). The
+    // triggers give a fresh revision to any write that did not set one itself (an older tincan
+    // sharing this home), so a stale cached session is always noticed.
+    "ALTER TABLE peers ADD COLUMN session_rev INTEGER NOT NULL DEFAULT 0;
+     UPDATE peers SET session_rev = random();
+     CREATE TRIGGER IF NOT EXISTS peers_session_rev_insert AFTER INSERT ON peers
+       WHEN NEW.session_rev = 0
+       BEGIN UPDATE peers SET session_rev = random() WHERE id = NEW.id; END;
+     CREATE TRIGGER IF NOT EXISTS peers_session_rev_update AFTER UPDATE OF session ON peers
+       WHEN NEW.session_rev IS OLD.session_rev
+       BEGIN UPDATE peers SET session_rev = random() WHERE id = NEW.id; END;",
 ];
 
 /// Brings the database up to the newest version.

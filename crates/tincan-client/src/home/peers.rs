@@ -136,38 +136,6 @@ impl Home {
     }
 }
 
-/// Loads a peer's session inside a transaction.
-pub(super) fn load_session(
-    tx: &Transaction<'_>,
-    home_key: &tincan_proto::identity::PickleKey,
-    id: &PeerId,
-) -> Result<Option<PeerSession>, ClientError> {
-    let pickled: Option<String> = tx
-        .query_row(
-            "SELECT session FROM peers WHERE id = ?1",
-            params![id.to_string()],
-            |r| r.get(0),
-        )
-        .optional()?;
-    match pickled {
-        None => Ok(None),
-        Some(p) => Ok(Some(PeerSession::from_pickle(*id, &p, home_key)?)),
-    }
-}
-
-/// Stores a peer's session inside a transaction.
-pub(super) fn save_session(
-    tx: &Transaction<'_>,
-    home_key: &tincan_proto::identity::PickleKey,
-    s: &PeerSession,
-) -> Result<(), ClientError> {
-    tx.execute(
-        "UPDATE peers SET session = ?1 WHERE id = ?2",
-        params![s.pickle(home_key), s.peer().to_string()],
-    )?;
-    Ok(())
-}
-
 /// Inserts or replaces a peer with a new session (re-pairing replaces the old session).
 pub(super) fn upsert_peer(
     tx: &Transaction<'_>,
@@ -177,12 +145,13 @@ pub(super) fn upsert_peer(
     relay_url: &str,
     session: &PeerSession,
     now: u64,
-) -> Result<(), ClientError> {
+) -> Result<i64, ClientError> {
+    let rev = super::session_cache::new_rev();
     tx.execute(
-        "INSERT INTO peers (id, curve25519, relay_url, session, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO peers (id, curve25519, relay_url, session, session_rev, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (id) DO UPDATE SET curve25519 = excluded.curve25519, relay_url = excluded.relay_url,
-         session = excluded.session",
-        params![id.to_string(), curve25519.as_slice(), relay_url, session.pickle(home_key), now as i64],
+         session = excluded.session, session_rev = excluded.session_rev",
+        params![id.to_string(), curve25519.as_slice(), relay_url, session.pickle(home_key), rev, now as i64],
     )?;
-    Ok(())
+    Ok(rev)
 }
