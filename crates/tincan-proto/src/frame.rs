@@ -364,6 +364,25 @@ impl ClientFrame {
 }
 
 impl RelayFrame {
+    /// Encodes a [`RelayFrame::Deliver`] from borrowed parts, so a relay can deliver a stored
+    /// body without copying it into a frame first.
+    pub fn encode_deliver(
+        seq: u64,
+        from: &PeerId,
+        id: &MessageId,
+        stored_at: u64,
+        body: &[u8],
+    ) -> Vec<u8> {
+        let mut w = Writer::with_capacity(73 + body.len());
+        w.u8(0x84)
+            .u64(seq)
+            .raw(from.as_bytes())
+            .raw(id.as_bytes())
+            .u64(stored_at)
+            .bytes32(body);
+        w.into_bytes()
+    }
+
     /// Encodes the frame.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(64);
@@ -383,15 +402,7 @@ impl RelayFrame {
                 id,
                 stored_at,
                 body,
-            } => {
-                w = Writer::with_capacity(73 + body.len());
-                w.u8(0x84)
-                    .u64(*seq)
-                    .raw(from.as_bytes())
-                    .raw(id.as_bytes())
-                    .u64(*stored_at)
-                    .bytes32(body);
-            }
+            } => return Self::encode_deliver(*seq, from, id, *stored_at, body),
             Self::InviteRegistered { req } => {
                 w.u8(0x85).u32(*req);
             }

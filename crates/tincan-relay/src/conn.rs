@@ -167,7 +167,7 @@ impl Conn {
                     }
                     if msg.seq > last_seq {
                         last_seq = msg.seq;
-                        alive = self.feed(msg.frame()).await;
+                        alive = self.feed_delivery(&msg).await;
                     }
                 }
                 incoming = stream.next(), if in_flight < MAX_IN_FLIGHT => {
@@ -222,7 +222,7 @@ impl Conn {
             let n = rows.len();
             for row in rows {
                 *last_seq = (*last_seq).max(row.seq);
-                if !self.feed(row.frame()).await {
+                if !self.feed_delivery(&row).await {
                     return false;
                 }
             }
@@ -398,6 +398,17 @@ impl Conn {
         }
         self.sink
             .feed(Message::Binary(frame.encode().into()))
+            .await
+            .is_ok()
+    }
+
+    async fn feed_delivery(&mut self, msg: &Stored) -> bool {
+        self.unflushed += 1;
+        let m = &self.shared.metrics;
+        Metrics::inc(&m.frames_out[metrics::kind("deliver")]);
+        Metrics::inc(&m.messages_delivered);
+        self.sink
+            .feed(Message::Binary(msg.encode().into()))
             .await
             .is_ok()
     }

@@ -74,15 +74,9 @@ pub struct Stored {
 }
 
 impl Stored {
-    /// The frame that delivers it.
-    pub fn frame(&self) -> RelayFrame {
-        RelayFrame::Deliver {
-            seq: self.seq,
-            from: self.from,
-            id: self.id,
-            stored_at: self.stored_at,
-            body: self.body.clone(),
-        }
+    /// The encoded `Deliver` frame, without copying the body into a frame first.
+    pub fn encode(&self) -> Vec<u8> {
+        RelayFrame::encode_deliver(self.seq, &self.from, &self.id, self.stored_at, &self.body)
     }
 }
 

@@ -15,10 +15,12 @@ pub(crate) const CAPACITY: usize = 65_536;
 /// Longest an entry is remembered, in milliseconds.
 pub(crate) const MAX_AGE_MS: u64 = 10 * 60 * 1000;
 
-/// (sender, id) → seq of recently acknowledged messages, oldest evicted first.
+/// (sender, id) → seq of recently acknowledged messages, oldest evicted first. Keys are
+/// authenticated sender ids and their own message ids, so a fast seeded hash (foldhash) is
+/// enough; the map is bounded either way.
 #[derive(Default)]
 pub(crate) struct Recent {
-    map: HashMap<(PeerId, MessageId), u64>,
+    map: HashMap<(PeerId, MessageId), u64, foldhash::fast::RandomState>,
     order: VecDeque<((PeerId, MessageId), u64)>,
 }
 
