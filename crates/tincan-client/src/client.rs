@@ -1,5 +1,6 @@
 //! [`Client`]: one home connected to one relay.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -10,7 +11,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::ClientError;
-use crate::home::{Home, InboxEntry, InboxKind, PeerRecord, now_ms, now_secs};
+use crate::home::{
+    Home, InboxEntry, InboxKind, PeerPolicy, PeerRecord, PeerStanding, now_ms, now_secs,
+};
 
 /// How a client connects.
 #[derive(Clone, Debug)]
@@ -127,8 +130,13 @@ pub(crate) type RequestFrame = Box<dyn FnOnce(u32) -> ClientFrame + Send>;
 pub(crate) type Reply = oneshot::Sender<Result<RelayFrame, ClientError>>;
 
 pub(crate) enum Cmd {
-    Flush,
-    Request { frame: RequestFrame, reply: Reply },
+    /// Send what is in the outbox. Carries the rows just queued, if any, so the connection can
+    /// send them without reading them back (it reads the outbox when they do not follow on).
+    Flush(Option<crate::home::Queued>),
+    Request {
+        frame: RequestFrame,
+        reply: Reply,
+    },
 }
 
 pub(crate) struct Shared {
@@ -295,12 +303,13 @@ impl Client {
         peer: &str,
         texts: &[&str],
     ) -> Result<Vec<MessageId>, ClientError> {
-        let ids = {
+        let queued = {
             let mut home = self.shared.home();
             let p = home.resolve_peer(peer)?;
-            home.queue_texts(&p.id, texts, now_ms())?
+            home.queue(&p.id, texts, now_ms())?
         };
-        let _ = self.cmd.send(Cmd::Flush);
+        let ids = queued.entries.iter().map(|e| e.id).collect();
+        let _ = self.cmd.send(Cmd::Flush(Some(queued)));
         Ok(ids)
     }
 
@@ -428,7 +437,7 @@ impl Client {
         self.request(move |req| ClientFrame::ClaimInvite { req, id })
             .await?;
         let join = self.shared.home().accept_invite(invite, now_ms())?;
-        let _ = self.cmd.send(Cmd::Flush);
+        let _ = self.cmd.send(Cmd::Flush(None));
         self.wait_sent(&join, timeout).await?;
         let home = self.shared.home();
         home.peer(&invite.inviter.ed25519)?
@@ -469,10 +478,52 @@ impl Client {
     }
 }
 
-/// Turns an inbox entry into an event and marks it consumed.
-pub(crate) fn entry_event(home: &Home, e: &InboxEntry) -> Option<Event> {
+/// Turns inbox entries into events (`None` for one the peer policy withholds), each with its
+/// inbox sequence number. Each sender's alias and policy, and the allowlist setting, are read once
+/// per call, not once per entry.
+pub(crate) fn entry_events(
+    home: &Home,
+    entries: impl IntoIterator<Item = InboxEntry>,
+) -> Vec<(Option<Event>, i64)> {
+    let mut standings: HashMap<PeerId, Option<PeerStanding>> = HashMap::new();
+    let mut allowlist_only: Option<bool> = None;
+    entries
+        .into_iter()
+        .map(|e| {
+            let standing = standings.entry(e.from).or_insert_with(|| {
+                home.standing(&e.from).unwrap_or_else(|err| {
+                    tracing::warn!(error = %err, "cannot read a peer's standing");
+                    None
+                })
+            });
+            let policy = standing.as_ref().map(|s| s.policy).unwrap_or_default();
+            let seq = e.seq;
+            (
+                entry_event(home, e, standing.as_ref(), policy, &mut allowlist_only),
+                seq,
+            )
+        })
+        .collect()
+}
+
+/// One entry as [`entry_events`] turns it into an event.
+fn entry_event(
+    home: &Home,
+    e: InboxEntry,
+    standing: Option<&PeerStanding>,
+    policy: PeerPolicy,
+    allowlist_only: &mut Option<bool>,
+) -> Option<Event> {
     // The peer policy (blocked, allowlist-only) decides here whether an entry is shown at all.
-    match home.admit(e) {
+    let allowlist = || match *allowlist_only {
+        Some(on) => Ok(on),
+        None => {
+            let on = home.allowlist_only()?;
+            *allowlist_only = Some(on);
+            Ok(on)
+        }
+    };
+    match home.admit_with(&e, policy, allowlist) {
         Ok(true) => {}
         Ok(false) => return None,
         Err(err) => {
@@ -481,32 +532,21 @@ pub(crate) fn entry_event(home: &Home, e: &InboxEntry) -> Option<Event> {
         }
     }
     let event = match e.kind {
-        InboxKind::Message => {
-            let from_name = home.peer(&e.from).ok().flatten().and_then(|p| p.alias);
-            Event::Message(ReceivedMessage {
-                from: e.from,
-                from_name,
-                id: e.id,
-                text: e.text.clone().unwrap_or_default(),
-                sent_at: e.sent_at,
-                received_at: e.received_at,
-            })
-        }
-        InboxKind::PeerJoined => {
-            let fingerprint = home
-                .peer(&e.from)
-                .ok()
-                .flatten()
-                .map(|p| p.fingerprint())
-                .unwrap_or_default();
-            Event::PeerJoined {
-                peer: e.from,
-                fingerprint,
-            }
-        }
+        InboxKind::Message => Event::Message(ReceivedMessage {
+            from: e.from,
+            from_name: standing.and_then(|s| s.alias.clone()),
+            id: e.id,
+            text: e.text.unwrap_or_default(),
+            sent_at: e.sent_at,
+            received_at: e.received_at,
+        }),
+        InboxKind::PeerJoined => Event::PeerJoined {
+            peer: e.from,
+            fingerprint: standing.map(|s| s.fingerprint(&e.from)).unwrap_or_default(),
+        },
         InboxKind::Rejected => Event::Rejected {
             from: e.from,
-            reason: e.text.clone().unwrap_or_default(),
+            reason: e.text.unwrap_or_default(),
         },
     };
     Some(event)

@@ -10,9 +10,9 @@ use tincan_proto::{PROTOCOL_VERSION, labels};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{Cmd, ConnState, Event, Reply, RequestFrame, Shared, entry_event};
+use crate::client::{Cmd, ConnState, Event, Reply, RequestFrame, Shared, entry_events};
 use crate::error::ClientError;
-use crate::home::{Incoming, Processed, now_ms};
+use crate::home::{Incoming, OutboxEntry, Processed, Queued, now_ms};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -112,7 +112,7 @@ pub(crate) async fn run(
                 _ = &mut sleep => break,
                 cmd = cmd_rx.recv() => match cmd {
                     None => return,
-                    Some(Cmd::Flush) => {}
+                    Some(Cmd::Flush(_)) => {}
                     Some(Cmd::Request { frame, reply }) => pending.requests.push((frame, reply)),
                 },
             }
@@ -125,11 +125,7 @@ pub(crate) async fn emit_unconsumed(shared: &Shared, events: &Events, after: i64
     let entries = {
         let home = shared.home();
         match home.unconsumed(10_000) {
-            Ok(e) => e
-                .into_iter()
-                .filter(|e| e.seq > after)
-                .map(|e| (entry_event(&home, &e), e.seq))
-                .collect::<Vec<_>>(),
+            Ok(e) => entry_events(&home, e.into_iter().filter(|e| e.seq > after)),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read inbox");
                 Vec::new()
@@ -288,7 +284,7 @@ impl<'a> Session<'a> {
                 return End::Lost(e);
             }
         }
-        if let Err(e) = self.flush_outbox(ws).await {
+        if let Err(e) = self.flush_outbox(ws, None).await {
             return End::Lost(e);
         }
         let mut ping = tokio::time::interval(PING_EVERY);
@@ -299,7 +295,7 @@ impl<'a> Session<'a> {
                 cmd = cmd_rx.recv() => {
                     let r = match cmd {
                         None => return End::Stop,
-                        Some(Cmd::Flush) => self.flush_outbox(ws).await,
+                        Some(Cmd::Flush(queued)) => self.flush_outbox(ws, queued).await,
                         Some(Cmd::Request { frame, reply }) => self.send_request(ws, frame, reply).await,
                     };
                     if let Err(e) = r {
@@ -331,7 +327,7 @@ impl<'a> Session<'a> {
                 }
                 _ = sleep_until_opt(self.paused_until) => {
                     self.paused_until = None;
-                    if let Err(e) = self.flush_outbox(ws).await {
+                    if let Err(e) = self.flush_outbox(ws, None).await {
                         return End::Lost(e);
                     }
                 }
@@ -361,9 +357,18 @@ impl<'a> Session<'a> {
             .map_err(|e| e.to_string())
     }
 
-    async fn flush_outbox(&mut self, ws: &mut Ws) -> Result<(), String> {
+    /// Sends the outbox rows after `last_outbox`. `queued` are rows just committed: when they
+    /// follow on from the last row sent, they go out as they are, without reading the outbox.
+    async fn flush_outbox(&mut self, ws: &mut Ws, queued: Option<Queued>) -> Result<(), String> {
         if self.paused_until.is_some() {
             return Ok(());
+        }
+        if let Some(q) = queued
+            && q.relay_url == self.shared.relay_url
+            && q.entries.first().map(|e| e.seq) == Some(self.last_outbox + 1)
+        {
+            self.send_rows(ws, q.entries).await?;
+            return ws.flush().await.map_err(|e| e.to_string());
         }
         loop {
             let rows = match self.shared.home().outbox(
@@ -378,25 +383,30 @@ impl<'a> Session<'a> {
                 }
             };
             let n = rows.len();
-            for row in rows {
-                let req = self.req();
-                self.sends.insert(req, (row.seq, row.id));
-                self.last_outbox = row.seq;
-                let frame = ClientFrame::Send {
-                    req,
-                    id: row.id,
-                    to: row.peer,
-                    body: row.body,
-                };
-                ws.feed(Message::Binary(frame.encode().into()))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
+            self.send_rows(ws, rows).await?;
             ws.flush().await.map_err(|e| e.to_string())?;
             if n < OUTBOX_BATCH {
                 return Ok(());
             }
         }
+    }
+
+    async fn send_rows(&mut self, ws: &mut Ws, rows: Vec<OutboxEntry>) -> Result<(), String> {
+        for row in rows {
+            let req = self.req();
+            self.sends.insert(req, (row.seq, row.id));
+            self.last_outbox = row.seq;
+            let frame = ClientFrame::Send {
+                req,
+                id: row.id,
+                to: row.peer,
+                body: row.body,
+            };
+            ws.feed(Message::Binary(frame.encode().into()))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     async fn handle(&mut self, ws: &mut Ws, frames: Vec<RelayFrame>) -> Result<(), End> {
@@ -572,13 +582,11 @@ pub(crate) fn open_batch(
 ) -> Result<Vec<(Option<Event>, i64)>, ClientError> {
     let mut home = shared.home();
     let out = home.process_incoming(batch, now_ms())?;
-    Ok(out
-        .into_iter()
-        .filter_map(|p| match p {
-            Processed::New(e) => Some((entry_event(&home, &e), e.seq)),
-            Processed::Duplicate => None,
-        })
-        .collect())
+    let new = out.into_iter().filter_map(|p| match p {
+        Processed::New(e) => Some(e),
+        Processed::Duplicate => None,
+    });
+    Ok(entry_events(&home, new))
 }
 
 /// Records that the connection is up and tells the application. Shared by both transports.

@@ -28,9 +28,9 @@ use tincan_proto::identity::{Identity, IdentityKeys, PickleKey};
 
 pub use self::agent::AgentMessage;
 pub use self::audit::{AuditVerdict, text_digest};
-pub use self::messages::{InboxEntry, InboxKind, Incoming, OutboxEntry, Processed};
+pub use self::messages::{InboxEntry, InboxKind, Incoming, OutboxEntry, Processed, Queued};
 pub use self::peers::PeerRecord;
-pub use self::policy::PeerPolicy;
+pub use self::policy::{PeerPolicy, PeerStanding};
 use crate::error::ClientError;
 
 const KEY_FILE: &str = "identity.key";

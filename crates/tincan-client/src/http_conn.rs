@@ -210,7 +210,7 @@ pub(crate) async fn run(
                 _ = &mut sleep => break,
                 cmd = cmd_rx.recv() => match cmd {
                     None => return,
-                    Some(Cmd::Flush) => {}
+                    Some(Cmd::Flush(_)) => {}
                     Some(c) => pending.push(c),
                 },
             }
@@ -295,7 +295,7 @@ async fn handle_cmd(
     cmd: Cmd,
 ) -> Result<(), String> {
     match cmd {
-        Cmd::Flush => flush_outbox(shared, events, http).await,
+        Cmd::Flush(_) => flush_outbox(shared, events, http).await,
         Cmd::Request { frame, reply } => {
             let result = match frame(0) {
                 ClientFrame::RegisterInvite { id, expires_at, .. } => http

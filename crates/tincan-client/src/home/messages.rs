@@ -35,6 +35,15 @@ impl std::fmt::Debug for OutboxEntry {
     }
 }
 
+/// Rows just put in the outbox, all for one relay, in local order.
+#[derive(Clone, Debug)]
+pub struct Queued {
+    /// The relay they go to.
+    pub relay_url: String,
+    /// The rows.
+    pub entries: Vec<OutboxEntry>,
+}
+
 /// A delivery as it came from the relay.
 pub struct Incoming {
     /// Relay sequence number.
@@ -122,27 +131,46 @@ pub(super) fn push_outbox(
     relay_url: &str,
     body: &[u8],
     now_ms: u64,
-) -> Result<(), ClientError> {
+) -> Result<i64, ClientError> {
     tx.prepare_cached(
         "INSERT INTO outbox (peer, msg_id, relay_url, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![peer, id.to_string(), relay_url, body, now_ms as i64])?;
-    Ok(())
+    Ok(tx.last_insert_rowid())
+}
+
+/// A delivery's sender and message id, with their text forms as the tables store them.
+struct Keys<'a> {
+    from: &'a PeerId,
+    id: &'a MessageId,
+    from_text: String,
+    id_text: String,
+}
+
+impl<'a> Keys<'a> {
+    fn new(from: &'a PeerId, id: &'a MessageId) -> Self {
+        Self {
+            from,
+            id,
+            from_text: from.to_string(),
+            id_text: id.to_string(),
+        }
+    }
 }
 
 fn insert_inbox(
     tx: &Transaction<'_>,
     kind: InboxKind,
-    from: &PeerId,
-    id: &MessageId,
+    keys: &Keys<'_>,
     text: Option<&str>,
     sent_at: u64,
     now_ms: u64,
 ) -> Result<InboxEntry, ClientError> {
+    let (from, id) = (keys.from, keys.id);
     tx.prepare_cached(
         "INSERT INTO inbox (peer, msg_id, kind, text, sent_at, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute(params![from.to_string(), id.to_string(), kind.as_str(), text, sent_at as i64, now_ms as i64])?;
+    .execute(params![keys.from_text, keys.id_text, kind.as_str(), text, sent_at as i64, now_ms as i64])?;
     Ok(InboxEntry {
         seq: tx.last_insert_rowid(),
         kind,
@@ -162,6 +190,22 @@ impl Home {
         texts: &[&str],
         now_ms: u64,
     ) -> Result<Vec<MessageId>, ClientError> {
+        Ok(self
+            .queue(peer, texts, now_ms)?
+            .entries
+            .into_iter()
+            .map(|e| e.id)
+            .collect())
+    }
+
+    /// Like [`Home::queue_texts`], returning the queued outbox rows themselves, so a connection
+    /// can send them without reading them back.
+    pub fn queue(
+        &mut self,
+        peer: &PeerId,
+        texts: &[&str],
+        now_ms: u64,
+    ) -> Result<Queued, ClientError> {
         for t in texts {
             if t.len() > MAX_TEXT {
                 return Err(ClientError::TooLong {
@@ -182,18 +226,23 @@ impl Home {
             .take(&tx, &self.key, peer)?
             .ok_or_else(|| ClientError::UnknownPeer(peer.to_string()))?;
         let peer_text = peer.to_string();
-        let mut ids = Vec::with_capacity(texts.len());
+        let mut entries = Vec::with_capacity(texts.len());
         for t in texts {
             let id = random16();
-            let sealed = session.seal(me, Body::Text((*t).to_string()), id, now_ms)?;
+            let body = session.seal(me, Body::Text((*t).to_string()), id, now_ms)?;
             let id = MessageId::from_bytes(id);
-            push_outbox(&tx, &peer_text, &id, &relay_url, &sealed, now_ms)?;
-            ids.push(id);
+            let seq = push_outbox(&tx, &peer_text, &id, &relay_url, &body, now_ms)?;
+            entries.push(OutboxEntry {
+                seq,
+                peer: *peer,
+                id,
+                body,
+            });
         }
         let rev = session_cache::save(&tx, &self.key, &session)?;
         tx.commit()?;
         self.sessions.put(rev, session);
-        Ok(ids)
+        Ok(Queued { relay_url, entries })
     }
 
     /// Outbox entries for `relay_url` after local sequence `after`, oldest first.
@@ -243,15 +292,21 @@ impl Home {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Deferrals are rare: look for them once per batch, not once per message.
+        let deferred: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox_deferred)")?
+            .query_row([], |r| r.get(0))?;
         for (seq, relay_seq) in acked {
             tx.prepare_cached(
                 "INSERT OR IGNORE INTO sent (msg_id, peer, relay_seq, acked_at) SELECT msg_id, peer, ?2, ?3 FROM outbox WHERE seq = ?1",
             )?
             .execute(params![seq, *relay_seq as i64, now_ms as i64])?;
-            tx.prepare_cached(
-                "DELETE FROM outbox_deferred WHERE msg_id IN (SELECT msg_id FROM outbox WHERE seq = ?1)",
-            )?
-            .execute(params![seq])?;
+            if deferred {
+                tx.prepare_cached(
+                    "DELETE FROM outbox_deferred WHERE msg_id IN (SELECT msg_id FROM outbox WHERE seq = ?1)",
+                )?
+                .execute(params![seq])?;
+            }
             tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
                 .execute(params![seq])?;
         }
@@ -348,9 +403,10 @@ impl Home {
         let mut joined: Vec<(PeerId, i64)> = Vec::new();
         let mut out = Vec::with_capacity(batch.len());
         for d in batch {
+            let keys = Keys::new(&d.from, &d.id);
             let seen: Option<i64> = tx
                 .prepare_cached("SELECT 1 FROM inbox WHERE peer = ?1 AND msg_id = ?2")?
-                .query_row(params![d.from.to_string(), d.id.to_string()], |r| r.get(0))
+                .query_row(params![keys.from_text, keys.id_text], |r| r.get(0))
                 .optional()?;
             if seen.is_some() {
                 out.push(Processed::Duplicate);
@@ -376,8 +432,7 @@ impl Home {
                             Body::Text(t) => insert_inbox(
                                 &tx,
                                 InboxKind::Message,
-                                &d.from,
-                                &d.id,
+                                &keys,
                                 Some(&t),
                                 env.sent_at,
                                 now_ms,
@@ -386,8 +441,7 @@ impl Home {
                             Body::Join(_) => insert_inbox(
                                 &tx,
                                 InboxKind::Rejected,
-                                &d.from,
-                                &d.id,
+                                &keys,
                                 Some("duplicate join"),
                                 0,
                                 now_ms,
@@ -426,8 +480,7 @@ impl Home {
                         let entry = insert_inbox(
                             &tx,
                             InboxKind::PeerJoined,
-                            &d.from,
-                            &d.id,
+                            &keys,
                             None,
                             env.sent_at,
                             now_ms,
@@ -446,15 +499,7 @@ impl Home {
                     + " (sender is not a peer and holds no open invite)"
             });
             tracing::warn!(from = %d.from, reason = %reason, "rejected incoming message");
-            let entry = insert_inbox(
-                &tx,
-                InboxKind::Rejected,
-                &d.from,
-                &d.id,
-                Some(&reason),
-                0,
-                now_ms,
-            )?;
+            let entry = insert_inbox(&tx, InboxKind::Rejected, &keys, Some(&reason), 0, now_ms)?;
             out.push(Processed::New(entry));
         }
         let mut saved = Vec::with_capacity(dirty.len() + joined.len());

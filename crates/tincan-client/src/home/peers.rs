@@ -79,13 +79,18 @@ impl Home {
     /// Finds a peer by full id, alias, or unique id prefix.
     pub fn resolve_peer(&self, name: &str) -> Result<PeerRecord, ClientError> {
         let name = name.trim();
-        let peers = self.peers()?;
-        if let Some(p) = peers
-            .iter()
-            .find(|p| p.alias.as_deref() == Some(name) || p.id.to_string() == name)
-        {
-            return Ok(p.clone());
+        // An exact alias or id through the indexes; only a prefix needs every peer.
+        let exact = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM peers WHERE alias = ?1 OR id = ?1 ORDER BY created_at, id LIMIT 1"
+            ))?
+            .query_row(params![name], row_to_peer)
+            .optional()?;
+        if let Some(p) = exact {
+            return Ok(p);
         }
+        let peers = self.peers()?;
         let lower = name.to_ascii_lowercase();
         let matches: Vec<_> = if lower.is_empty() {
             Vec::new()

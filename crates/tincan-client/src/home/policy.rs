@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use serde_json::json;
 use tincan_proto::ids::PeerId;
 
@@ -107,20 +107,58 @@ impl Home {
         kind: InboxKind,
     ) -> Result<Option<&'static str>, ClientError> {
         let policy = self.peer_policy(from)?;
-        Ok(match (policy, kind) {
-            (PeerPolicy::Blocked, _) => Some("peer is blocked"),
-            // A join is shown in allowlist-only mode, so the user learns whom to allow.
-            (PeerPolicy::Default, InboxKind::Message) if self.allowlist_only()? => {
-                Some("allowlist-only mode and the peer is not allowed")
-            }
-            _ => None,
-        })
+        refusal(policy, kind, || self.allowlist_only())
+    }
+
+    /// A peer's alias, Curve25519 key and policy in one read: what turning its inbox entries
+    /// into events needs. `None` for an unknown peer.
+    pub fn standing(&self, id: &PeerId) -> Result<Option<PeerStanding>, ClientError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT alias, curve25519, policy FROM peers WHERE id = ?1")?
+            .query_row(params![id.to_string()], |r| {
+                let curve: Vec<u8> = r.get(1)?;
+                let curve25519 = curve.as_slice().try_into().map_err(|_| {
+                    rusqlite::Error::InvalidColumnType(
+                        1,
+                        "curve25519".into(),
+                        rusqlite::types::Type::Blob,
+                    )
+                })?;
+                Ok(PeerStanding {
+                    alias: r.get(0)?,
+                    curve25519,
+                    policy: PeerPolicy::from_column(r.get::<_, Option<String>>(2)?.as_deref()),
+                })
+            })
+            .optional()?)
     }
 
     /// Applies the policy to an inbox entry about to become an event. Returns whether it may be
     /// shown; a refused entry is marked withheld and consumed, and the audit log records it once.
     pub fn admit(&self, e: &InboxEntry) -> Result<bool, ClientError> {
-        let Some(reason) = self.refusal(&e.from, e.kind)? else {
+        let reason = self.refusal(&e.from, e.kind)?;
+        self.admit_or_withhold(e, reason)
+    }
+
+    /// [`Home::admit`] with the sender's policy already read (see [`Home::standing`]);
+    /// `allowlist_only` is asked only when it matters.
+    pub fn admit_with(
+        &self,
+        e: &InboxEntry,
+        policy: PeerPolicy,
+        allowlist_only: impl FnOnce() -> Result<bool, ClientError>,
+    ) -> Result<bool, ClientError> {
+        let reason = refusal(policy, e.kind, allowlist_only)?;
+        self.admit_or_withhold(e, reason)
+    }
+
+    fn admit_or_withhold(
+        &self,
+        e: &InboxEntry,
+        reason: Option<&'static str>,
+    ) -> Result<bool, ClientError> {
+        let Some(reason) = reason else {
             return Ok(true);
         };
         let n = self.conn.execute(
@@ -143,6 +181,39 @@ impl Home {
         }
         Ok(false)
     }
+}
+
+/// A peer as [`Home::standing`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStanding {
+    /// A local name, if set.
+    pub alias: Option<String>,
+    /// The peer's Curve25519 key.
+    pub curve25519: [u8; 32],
+    /// Its policy.
+    pub policy: PeerPolicy,
+}
+
+impl PeerStanding {
+    /// The fingerprint to compare out of band.
+    pub fn fingerprint(&self, id: &PeerId) -> String {
+        tincan_proto::ids::fingerprint(id.as_bytes(), &self.curve25519)
+    }
+}
+
+fn refusal(
+    policy: PeerPolicy,
+    kind: InboxKind,
+    allowlist_only: impl FnOnce() -> Result<bool, ClientError>,
+) -> Result<Option<&'static str>, ClientError> {
+    Ok(match (policy, kind) {
+        (PeerPolicy::Blocked, _) => Some("peer is blocked"),
+        // A join is shown in allowlist-only mode, so the user learns whom to allow.
+        (PeerPolicy::Default, InboxKind::Message) if allowlist_only()? => {
+            Some("allowlist-only mode and the peer is not allowed")
+        }
+        _ => None,
+    })
 }
 
 fn kind_name(k: InboxKind) -> &'static str {

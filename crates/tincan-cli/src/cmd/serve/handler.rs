@@ -72,12 +72,23 @@ impl Failure {
     }
 }
 
+/// The shell that runs handlers; PATH is searched only where it is not at its POSIX location.
+static SH: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
+    if std::path::Path::new("/bin/sh").exists() {
+        "/bin/sh"
+    } else {
+        "sh"
+    }
+});
+
 /// Process groups of running handlers, so a shutdown can stop them.
 pub type Groups = Arc<Mutex<HashSet<i32>>>;
 
 /// Runs `command` for one message. Never panics and always reaps the process group.
 pub async fn run(command: &str, job: Job, limits: Limits, groups: &Groups) -> Outcome {
-    let mut cmd = Command::new("sh");
+    // The POSIX shell by its fixed path: a bare `sh` makes the spawn try `execve` in every PATH
+    // directory before the one that has it.
+    let mut cmd = Command::new(*SH);
     cmd.arg("-c")
         .arg(command)
         .env("TINCAN_FROM", &job.from)
