@@ -2,8 +2,11 @@
 //!
 //! Every mutation goes through one thread that batches whatever commands are waiting into a
 //! single transaction (group commit). A sender is told its message is stored only after the
-//! transaction holding it has committed, and the recipient is notified after that, in sequence
-//! order. An acknowledged message is deleted (tables: [`schema`]). A resend of the same (sender,
+//! transaction holding it has committed. The recipient's connection gets the message as soon as
+//! its row is inserted, in sequence order, without waiting for the commit: delivery latency does
+//! not include the group commit or a slow write. If the commit then fails, the sender is refused
+//! and resends, and the recipient sees the same message id again, which every client must
+//! recognise anyway (docs/PROTOCOL.md §12). An acknowledged message is deleted (tables: [`schema`]). A resend of the same (sender,
 //! message id) is recognised while the message is queued (a unique index) and, after its ack, for
 //! a bounded window kept in memory ([`Recent`]); past that the recipient's client recognises it
 //! by id, as docs/PROTOCOL.md asks every client to.
@@ -591,9 +594,6 @@ impl Worker {
         for (r, frame) in fx.replies {
             let _ = r.send(frame);
         }
-        for (to, msg) in fx.deliveries {
-            self.router.deliver(&to, msg);
-        }
     }
 
     // The error hands the command back so its requester can be told; it is the rare path.
@@ -613,16 +613,17 @@ impl Worker {
                     Metrics::inc(&self.metrics.messages_stored);
                     self.queued += 1;
                     fx.replies.push((respond, RelayFrame::Sent { req, seq }));
-                    fx.deliveries.push((
-                        to,
-                        Arc::new(Stored {
-                            seq,
-                            from: sender,
-                            id,
-                            stored_at: now_ms,
-                            body,
-                        }),
-                    ));
+                    let msg = Arc::new(Stored {
+                        seq,
+                        from: sender,
+                        id,
+                        stored_at: now_ms,
+                        body,
+                    });
+                    // Forwarded at once, before the commit (see the module docs): only `Sent`
+                    // waits for durability.
+                    self.router.deliver(&to, msg.clone());
+                    fx.deliveries.push((to, msg));
                 }
                 Ok(Inserted::Duplicate(seq)) => {
                     Metrics::inc(&self.metrics.messages_deduplicated);
