@@ -460,6 +460,18 @@ const HOLD_MS: u64 = 60_000;
 
 const MAX_BATCH: usize = 1024;
 
+/// Acks deleted per statement.
+const ACK_CHUNK: usize = 64;
+
+/// `DELETE FROM queue WHERE recipient = ?1 AND seq IN (?2, …, ?65) RETURNING seq, sender, client_id`.
+static ACK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let marks: Vec<String> = (2..ACK_CHUNK + 2).map(|i| format!("?{i}")).collect();
+    format!(
+        "DELETE FROM queue WHERE recipient = ?1 AND seq IN ({}) RETURNING seq, sender, client_id",
+        marks.join(", ")
+    )
+});
+
 impl Worker {
     fn run(mut self, rx: std_mpsc::Receiver<Cmd>) {
         let mut close: Option<oneshot::Sender<()>> = None;
@@ -504,7 +516,20 @@ impl Worker {
         let mut fx = Effects::default();
         let mut failed = Vec::new();
         let seq_before = self.next_seq;
+        // Acks first, grouped. An ack in this batch answers a delivery made before the batch
+        // began, so its message was inserted by an earlier batch; applying it before the batch's
+        // fetches only keeps them from returning what was already delivered.
+        let (acks, batch): (Vec<Cmd>, Vec<Cmd>) = batch
+            .into_iter()
+            .partition(|c| matches!(c, Cmd::Ack { .. }));
+        self.apply_acks(acks, &mut fx);
         let mut batch = batch.into_iter();
+        if self.conn.is_autocommit() {
+            // SQLite gave up the transaction while deleting (full disk, I/O error).
+            for cmd in batch.by_ref() {
+                failed.push((cmd, StoreError::RolledBack));
+            }
+        }
         while let Some(cmd) = batch.next() {
             // Each command is all-or-nothing inside the batch: a failure undoes only that
             // command's statements, never half of it.
@@ -653,35 +678,8 @@ impl Worker {
                     ));
                 }
             },
-            Cmd::Ack { recipient, seq } => {
-                let n = self
-                    .conn
-                    .prepare_cached(
-                        "DELETE FROM queue WHERE seq = ?1 AND recipient = ?2 RETURNING sender, client_id",
-                    )
-                    .and_then(|mut s| {
-                        s.query_row(params![seq as i64, recipient.as_bytes()], |r| {
-                            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
-                        })
-                        .optional()
-                    });
-                match n {
-                    Ok(Some((sender, id))) => {
-                        if let (Some(sender), Ok(id)) =
-                            (peer(&sender), <[u8; 16]>::try_from(id.as_slice()))
-                        {
-                            fx.acked.push((sender, MessageId::from_bytes(id), seq));
-                        }
-                        Metrics::inc(&self.metrics.messages_acked);
-                        self.queued = self.queued.saturating_sub(1);
-                        if let Some(c) = self.counts.get_mut(&recipient) {
-                            *c = c.saturating_sub(1);
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "ack failed; message will be redelivered"),
-                }
-            }
+            // Applied in bulk by `apply_acks` before the rest of the batch.
+            Cmd::Ack { .. } => {}
             Cmd::Fetch {
                 recipient,
                 after,
@@ -813,6 +811,72 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// Deletes acknowledged messages, up to [`ACK_CHUNK`] per statement for each recipient. An
+    /// ack affects only rows addressed to the identity that sent it; a failed delete only means
+    /// the message is delivered again.
+    fn apply_acks(&mut self, acks: Vec<Cmd>, fx: &mut Effects) {
+        let mut by_recipient: HashMap<PeerId, Vec<i64>> = HashMap::new();
+        for cmd in acks {
+            if let Cmd::Ack { recipient, seq } = cmd {
+                by_recipient.entry(recipient).or_default().push(seq as i64);
+            }
+        }
+        for (recipient, seqs) in by_recipient {
+            for chunk in seqs.chunks(ACK_CHUNK) {
+                match self.delete_acked(&recipient, chunk) {
+                    Ok(rows) => {
+                        let n = rows.len() as u64;
+                        fx.acked.extend(rows);
+                        self.metrics
+                            .messages_acked
+                            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        self.queued = self.queued.saturating_sub(n);
+                        if let Some(c) = self.counts.get_mut(&recipient) {
+                            *c = c.saturating_sub(n);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ack failed; messages will be redelivered");
+                        if self.conn.is_autocommit() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One `DELETE … WHERE recipient = ? AND seq IN (…)` for up to [`ACK_CHUNK`] seqs (a short
+    /// chunk repeats its last seq, so one prepared statement serves every size).
+    fn delete_acked(
+        &mut self,
+        recipient: &PeerId,
+        seqs: &[i64],
+    ) -> rusqlite::Result<Vec<(PeerId, MessageId, u64)>> {
+        let Some(last) = seqs.last() else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = self.conn.prepare_cached(&ACK_SQL)?;
+        let padded = seqs
+            .iter()
+            .chain(std::iter::repeat(last))
+            .take(ACK_CHUNK)
+            .map(|s| rusqlite::types::Value::Integer(*s));
+        let params = std::iter::once(rusqlite::types::Value::Blob(recipient.as_bytes().to_vec()))
+            .chain(padded);
+        let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+        let mut out = Vec::with_capacity(seqs.len());
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            let sender: Vec<u8> = row.get(1)?;
+            let id: Vec<u8> = row.get(2)?;
+            if let (Some(sender), Ok(id)) = (peer(&sender), <[u8; 16]>::try_from(id.as_slice())) {
+                out.push((sender, MessageId::from_bytes(id), seq as u64));
+            }
+        }
+        Ok(out)
     }
 
     fn insert_message(

@@ -246,3 +246,44 @@ async fn expired_messages_are_never_delivered_and_the_sweep_deletes_them() {
     assert_eq!(take(&mut rb).await, (fresh, b"fresh".to_vec()));
     quiet(&mut rb, 200).await;
 }
+
+#[tokio::test]
+async fn acks_remove_only_the_acking_identitys_messages_even_in_bulk() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = InProcessRelay::start(Config::new(dir.path().join("relay.db"))).await;
+    let (a, b, m) = (
+        Identity::generate(),
+        Identity::generate(),
+        Identity::generate(),
+    );
+    pair(&r.url, &a, &b, [3; 16]).await;
+    pair(&r.url, &m, &a, [4; 16]).await;
+    let mut c = RawConn::authed(&r.url, &a, false).await;
+    let mut seqs = Vec::new();
+    // More than one ack statement's worth (64 per statement).
+    for i in 0..150u32 {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        seqs.push(send(&mut c, i + 1, id, &b, i.to_be_bytes().to_vec()).await);
+    }
+    // Mallory, a paired identity of A's, acks every one of B's seqs: nothing happens to them.
+    let mut cm = RawConn::authed(&r.url, &m, true).await;
+    for s in &seqs {
+        cm.send(&ClientFrame::Ack { seq: *s }).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut rb = RawConn::authed(&r.url, &b, true).await;
+    for (i, s) in seqs.iter().enumerate() {
+        // B gets all 150 in order and acks them, in bursts as they arrive.
+        assert_eq!(take(&mut rb).await, (*s, (i as u32).to_be_bytes().to_vec()));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(rb);
+    let mut rb = RawConn::authed(&r.url, &b, true).await;
+    quiet(&mut rb, 300).await;
+    let left: i64 = rusqlite::Connection::open(dir.path().join("relay.db"))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0, "every acked message is deleted");
+}
