@@ -165,8 +165,11 @@ pub struct Client {
     unmarked_count: usize,
 }
 
-/// Most returned-but-unmarked inbox entries before the mark is written.
+/// Most returned-but-unmarked inbox entries before the mark goes to the home.
 const MARK_BATCH: usize = 256;
+/// How long a consumed mark waits for a transaction to ride along with before it is written
+/// alone.
+const MARK_DELAY: Duration = Duration::from_millis(20);
 
 impl Drop for Client {
     fn drop(&mut self) {
@@ -447,33 +450,58 @@ impl Client {
     /// The next event. Messages and joins are marked as handed over when returned, so each is
     /// returned once across restarts of the application.
     ///
-    /// Under load the marks are written in batches (one write per up to 256 events, and always
-    /// before waiting for more), so a crash can show at most that many entries again; it never
-    /// loses one.
+    /// The marks are not a write of their own: they ride along with the home's next
+    /// transaction (a delivery, a send, an acknowledgement), at the latest every 256 events, and
+    /// are written alone once the client has waited 20 ms with nothing else to carry
+    /// them, and when it is dropped. So a crash can show a few entries again (at most 256, or
+    /// those returned within the last 20 ms); it never loses one.
     pub async fn next_event(&mut self) -> Option<Event> {
         let (event, inbox_seq) = match self.events.try_recv() {
             Ok(item) => item,
             Err(_) => {
-                self.flush_marks();
-                self.events.recv().await?
+                self.defer_marks();
+                self.recv_writing_marks().await?
             }
         };
         if let Some(seq) = inbox_seq {
             self.unmarked = Some(seq);
             self.unmarked_count += 1;
             if self.unmarked_count >= MARK_BATCH {
-                self.flush_marks();
+                self.defer_marks();
             }
         }
         Some(event)
     }
 
-    fn flush_marks(&mut self) {
+    /// Hands the marks of returned entries to the home, which writes them with its next
+    /// transaction.
+    fn defer_marks(&mut self) {
         if let Some(seq) = self.unmarked.take() {
             self.unmarked_count = 0;
-            if let Err(e) = self.shared.home().mark_consumed(seq) {
-                tracing::warn!(error = %e, "could not mark inbox entries consumed; they may be shown again");
+            self.shared.home().mark_consumed_later(seq);
+        }
+    }
+
+    /// Waits for the next event; a mark still unwritten after [`MARK_DELAY`] is written alone.
+    /// Cancel-safe: an unwritten mark stays with the home.
+    async fn recv_writing_marks(&mut self) -> Option<(Event, Option<i64>)> {
+        if self.shared.home().consumed_pending() {
+            tokio::select! {
+                item = self.events.recv() => return item,
+                _ = tokio::time::sleep(MARK_DELAY) => self.write_marks(),
             }
+        }
+        self.events.recv().await
+    }
+
+    fn flush_marks(&mut self) {
+        self.defer_marks();
+        self.write_marks();
+    }
+
+    fn write_marks(&self) {
+        if let Err(e) = self.shared.home().flush_consumed() {
+            tracing::warn!(error = %e, "could not mark inbox entries consumed; they may be shown again");
         }
     }
 }

@@ -46,6 +46,9 @@ pub struct Home {
     identity: Option<Identity>,
     /// Unpickled sessions, checked against the stored revision in every transaction.
     sessions: session_cache::SessionCache,
+    /// Inbox entries up to this seq were handed to the application; the mark rides along with
+    /// the next write transaction (see [`Home::mark_consumed_later`]).
+    pending_consumed: Option<i64>,
     _checkpoints: checkpoint::Checkpointer,
 }
 
@@ -79,6 +82,7 @@ impl Home {
             key,
             identity: None,
             sessions: session_cache::SessionCache::default(),
+            pending_consumed: None,
             _checkpoints: checkpoints,
         };
         home.identity = home.load_identity()?;

@@ -139,6 +139,15 @@ pub(super) fn push_outbox(
     Ok(tx.last_insert_rowid())
 }
 
+/// Writes a pending consumed mark inside `tx`; returns the mark it wrote.
+fn apply_consumed(tx: &Transaction<'_>, pending: Option<i64>) -> Result<Option<i64>, ClientError> {
+    if let Some(seq) = pending {
+        tx.prepare_cached("UPDATE inbox SET consumed = 1 WHERE seq <= ?1 AND consumed = 0")?
+            .execute(params![seq])?;
+    }
+    Ok(pending)
+}
+
 /// A delivery's sender and message id, with their text forms as the tables store them.
 struct Keys<'a> {
     from: &'a PeerId,
@@ -218,6 +227,7 @@ impl Home {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let marked = apply_consumed(&tx, self.pending_consumed)?;
         let Taken {
             mut session,
             relay_url,
@@ -242,6 +252,7 @@ impl Home {
         let rev = session_cache::save(&tx, &self.key, &session)?;
         tx.commit()?;
         self.sessions.put(rev, session);
+        self.consumed_written(marked);
         Ok(Queued { relay_url, entries })
     }
 
@@ -292,6 +303,7 @@ impl Home {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let marked = apply_consumed(&tx, self.pending_consumed)?;
         // Deferrals are rare: look for them once per batch, not once per message.
         let deferred: bool = tx
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox_deferred)")?
@@ -311,6 +323,7 @@ impl Home {
                 .execute(params![seq])?;
         }
         tx.commit()?;
+        self.consumed_written(marked);
         Ok(())
     }
 
@@ -397,6 +410,7 @@ impl Home {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let marked = apply_consumed(&tx, self.pending_consumed)?;
         let mut sessions: HashMap<PeerId, PeerSession> = HashMap::new();
         let mut dirty: Vec<PeerId> = Vec::new();
         // Sessions opened by a join in this batch, with the revision they were stored under.
@@ -519,6 +533,7 @@ impl Home {
                 self.sessions.put(rev, s);
             }
         }
+        self.consumed_written(marked);
         let _ = me_id;
         Ok(out)
     }
@@ -564,6 +579,34 @@ impl Home {
             params![seq],
         )?;
         Ok(())
+    }
+
+    /// Like [`Home::mark_consumed`], but written with the next transaction this home runs anyway
+    /// (a delivery, a send, an acknowledgement) instead of one of its own, or by
+    /// [`Home::flush_consumed`]. Until then a crash can show those entries again.
+    pub fn mark_consumed_later(&mut self, seq: i64) {
+        self.pending_consumed = Some(self.pending_consumed.map_or(seq, |p| p.max(seq)));
+    }
+
+    /// Whether a mark from [`Home::mark_consumed_later`] is still unwritten.
+    pub fn consumed_pending(&self) -> bool {
+        self.pending_consumed.is_some()
+    }
+
+    /// Writes a mark left by [`Home::mark_consumed_later`], if any.
+    pub fn flush_consumed(&mut self) -> Result<(), ClientError> {
+        if let Some(seq) = self.pending_consumed {
+            self.mark_consumed(seq)?;
+            self.consumed_written(Some(seq));
+        }
+        Ok(())
+    }
+
+    /// A transaction that carried the mark up to `marked` committed.
+    fn consumed_written(&mut self, marked: Option<i64>) {
+        if self.pending_consumed == marked {
+            self.pending_consumed = None;
+        }
     }
 }
 

@@ -80,13 +80,25 @@ impl Home {
     pub fn resolve_peer(&self, name: &str) -> Result<PeerRecord, ClientError> {
         let name = name.trim();
         // An exact alias or id through the indexes; only a prefix needs every peer.
-        let exact = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM peers WHERE alias = ?1 OR id = ?1 ORDER BY created_at, id LIMIT 1"
-            ))?
-            .query_row(params![name], row_to_peer)
-            .optional()?;
+        // (Two plain lookups: SQLite re-prepares an `alias = ?1 OR id = ?1` query on every run.)
+        let by = |column: &str| -> Result<Option<PeerRecord>, ClientError> {
+            Ok(self
+                .conn
+                .prepare_cached(&format!("SELECT {COLUMNS} FROM peers WHERE {column} = ?1"))?
+                .query_row(params![name], row_to_peer)
+                .optional()?)
+        };
+        let exact = match (by("alias")?, by("id")?) {
+            // The older one, as a scan in pairing order would find it.
+            (Some(a), Some(b)) => Some(
+                if (b.created_at, b.id.to_string()) < (a.created_at, a.id.to_string()) {
+                    b
+                } else {
+                    a
+                },
+            ),
+            (a, b) => a.or(b),
+        };
         if let Some(p) = exact {
             return Ok(p);
         }
