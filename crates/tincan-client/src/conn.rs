@@ -43,6 +43,13 @@ pub(crate) fn ws_url(relay_url: &str) -> Result<String, ClientError> {
     ))
 }
 
+/// tungstenite zero-fills its whole read buffer before every read (128 KiB by default, a few
+/// microseconds per read); 16 KiB still takes a burst of deliveries in few reads. Frames up to
+/// the protocol's limit are accepted either way: a frame is assembled across reads.
+fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(16 * 1024)
+}
+
 struct Pending {
     requests: Vec<(RequestFrame, Reply)>,
 }
@@ -151,7 +158,7 @@ async fn connect(shared: &Shared, receive: bool) -> Result<Ws, ClientError> {
     let (mut ws, _) = tokio::time::timeout(
         Duration::from_secs(10),
         // Nagle off: small frames (acks, replies) must not wait for the peer's ACK.
-        tokio_tungstenite::connect_async_with_config(url.as_str(), None, true),
+        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config()), true),
     )
     .await
     .map_err(|_| unreachable("connect timed out".into()))?

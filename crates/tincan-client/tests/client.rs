@@ -217,7 +217,7 @@ async fn replayed_and_impersonated_deliveries_are_rejected() {
     let body: Vec<u8> = rusqlite::Connection::open(dir.path().join("relay.db"))
         .unwrap()
         .query_row(
-            "SELECT body FROM messages WHERE acked = 0 ORDER BY seq DESC LIMIT 1",
+            "SELECT body FROM queue ORDER BY seq DESC LIMIT 1",
             [],
             |r| r.get(0),
         )

@@ -2,12 +2,17 @@
 //!
 //! ```text
 //! version u8 (=1) | kind u8 | from [32] | to [32] | id [16] | sent_at u64 (unix ms)
-//! | body: u32 length + bytes | zero padding up to the size bucket
+//! | body: u32 length + bytes | zero padding up to the padded size
 //! ```
 //!
 //! Sender and recipient ids are inside the ciphertext, so a relay cannot re-address a message and a
-//! peer cannot claim to be someone else. The whole plaintext is padded with zeros to the next of
-//! [`BUCKETS`], so the relay learns only the bucket, not the length.
+//! peer cannot claim to be someone else. The whole plaintext is padded with zeros to [`padded_len`]:
+//! at least [`MIN_PADDED`] bytes, then Padmé (Nikitin et al., "Reducing Metadata Leakage from
+//! Encrypted Files and Communication with PURBs", PETS 2019): a length with a binary exponent `E`
+//! keeps only its top `floor(log2 E) + 1` bits, so a relay learns O(log log L) bits of the length
+//! and the overhead is at most 12%. (Version 1 padded to 256/1K/4K/16K/64K buckets, which cost up
+//! to 4x: a 1 KiB text travelled as 4 KiB. Receivers accept any amount of zero padding, so both
+//! interoperate.)
 
 use std::fmt;
 
@@ -19,10 +24,12 @@ const KIND_JOIN: u8 = 1;
 const KIND_TEXT: u8 = 2;
 const HEADER: usize = 1 + 1 + 32 + 32 + 16 + 8 + 4;
 
-/// Plaintext sizes are padded up to one of these.
-pub const BUCKETS: [usize; 5] = [256, 1024, 4096, 16384, 65536];
+/// The smallest padded plaintext: every short message looks the same.
+pub const MIN_PADDED: usize = 256;
+/// The largest padded plaintext.
+pub const MAX_PADDED: usize = 65536;
 /// The longest text a message may carry, in bytes of UTF-8.
-pub const MAX_TEXT: usize = BUCKETS[BUCKETS.len() - 1] - HEADER;
+pub const MAX_TEXT: usize = MAX_PADDED - HEADER;
 
 /// The body of an envelope.
 #[derive(Clone, PartialEq, Eq)]
@@ -80,9 +87,19 @@ pub struct Envelope {
     pub body: Body,
 }
 
-/// The padded size for a plaintext of `len` bytes, or `None` if it is too large.
-pub fn bucket_for(len: usize) -> Option<usize> {
-    BUCKETS.iter().copied().find(|b| *b >= len)
+/// The padded size for a plaintext of `len` bytes (Padmé, at least [`MIN_PADDED`]), or `None`
+/// if it is larger than [`MAX_PADDED`].
+pub fn padded_len(len: usize) -> Option<usize> {
+    if len > MAX_PADDED {
+        return None;
+    }
+    if len <= MIN_PADDED {
+        return Some(MIN_PADDED);
+    }
+    let e = usize::BITS - 1 - len.leading_zeros(); // floor(log2 len), >= 8 here
+    let s = u32::BITS - e.leading_zeros(); // floor(log2 e) + 1
+    let mask = (1usize << (e - s)) - 1;
+    Some((len + mask) & !mask)
 }
 
 impl Envelope {
@@ -99,7 +116,7 @@ impl Envelope {
             Body::Text(t) => (KIND_TEXT, t.as_bytes().to_vec()),
         };
         let len = HEADER + body.len();
-        let padded = bucket_for(len).ok_or(DecodeError::TooLong {
+        let padded = padded_len(len).ok_or(DecodeError::TooLong {
             what: "message",
             len,
             max: MAX_TEXT + HEADER,
@@ -178,12 +195,36 @@ mod tests {
     }
 
     #[test]
-    fn pads_to_buckets() {
+    fn pads_with_padme() {
         assert_eq!(env("").encode().unwrap().len(), 256);
         assert_eq!(env("hello").encode().unwrap().len(), 256);
-        assert_eq!(env(&"x".repeat(500)).encode().unwrap().len(), 1024);
+        // 94 header bytes + 1024 = 1118: exponent 10, keep 4 bits, round up to a multiple of 64.
+        assert_eq!(env(&"x".repeat(1024)).encode().unwrap().len(), 1152);
         assert_eq!(env(&"x".repeat(MAX_TEXT)).encode().unwrap().len(), 65536);
         assert!(env(&"x".repeat(MAX_TEXT + 1)).encode().is_err());
+        // Known Padmé values (the paper's definition), and the bounds it promises.
+        for (len, want) in [
+            (257, 272),
+            (1000, 1024),
+            (1025, 1088),
+            (9999, 10240),
+            (65535, 65536),
+        ] {
+            assert_eq!(padded_len(len), Some(want), "{len}");
+        }
+        let mut sizes = std::collections::BTreeSet::new();
+        for len in 0..=MAX_PADDED {
+            let p = padded_len(len).unwrap();
+            assert!(p >= len && p >= MIN_PADDED && p <= MAX_PADDED);
+            assert_eq!(padded_len(p), Some(p), "a padded size pads to itself");
+            if len > MIN_PADDED {
+                assert!((p - len) * 100 <= len * 12, "overhead over 12% at {len}");
+            }
+            sizes.insert(p);
+        }
+        assert_eq!(padded_len(MAX_PADDED + 1), None);
+        // The relay can tell apart only this many sizes in all (8 per doubling; v1 buckets: 5).
+        assert_eq!(sizes.len(), 129);
     }
 
     #[test]
