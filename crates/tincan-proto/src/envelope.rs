@@ -215,7 +215,7 @@ mod tests {
         let mut sizes = std::collections::BTreeSet::new();
         for len in 0..=MAX_PADDED {
             let p = padded_len(len).unwrap();
-            assert!(p >= len && p >= MIN_PADDED && p <= MAX_PADDED);
+            assert!(p >= len && (MIN_PADDED..=MAX_PADDED).contains(&p));
             assert_eq!(padded_len(p), Some(p), "a padded size pads to itself");
             if len > MIN_PADDED {
                 assert!((p - len) * 100 <= len * 12, "overhead over 12% at {len}");
