@@ -10,8 +10,16 @@ use rusqlite::Connection;
 
 use crate::error::ClientError;
 
-/// A thread that runs `PRAGMA wal_checkpoint(PASSIVE)` on its own connection twice a second.
-/// Stops (and is joined) when dropped.
+/// Checkpoint interval while the home changes.
+const MIN_WAIT: Duration = Duration::from_millis(20);
+/// Checkpoint interval when idle.
+const MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// A thread that runs `PRAGMA wal_checkpoint(PASSIVE)` on its own connection every 20 ms while
+/// the home changes, backing off to once a second when idle (`PRAGMA data_version` tells).
+/// Small, frequent checkpoints keep each fsync short: the kernel's journal flush behind a large
+/// one stalls the next WAL write of a message commit for tens of milliseconds (the relay store
+/// measured the same, docs/BENCHMARKS.md). Stops (and is joined) when dropped.
 pub(super) struct Checkpointer {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
@@ -25,9 +33,20 @@ impl Checkpointer {
         let thread = thread::Builder::new()
             .name("tincan-home-checkpoint".into())
             .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) =
-                    rx.recv_timeout(Duration::from_millis(500))
-                {
+                let version = |c: &Connection| {
+                    c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+                        .ok()
+                };
+                let mut seen = version(&conn);
+                let mut wait = MIN_WAIT;
+                while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(wait) {
+                    let now = version(&conn);
+                    if now == seen {
+                        wait = (wait * 2).min(MAX_WAIT);
+                        continue;
+                    }
+                    seen = now;
+                    wait = MIN_WAIT;
                     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                     {
                         tracing::debug!(error = %e, "home checkpoint failed; will retry");
