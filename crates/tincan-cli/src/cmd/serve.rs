@@ -9,6 +9,7 @@
 mod handler;
 mod limit;
 mod server;
+mod shell;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

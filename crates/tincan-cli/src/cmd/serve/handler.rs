@@ -90,7 +90,7 @@ pub async fn run(command: &str, job: Job, limits: Limits, groups: &Groups) -> Ou
     // directory before the one that has it.
     let mut cmd = Command::new(*SH);
     cmd.arg("-c")
-        .arg(command)
+        .arg(super::shell::script(command).as_ref())
         .env("TINCAN_FROM", &job.from)
         .env("TINCAN_FROM_NAME", &job.from_name)
         .env("TINCAN_MESSAGE_ID", &job.message_id)
