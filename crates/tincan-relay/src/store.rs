@@ -193,6 +193,7 @@ impl Store {
             held: HashMap::new(),
             queued: queued.max(0) as u64,
             next_seq,
+            seq_reserved: next_seq - 1,
             recent: Recent::default(),
             _checkpoints: checkpoints,
         };
@@ -403,6 +404,8 @@ struct Worker {
     queued: u64,
     /// The sequence number the next stored message gets.
     next_seq: u64,
+    /// The highest sequence number recorded in `meta` as handed out.
+    seq_reserved: u64,
     /// Recently acknowledged messages, for deduplicating late resends.
     recent: Recent,
     _checkpoints: Checkpointer,
@@ -483,6 +486,12 @@ const CHECKPOINT_MIN: std::time::Duration = std::time::Duration::from_millis(20)
 /// Checkpoint interval when idle.
 const CHECKPOINT_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Sequence numbers reserved per write to `meta`.
+const SEQ_BLOCK: u64 = 4096;
+
+/// Longest an ack-only batch waits for a write to commit with.
+const ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Acks deleted per statement.
 const ACK_CHUNK: usize = 64;
 
@@ -498,8 +507,26 @@ static ACK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 impl Worker {
     fn run(mut self, rx: std_mpsc::Receiver<Cmd>) {
         let mut close: Option<oneshot::Sender<()>> = None;
+        // Acks waiting to ride along with the next write (see `ACK_DELAY`).
+        let mut acks: Vec<Cmd> = Vec::new();
+        let mut acks_due = std::time::Instant::now();
         while close.is_none() {
-            let Ok(first) = rx.recv() else { break };
+            let first = if acks.is_empty() {
+                match rx.recv() {
+                    Ok(cmd) => cmd,
+                    Err(_) => break,
+                }
+            } else {
+                match rx.recv_timeout(acks_due.saturating_duration_since(std::time::Instant::now()))
+                {
+                    Ok(cmd) => cmd,
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                        self.apply_batch(std::mem::take(&mut acks));
+                        continue;
+                    }
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -516,7 +543,24 @@ impl Worker {
                     close = Some(done);
                 }
             }
-            self.apply_batch(batch);
+            // A batch of nothing but acks waits (briefly, boundedly) for a write to share a commit
+            // with: at low load that halves the commits per message. Acks are not urgent (an
+            // unapplied ack only means a redelivery after a crash, which clients deduplicate).
+            if close.is_none()
+                && acks.len() + batch.len() < MAX_BATCH
+                && batch.iter().all(|c| matches!(c, Cmd::Ack { .. }))
+            {
+                if acks.is_empty() {
+                    acks_due = std::time::Instant::now() + ACK_DELAY;
+                }
+                acks.append(&mut batch);
+                continue;
+            }
+            acks.append(&mut batch);
+            self.apply_batch(std::mem::take(&mut acks));
+        }
+        if !acks.is_empty() {
+            self.apply_batch(acks);
         }
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
         if let Some(done) = close {
@@ -538,21 +582,15 @@ impl Worker {
         }
         let mut fx = Effects::default();
         let mut failed = Vec::new();
-        let seq_before = self.next_seq;
-        // Acks first, grouped. An ack in this batch answers a delivery made before the batch
-        // began, so its message was inserted by an earlier batch; applying it before the batch's
-        // fetches only keeps them from returning what was already delivered.
+        // Acks last, grouped, so the batch's messages are inserted (and handed to their
+        // recipients) without waiting for ack deletes. An ack in this batch answers a delivery
+        // made before the batch began, so its row was inserted by an earlier batch. A fetch in the
+        // batch may still return a row acked in it: that row was delivered already, the reader
+        // skips it by seq or deduplicates it by id.
         let (acks, batch): (Vec<Cmd>, Vec<Cmd>) = batch
             .into_iter()
             .partition(|c| matches!(c, Cmd::Ack { .. }));
-        self.apply_acks(acks, &mut fx);
         let mut batch = batch.into_iter();
-        if self.conn.is_autocommit() {
-            // SQLite gave up the transaction while deleting (full disk, I/O error).
-            for cmd in batch.by_ref() {
-                failed.push((cmd, StoreError::RolledBack));
-            }
-        }
         while let Some(cmd) = batch.next() {
             // Each command is all-or-nothing inside the batch: a failure undoes only that
             // command's statements, never half of it.
@@ -584,12 +622,19 @@ impl Worker {
                 }
             }
         }
-        if self.next_seq != seq_before
-            && let Err(e) = schema::record_seq(&self.conn, self.next_seq - 1)
-        {
-            // The commit below fails too if this did; if it somehow does not, sequence numbers
-            // are still unique while any row carries them.
-            tracing::error!(error = %e, "cannot record the sequence high-water mark");
+        if !self.conn.is_autocommit() {
+            self.apply_acks(acks, &mut fx);
+        }
+        if self.next_seq > self.seq_reserved {
+            // Sequence numbers are reserved in blocks, so `meta` is written once per
+            // `SEQ_BLOCK` messages, not once per commit; a restart continues above the block.
+            let reserved = self.next_seq - 1 + SEQ_BLOCK;
+            match schema::record_seq(&self.conn, reserved) {
+                Ok(()) => self.seq_reserved = reserved,
+                // The commit below fails too if this did; if it somehow does not, sequence
+                // numbers are still unique while any row carries them.
+                Err(e) => tracing::error!(error = %e, "cannot reserve sequence numbers"),
+            }
         }
         let committed = self.conn.execute_batch("COMMIT").map_err(StoreError::from);
         for (cmd, e) in failed {
@@ -604,6 +649,9 @@ impl Worker {
             Metrics::inc(&self.metrics.store_errors);
             tracing::error!(error = %e, "store transaction failed; batch refused");
             let _ = self.conn.execute_batch("ROLLBACK");
+            // The reservation in `meta` may have been rolled back with it: make the next commit
+            // record one again.
+            self.seq_reserved = 0;
             self.counts.clear();
             self.recount_queued();
             let (code, why) = classify(&e);

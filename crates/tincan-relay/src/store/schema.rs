@@ -6,8 +6,9 @@
 //! writer's in-memory window and the recipient's own check by message id take over; see
 //! docs/PROTOCOL.md). There is no expiry index: rows are stored in `seq` order with a fixed TTL,
 //! so the sweep walks the oldest rows. Sequence numbers are assigned by the writer and never
-//! reused: the highest one handed out is kept in `meta`, so they keep increasing even after every
-//! row that carried them is gone (HTTP cursors and redelivery depend on that).
+//! reused: a ceiling above every one handed out is kept in `meta` (reserved 4,096 at a time), so
+//! they keep increasing even after every row that carried them is gone (HTTP cursors and
+//! redelivery depend on that).
 //!
 //! Layout 1 (the first release) kept every message in `messages`, acked ones without a body, and
 //! is migrated in one transaction on open.
