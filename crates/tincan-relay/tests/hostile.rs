@@ -10,49 +10,12 @@ use tincan_proto::ids::{InviteId, MessageId};
 use tincan_proto::labels;
 use tincan_relay::Config;
 use tincan_testkit::InProcessRelay;
-use tincan_testkit::raw::RawConn;
+use tincan_testkit::raw::{RawConn, pair};
 
 async fn relay(dir: &tempfile::TempDir, f: impl FnOnce(&mut Config)) -> InProcessRelay {
     let mut c = Config::new(dir.path().join("relay.db"));
     f(&mut c);
     InProcessRelay::start(c).await
-}
-
-/// Pairs two identities through an invite on the relay.
-async fn pair(url: &str, a: &Identity, b: &Identity) {
-    let mut ca = RawConn::authed(url, a, false).await;
-    let id = InviteId::from_bytes(rand_bytes());
-    let expires_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    ca.send(&ClientFrame::RegisterInvite {
-        req: 1,
-        id,
-        expires_at,
-    })
-    .await;
-    assert!(matches!(
-        ca.recv().await,
-        Some(RelayFrame::InviteRegistered { req: 1 })
-    ));
-    let mut cb = RawConn::authed(url, b, false).await;
-    cb.send(&ClientFrame::ClaimInvite { req: 2, id }).await;
-    assert!(matches!(
-        cb.recv().await,
-        Some(RelayFrame::InviteClaimed { req: 2, .. })
-    ));
-}
-
-fn rand_bytes() -> [u8; 16] {
-    let mut b = [0u8; 16];
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    b.copy_from_slice(&t.to_le_bytes());
-    b
 }
 
 #[tokio::test]

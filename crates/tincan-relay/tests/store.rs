@@ -7,37 +7,16 @@ use std::time::Duration;
 
 use tincan_proto::frame::{ClientFrame, RelayFrame};
 use tincan_proto::identity::Identity;
-use tincan_proto::ids::{InviteId, MessageId};
+use tincan_proto::ids::MessageId;
 use tincan_relay::Config;
 use tincan_testkit::InProcessRelay;
-use tincan_testkit::raw::RawConn;
+use tincan_testkit::raw::{RawConn, pair};
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-async fn pair(url: &str, a: &Identity, b: &Identity, invite: [u8; 16]) {
-    let mut ca = RawConn::authed(url, a, false).await;
-    let id = InviteId::from_bytes(invite);
-    ca.send(&ClientFrame::RegisterInvite {
-        req: 1,
-        id,
-        expires_at: now_secs() + 600,
-    })
-    .await;
-    assert!(matches!(
-        ca.recv().await,
-        Some(RelayFrame::InviteRegistered { req: 1 })
-    ));
-    let mut cb = RawConn::authed(url, b, false).await;
-    cb.send(&ClientFrame::ClaimInvite { req: 2, id }).await;
-    assert!(matches!(
-        cb.recv().await,
-        Some(RelayFrame::InviteClaimed { req: 2, .. })
-    ));
 }
 
 async fn send(c: &mut RawConn, req: u32, id: [u8; 16], to: &Identity, body: Vec<u8>) -> u64 {
@@ -79,7 +58,7 @@ async fn a_resend_after_the_ack_is_recognised_and_not_delivered_again() {
     let dir = tempfile::tempdir().unwrap();
     let r = InProcessRelay::start(Config::new(dir.path().join("relay.db"))).await;
     let (a, b) = (Identity::generate(), Identity::generate());
-    pair(&r.url, &a, &b, [7; 16]).await;
+    pair(&r.url, &a, &b).await;
     let mut c = RawConn::authed(&r.url, &a, false).await;
     let mut rb = RawConn::authed(&r.url, &b, true).await;
     let first = send(&mut c, 1, [1; 16], &b, b"one".to_vec()).await;
@@ -101,7 +80,7 @@ async fn sequence_numbers_keep_increasing_after_every_message_is_acked_and_the_r
     let db = dir.path().join("relay.db");
     let (a, b) = (Identity::generate(), Identity::generate());
     let r = InProcessRelay::start(Config::new(db.clone())).await;
-    pair(&r.url, &a, &b, [8; 16]).await;
+    pair(&r.url, &a, &b).await;
     let mut last = 0;
     {
         let mut c = RawConn::authed(&r.url, &a, false).await;
@@ -218,7 +197,7 @@ async fn expired_messages_are_never_delivered_and_the_sweep_deletes_them() {
     let mut short = Config::new(db.clone());
     short.message_ttl = Duration::from_millis(300);
     let r = InProcessRelay::start(short).await;
-    pair(&r.url, &a, &b, [5; 16]).await;
+    pair(&r.url, &a, &b).await;
     let mut c = RawConn::authed(&r.url, &a, false).await;
     send(&mut c, 1, [1; 16], &b, b"old one".to_vec()).await;
     send(&mut c, 2, [2; 16], &b, b"old two".to_vec()).await;
@@ -256,8 +235,8 @@ async fn acks_remove_only_the_acking_identitys_messages_even_in_bulk() {
         Identity::generate(),
         Identity::generate(),
     );
-    pair(&r.url, &a, &b, [3; 16]).await;
-    pair(&r.url, &m, &a, [4; 16]).await;
+    pair(&r.url, &a, &b).await;
+    pair(&r.url, &m, &a).await;
     let mut c = RawConn::authed(&r.url, &a, false).await;
     let mut seqs = Vec::new();
     // More than one ack statement's worth (64 per statement).

@@ -68,3 +68,34 @@ impl RawConn {
         }
     }
 }
+
+/// Pairs `inviter` and `claimer` on the relay the way the SDK does: the inviter registers an
+/// invite (expiring in 10 minutes), the claimer claims it. Panics if either step is refused.
+pub async fn pair(relay_url: &str, inviter: &Identity, claimer: &Identity) {
+    let mut id = [0u8; 16];
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    id.copy_from_slice(&nanos.to_le_bytes());
+    id[15] ^= inviter.peer_id().as_bytes()[0];
+    let id = tincan_proto::ids::InviteId::from_bytes(id);
+    let expires_at = (nanos / 1_000_000_000) as u64 + 600;
+    let mut a = RawConn::authed(relay_url, inviter, false).await;
+    a.send(&ClientFrame::RegisterInvite {
+        req: 1,
+        id,
+        expires_at,
+    })
+    .await;
+    match a.recv().await {
+        Some(RelayFrame::InviteRegistered { req: 1 }) => {}
+        other => panic!("invite not registered: {other:?}"),
+    }
+    let mut b = RawConn::authed(relay_url, claimer, false).await;
+    b.send(&ClientFrame::ClaimInvite { req: 2, id }).await;
+    match b.recv().await {
+        Some(RelayFrame::InviteClaimed { req: 2, .. }) => {}
+        other => panic!("invite not claimed: {other:?}"),
+    }
+}
