@@ -84,24 +84,40 @@ static SH: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
 /// Process groups of running handlers, so a shutdown can stop them.
 pub type Groups = Arc<Mutex<HashSet<i32>>>;
 
-/// Runs `command` for one message. Never panics and always reaps the process group.
-pub async fn run(command: &str, job: Job, limits: Limits, groups: &Groups) -> Outcome {
-    // The POSIX shell by its fixed path: a bare `sh` makes the spawn try `execve` in every PATH
-    // directory before the one that has it.
-    let mut cmd = Command::new(*SH);
-    cmd.arg("-c")
-        .arg(super::shell::script(command).as_ref())
-        .env("TINCAN_FROM", &job.from)
+/// Metadata in the environment, pipes for stdin/stdout/stderr, and its own process group, so a
+/// timeout reaches everything the handler started.
+fn prepare<'a>(cmd: &'a mut Command, job: &Job) -> &'a mut Command {
+    cmd.env("TINCAN_FROM", &job.from)
         .env("TINCAN_FROM_NAME", &job.from_name)
         .env("TINCAN_MESSAGE_ID", &job.message_id)
         .env("TINCAN_TURN", job.turn.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // Its own group, so a timeout reaches everything it started, not just `sh`.
         .process_group(0)
-        .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
+        .kill_on_drop(true)
+}
+
+/// Runs `command` for one message. Never panics and always reaps the process group.
+pub async fn run(command: &str, job: Job, limits: Limits, groups: &Groups) -> Outcome {
+    // `sh -c` semantics, with one or two process starts fewer where they allow it (shell.rs).
+    let direct = super::shell::direct_argv(command).and_then(|argv| {
+        let (program, args) = argv.split_first()?;
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        prepare(&mut cmd, &job).spawn().ok()
+    });
+    let spawned = match direct {
+        Some(child) => Ok(child),
+        None => {
+            // The POSIX shell by its fixed path: a bare `sh` makes the spawn try `execve` in
+            // every PATH directory before the one that has it.
+            let mut cmd = Command::new(*SH);
+            cmd.arg("-c").arg(super::shell::script(command).as_ref());
+            prepare(&mut cmd, &job).spawn()
+        }
+    };
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             return Outcome::Failed(Failure::new(
@@ -256,4 +272,56 @@ pub async fn terminate_all(groups: &Groups) {
 fn lock(groups: &Groups) -> std::sync::MutexGuard<'_, HashSet<i32>> {
     // A set of integers cannot be left half-updated by a panic.
     groups.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn job(text: &str) -> Job {
+        Job {
+            from: "peer-id".into(),
+            from_name: "alice".into(),
+            message_id: "00ff".into(),
+            turn: 3,
+            text: text.into(),
+        }
+    }
+
+    async fn go(command: &str, text: &str) -> Outcome {
+        let limits = Limits {
+            timeout: Duration::from_secs(10),
+            max_output: 1 << 20,
+        };
+        run(command, job(text), limits, &Groups::default()).await
+    }
+
+    #[tokio::test]
+    async fn started_directly_or_through_the_shell_the_result_is_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        // A script without `#!`: a direct start fails (ENOEXEC); sh runs it, as `sh -c` would.
+        let script = dir.path().join("no-shebang");
+        std::fs::write(&script, "read line; echo \"$TINCAN_TURN:$line\"\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let path = script.to_str().unwrap();
+        for (command, want) in [
+            ("cat", "hello"),              // direct
+            ("tr a-z A-Z", "HELLO"),       // direct, with arguments
+            ("cat | tr a-z A-Z", "HELLO"), // through the shell
+            (path, "3:hello"),             // direct start fails, shell fallback
+        ] {
+            match go(command, "hello\n").await {
+                Outcome::Reply(r) => assert_eq!(r, want, "{command}"),
+                other => panic!("{command}: {other:?}"),
+            }
+        }
+        // A program that does not exist fails the way `sh -c` reports it (exit 127).
+        match go("no-such-program-tincan-test", "x").await {
+            Outcome::Failed(f) => assert_eq!((f.code, f.exit_code), ("exit", Some(127)), "{f:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -1,10 +1,19 @@
-//! The script handed to `sh -c` for a handler command.
+//! How a handler command is started, with `sh -c` semantics and as few process starts as they
+//! allow.
 //!
 //! dash (Debian's `/bin/sh`) forks a child even for the last command of a `-c` script, so
-//! `sh -c cat` costs two process starts. For a command that is plainly one simple command, the
-//! script becomes `exec COMMAND`: the shell still parses and expands it exactly as before, then
-//! replaces itself with the program instead of forking it. Same process group, same stdin,
-//! stdout, environment and exit status, one process start fewer per message.
+//! `sh -c cat` costs two process starts, and the shell itself a third of a turn. Two shortcuts,
+//! both with exactly what `sh -c COMMAND` would do:
+//!
+//! - [`direct_argv`]: a command that is only plain words (no quoting, expansion, globbing,
+//!   operators) is a simple command whose fields are those words, so POSIX `sh` would search
+//!   `PATH` for the first word and execute it with the words as arguments. tincan does that itself.
+//!   If that start fails (not found, not executable, a script without `#!`), the command goes
+//!   through `sh -c` after all, which gives the shell's own error or fallback.
+//! - [`script`]: otherwise, a command that is still one simple command becomes `exec COMMAND`:
+//!   the shell parses and expands it as before, then replaces itself with the program.
+//!
+//! Same process group, stdin, stdout, environment and exit status either way.
 //!
 //! Anything that might be more than one simple command, or that `exec` would change, is left as
 //! it is: operators and grouping (`; & | ( ) { } < > !` and newlines), substitutions (`$`, `` ` ``),
@@ -13,14 +22,30 @@
 
 use std::borrow::Cow;
 
-/// Words `exec` would break: reserved words and builtins with no program of the same name.
+/// Words `exec` would change: reserved words, builtins with no program of the same name, and
+/// builtins whose program twin behaves differently (dash's `echo` is not coreutils' `echo`).
 const SHELL_ONLY: &[&str] = &[
     "!", "{", "}", "case", "do", "done", "elif", "else", "esac", "fi", "for", "if", "in", "then",
     "until", "while", "break", ":", ".", "continue", "eval", "exec", "exit", "export", "readonly",
     "return", "set", "shift", "times", "trap", "unset", "cd", "alias", "unalias", "bg", "fg",
     "jobs", "read", "type", "ulimit", "umask", "wait", "getopts", "hash", "command", "local",
-    "source",
+    "source", "echo", "printf", "test", "[", "true", "false", "kill", "pwd",
 ];
+
+/// The argument vector `sh -c command` would execute, when `command` is nothing but plain words:
+/// ASCII letters, digits and `_ . / = : , @ % + -` separated by spaces or tabs, and its first word
+/// neither an assignment nor a shell word (see [`SHELL_ONLY`]). `None` means: use the shell.
+pub fn direct_argv(command: &str) -> Option<Vec<&str>> {
+    let plain = command
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || " \t_./=:,@%+-".contains(c));
+    let argv: Vec<&str> = command
+        .split([' ', '\t'])
+        .filter(|w| !w.is_empty())
+        .collect();
+    let first = argv.first()?;
+    (plain && !first.contains('=') && !SHELL_ONLY.contains(first)).then_some(argv)
+}
 
 /// `exec COMMAND` when `command` is one simple command, else `command` unchanged.
 pub fn script(command: &str) -> Cow<'_, str> {
@@ -43,6 +68,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn plain_words_are_started_directly() {
+        assert_eq!(direct_argv("cat"), Some(vec!["cat"]));
+        assert_eq!(
+            direct_argv("  ./handlers/claude\t--model sonnet-4 "),
+            Some(vec!["./handlers/claude", "--model", "sonnet-4"])
+        );
+        assert_eq!(direct_argv("tr a-z A-Z"), Some(vec!["tr", "a-z", "A-Z"]));
+        for cmd in [
+            "",
+            "  ",
+            "python3 bot.py 'a b'",
+            "cat *.txt",
+            "cat ~/x",
+            "FOO=1 cat",
+            "echo hi",
+            "cd /tmp",
+            "cat; echo",
+            "cat $X",
+            "true",
+        ] {
+            assert_eq!(direct_argv(cmd), None, "{cmd:?}");
+        }
+    }
+
+    #[test]
     fn one_simple_command_is_execed() {
         for (cmd, want) in [
             ("cat", "exec cat"),
@@ -55,7 +105,7 @@ mod tests {
                 "exec python3 bot.py 'a b' \"c\"",
             ),
             ("tr a-z A-Z", "exec tr a-z A-Z"),
-            ("echo hi", "exec echo hi"),
+            ("cat *.md", "exec cat *.md"),
         ] {
             assert_eq!(script(cmd), want, "{cmd}");
         }
@@ -84,6 +134,7 @@ mod tests {
             "exec cat",
             "cat\necho two",
             "! false",
+            "echo -e x",
         ] {
             assert_eq!(script(cmd), cmd, "{cmd:?}");
         }
