@@ -378,8 +378,10 @@ async fn ack(
     for seq in &req.seqs {
         shared.store.ack(peer, *seq);
     }
-    // Acks are applied in order with everything else the store does; wait for them to commit so
-    // a following receive does not return them again.
+    // Wait until the store thread has taken these acks into a batch (the stats request rides in
+    // the same or a later one): whatever this client sends next lands in a later batch, which
+    // runs after these acks are applied and committed, so a following receive does not return
+    // them again.
     let _ = shared.store.stats().await;
     Ok(Json(json!({ "acked": req.seqs.len() })).into_response())
 }
