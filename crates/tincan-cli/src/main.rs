@@ -80,10 +80,17 @@ fn init_logging(cli: &Cli) {
     let mut filter =
         EnvFilter::try_from_env("TINCAN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     // At `trace` these libraries log whole frames and headers (ciphertext, bearer tokens); cap
-    // them whatever TINCAN_LOG asks for, so no log level can leak them.
-    for lib in QUIET_LIBRARIES {
-        if let Ok(d) = format!("{lib}=debug").parse() {
-            filter = filter.add_directive(d);
+    // them at `debug` whenever TINCAN_LOG enables `trace` anywhere, so no log level can leak
+    // them. (Only then: a `lib=debug` directive would otherwise make them *more* verbose than a
+    // `warn` default.)
+    let traces = filter
+        .max_level_hint()
+        .is_none_or(|l| l >= tracing_subscriber::filter::LevelFilter::TRACE);
+    if traces {
+        for lib in QUIET_LIBRARIES {
+            if let Ok(d) = format!("{lib}=debug").parse() {
+                filter = filter.add_directive(d);
+            }
         }
     }
     let builder = tracing_subscriber::fmt()

@@ -54,6 +54,16 @@ fn pair_and_talk_both_ways_and_relay_holds_no_plaintext() {
     let b_id = c.setup(&b);
     let url = c.pair(&a, &b, &w.relay.url());
     assert!(url.contains("/invite#tincan1."));
+    // With no TINCAN_LOG, a client command's stderr carries no library debug chatter.
+    let r = c.run(&b, &["invite", "create", "--relay", &w.relay.url()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    if std::env::var_os("TINCAN_LOG").is_none() {
+        assert!(
+            !r.stderr.contains("DEBUG") && !r.stderr.contains("TRACE"),
+            "debug output by default: {}",
+            r.stderr
+        );
+    }
 
     let r = c.run(
         &b,
