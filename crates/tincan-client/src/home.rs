@@ -9,7 +9,6 @@
 
 mod agent;
 mod audit;
-mod checkpoint;
 mod invites;
 mod messages;
 mod migrate;
@@ -49,7 +48,7 @@ pub struct Home {
     /// Inbox entries up to this seq were handed to the application; the mark rides along with
     /// the next write transaction (see [`Home::mark_consumed_later`]).
     pending_consumed: Option<i64>,
-    _checkpoints: checkpoint::Checkpointer,
+    _checkpoints: tincan_sqlite::Checkpointer,
 }
 
 impl std::fmt::Debug for Home {
@@ -75,7 +74,10 @@ impl Home {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.execute_batch(schema::SCHEMA)?;
         migrate::migrate(&mut conn)?;
-        let checkpoints = checkpoint::Checkpointer::start(&dir.join(DB_FILE))?;
+        let checkpoints = tincan_sqlite::Checkpointer::start::<ClientError>(
+            &dir.join(DB_FILE),
+            "tincan-home-checkpoint",
+        )?;
         let mut home = Self {
             dir: dir.to_path_buf(),
             conn,

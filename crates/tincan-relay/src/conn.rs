@@ -385,32 +385,29 @@ impl Conn {
     }
 
     async fn feed(&mut self, frame: RelayFrame) -> bool {
-        self.unflushed += 1;
-        let m = &self.shared.metrics;
-        match &frame {
-            RelayFrame::Deliver { .. } => {
-                Metrics::inc(&m.frames_out[metrics::kind("deliver")]);
-                Metrics::inc(&m.messages_delivered);
-            }
-            RelayFrame::Error { .. } => Metrics::inc(&m.frames_out[metrics::kind("error")]),
-            RelayFrame::Sent { .. } => Metrics::inc(&m.frames_out[metrics::kind("send")]),
-            _ => Metrics::inc(&m.frames_out[metrics::kind("ping")]),
-        }
-        self.sink
-            .feed(Message::Binary(frame.encode().into()))
-            .await
-            .is_ok()
+        let kind = match &frame {
+            RelayFrame::Deliver { .. } => "deliver",
+            RelayFrame::Error { .. } => "error",
+            RelayFrame::Sent { .. } => "send",
+            _ => "ping",
+        };
+        self.feed_encoded(kind, frame.encode()).await
     }
 
+    /// A stored message, encoded straight from the store's copy of its body.
     async fn feed_delivery(&mut self, msg: &Stored) -> bool {
+        self.feed_encoded("deliver", msg.encode()).await
+    }
+
+    /// Queues an encoded frame of `kind` (a metrics label) for the next flush.
+    async fn feed_encoded(&mut self, kind: &str, bytes: Vec<u8>) -> bool {
         self.unflushed += 1;
         let m = &self.shared.metrics;
-        Metrics::inc(&m.frames_out[metrics::kind("deliver")]);
-        Metrics::inc(&m.messages_delivered);
-        self.sink
-            .feed(Message::Binary(msg.encode().into()))
-            .await
-            .is_ok()
+        Metrics::inc(&m.frames_out[metrics::kind(kind)]);
+        if kind == "deliver" {
+            Metrics::inc(&m.messages_delivered);
+        }
+        self.sink.feed(Message::Binary(bytes.into())).await.is_ok()
     }
 
     async fn send_now(&mut self, frame: RelayFrame) -> Option<()> {

@@ -31,6 +31,8 @@ use tincan_proto::frame::{ErrorCode, RelayFrame};
 use tincan_proto::ids::{InviteId, MessageId, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
+use tincan_sqlite::Checkpointer;
+
 use crate::Config;
 use crate::metrics::Metrics;
 use crate::router::Router;
@@ -178,7 +180,7 @@ impl Store {
         }
         let pairs = load_pairs(&conn)?;
         let queued: i64 = conn.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))?;
-        let checkpoints = Checkpointer::start(&config.db_path)?;
+        let checkpoints = Checkpointer::start::<StoreError>(&config.db_path, "tincan-checkpoint")?;
         let (tx, rx) = std_mpsc::channel();
         let worker = Worker {
             conn,
@@ -411,64 +413,6 @@ struct Worker {
     _checkpoints: Checkpointer,
 }
 
-/// Copies the WAL into the database from its own connection and thread, so the writer never pays
-/// for a checkpoint's fsync inside a commit. Stops when dropped.
-///
-/// It runs every [`CHECKPOINT_MIN`] while the database changes and backs off to
-/// [`CHECKPOINT_MAX`] when idle (`PRAGMA data_version` tells). Small, frequent checkpoints matter
-/// for latency: a checkpoint's fsync makes the kernel flush its journal, and the writer's next
-/// WAL `pwrite` waits for that flush. With one checkpoint a second, commits at 1,000 msg/s
-/// stalled for over 25 ms and delivery p99 was 23 ms; every 20 ms it was 0.3 ms
-/// (docs/BENCHMARKS.md).
-struct Checkpointer {
-    stop: Option<std_mpsc::Sender<()>>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Checkpointer {
-    fn start(db: &std::path::Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let (stop, rx) = std_mpsc::channel::<()>();
-        let thread = thread::Builder::new()
-            .name("tincan-checkpoint".into())
-            .spawn(move || {
-                let version = |c: &Connection| {
-                    c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
-                        .ok()
-                };
-                let mut seen = version(&conn);
-                let mut wait = CHECKPOINT_MIN;
-                while let Err(std_mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(wait) {
-                    let now = version(&conn);
-                    if now == seen {
-                        wait = (wait * 2).min(CHECKPOINT_MAX);
-                        continue;
-                    }
-                    seen = now;
-                    wait = CHECKPOINT_MIN;
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(error = %e, "checkpoint failed; will retry");
-                    }
-                }
-            })?;
-        Ok(Self {
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 struct Held {
     id: MessageId,
     code: ErrorCode,
@@ -480,11 +424,6 @@ struct Held {
 const HOLD_MS: u64 = 60_000;
 
 const MAX_BATCH: usize = 1024;
-
-/// Checkpoint interval while the database changes.
-const CHECKPOINT_MIN: std::time::Duration = std::time::Duration::from_millis(20);
-/// Checkpoint interval when idle.
-const CHECKPOINT_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Sequence numbers reserved per write to `meta`.
 const SEQ_BLOCK: u64 = 4096;
