@@ -224,7 +224,15 @@ impl Hub {
                 tracing::error!(error = %e, "cannot write the audit log");
             }
         }
+        // Push first, then wake waiting checks: the audit log then records the push before any
+        // check that returns the same message, so "the last message shown" is well defined.
+        self.push(m);
         self.arrived.notify_waiters();
+    }
+
+    /// Pushes a message to the connected sessions, unless a check returned it already or the
+    /// peer's push budget is spent (then it waits for a check, and a deferred report is due).
+    fn push(&self, m: &ReceivedMessage) {
         if self.pushes.receiver_count() == 0 {
             return;
         }
@@ -265,8 +273,8 @@ impl Hub {
                 "priority": priority,
             }
         });
-        let _ = self.pushes.send(Arc::new(params));
         self.delivered("push", &m.from, &m.id.to_string(), None);
+        let _ = self.pushes.send(Arc::new(params));
     }
 
     fn report_deferred(&self) {
