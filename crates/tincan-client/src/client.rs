@@ -500,7 +500,7 @@ impl Client {
     }
 
     fn write_marks(&self) {
-        if let Err(e) = self.shared.home().flush_consumed() {
+        if let Err(e) = self.shared.home().flush_deferred() {
             tracing::warn!(error = %e, "could not mark inbox entries consumed; they may be shown again");
         }
     }

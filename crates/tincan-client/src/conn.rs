@@ -23,6 +23,11 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(45);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const OUTBOX_BATCH: usize = 512;
 const MAX_DRAIN: usize = 512;
+/// How long a relay acknowledgement may wait to share a transaction with a delivery or a send
+/// before it is written alone.
+const ACK_DELAY: Duration = Duration::from_millis(20);
+/// Acknowledgements written at once however soon, bounding memory and the replay after a crash.
+const MAX_PENDING_ACKS: usize = 4096;
 
 /// The WebSocket URL for a relay URL.
 pub(crate) fn ws_url(relay_url: &str) -> Result<String, ClientError> {
@@ -244,6 +249,8 @@ struct Session<'a> {
     paused_until: Option<tokio::time::Instant>,
     requests: HashMap<u32, oneshot::Sender<Result<RelayFrame, ClientError>>>,
     last_outbox: i64,
+    /// When deferred acknowledgements must be written if nothing else carried them.
+    acks_due: Option<tokio::time::Instant>,
 }
 
 impl<'a> Session<'a> {
@@ -257,6 +264,7 @@ impl<'a> Session<'a> {
             paused_until: None,
             requests: HashMap::new(),
             last_outbox: 0,
+            acks_due: None,
         }
     }
 
@@ -273,6 +281,7 @@ impl<'a> Session<'a> {
         pending: &mut Pending,
     ) -> End {
         let end = self.run_inner(&mut ws, cmd_rx, pending).await;
+        self.write_acks();
         for (_, reply) in self.requests.drain() {
             let _ = reply.send(Err(ClientError::Disconnected));
         }
@@ -332,6 +341,7 @@ impl<'a> Session<'a> {
                         return e;
                     }
                 }
+                _ = sleep_until_opt(self.acks_due) => self.write_acks(),
                 _ = sleep_until_opt(self.paused_until) => {
                     self.paused_until = None;
                     if let Err(e) = self.flush_outbox(ws, None).await {
@@ -377,6 +387,8 @@ impl<'a> Session<'a> {
             self.send_rows(ws, q.entries).await?;
             return ws.flush().await.map_err(|e| e.to_string());
         }
+        // Reading the outbox back: acknowledged rows must be gone from it first.
+        self.write_acks();
         loop {
             let rows = match self.shared.home().outbox(
                 &self.shared.relay_url,
@@ -435,8 +447,8 @@ impl<'a> Session<'a> {
                     body,
                 }),
                 RelayFrame::Sent { req, seq } => {
-                    if let Some((local, _)) = self.sends.remove(&req) {
-                        acked.push((local, seq));
+                    if let Some((local, id)) = self.sends.remove(&req) {
+                        acked.push((local, seq, id));
                     } else if let Some(reply) = self.requests.remove(&req) {
                         let _ = reply.send(Ok(RelayFrame::Sent { req, seq }));
                     }
@@ -520,9 +532,17 @@ impl<'a> Session<'a> {
             }
         }
         if !acked.is_empty() {
-            if let Err(e) = self.shared.home().outbox_acked(&acked, now_ms()) {
-                // The relay deduplicates by message id, so a resend after this is harmless.
-                tracing::error!(error = %e, "cannot record acknowledgements");
+            // Written with the deliveries below, or the next send, or alone after ACK_DELAY;
+            // until then this home already counts them as sent.
+            let pending = {
+                let mut home = self.shared.home();
+                home.outbox_acked_later(&acked, now_ms());
+                home.acks_pending()
+            };
+            if pending >= MAX_PENDING_ACKS {
+                self.write_acks();
+            } else if self.acks_due.is_none() {
+                self.acks_due = Some(tokio::time::Instant::now() + ACK_DELAY);
             }
             progress = true;
         }
@@ -535,6 +555,15 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// Writes deferred acknowledgements (and consumed marks) now, if any wait.
+    fn write_acks(&mut self) {
+        self.acks_due = None;
+        if let Err(e) = self.shared.home().flush_deferred() {
+            // The relay deduplicates by message id, so a resend after this is harmless.
+            tracing::error!(error = %e, "cannot record acknowledgements");
+        }
+    }
+
     async fn open_deliveries(&mut self, ws: &mut Ws, deliveries: Vec<Incoming>) -> Result<(), End> {
         let result = open_batch(self.shared, &deliveries);
         let events = match result {
@@ -545,6 +574,9 @@ impl<'a> Session<'a> {
                 return Err(End::Lost(format!("local store error: {e}")));
             }
         };
+        if self.acks_due.is_some() && self.shared.home().acks_pending() == 0 {
+            self.acks_due = None; // the deliveries' transaction carried them
+        }
         for d in &deliveries {
             ws.feed(Message::Binary(
                 ClientFrame::Ack { seq: d.relay_seq }.encode().into(),

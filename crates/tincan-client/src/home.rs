@@ -9,6 +9,7 @@
 
 mod agent;
 mod audit;
+mod deferred;
 mod invites;
 mod messages;
 mod migrate;
@@ -45,9 +46,9 @@ pub struct Home {
     identity: Option<Identity>,
     /// Unpickled sessions, checked against the stored revision in every transaction.
     sessions: session_cache::SessionCache,
-    /// Inbox entries up to this seq were handed to the application; the mark rides along with
-    /// the next write transaction (see [`Home::mark_consumed_later`]).
-    pending_consumed: Option<i64>,
+    /// Consumed marks and relay acknowledgements that ride along with the next write
+    /// transaction (see [`Home::mark_consumed_later`], [`Home::outbox_acked_later`]).
+    deferred: deferred::Deferred,
     _checkpoints: tincan_sqlite::Checkpointer,
 }
 
@@ -57,6 +58,15 @@ impl std::fmt::Debug for Home {
             .field("dir", &self.dir)
             .field("identity", &self.identity.as_ref().map(Identity::peer_id))
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        // Best effort: what is not written is shown or sent again, never lost.
+        if let Err(e) = self.flush_deferred() {
+            tracing::warn!(error = %e, "could not write deferred marks on close");
+        }
     }
 }
 
@@ -84,7 +94,7 @@ impl Home {
             key,
             identity: None,
             sessions: session_cache::SessionCache::default(),
-            pending_consumed: None,
+            deferred: deferred::Deferred::default(),
             _checkpoints: checkpoints,
         };
         home.identity = home.load_identity()?;

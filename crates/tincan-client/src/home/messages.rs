@@ -8,6 +8,7 @@ use tincan_proto::envelope::{Body, MAX_TEXT};
 use tincan_proto::ids::{MessageId, PeerId};
 use tincan_proto::session::{self, PeerSession, SessionError};
 
+use super::deferred::{self, Ack};
 use super::session_cache::{self, Taken};
 use super::{Home, invites, peers, random16};
 use crate::error::ClientError;
@@ -139,15 +140,6 @@ pub(super) fn push_outbox(
     Ok(tx.last_insert_rowid())
 }
 
-/// Writes a pending consumed mark inside `tx`; returns the mark it wrote.
-fn apply_consumed(tx: &Transaction<'_>, pending: Option<i64>) -> Result<Option<i64>, ClientError> {
-    if let Some(seq) = pending {
-        tx.prepare_cached("UPDATE inbox SET consumed = 1 WHERE seq <= ?1 AND consumed = 0")?
-            .execute(params![seq])?;
-    }
-    Ok(pending)
-}
-
 /// A delivery's sender and message id, with their text forms as the tables store them.
 struct Keys<'a> {
     from: &'a PeerId,
@@ -227,7 +219,7 @@ impl Home {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let marked = apply_consumed(&tx, self.pending_consumed)?;
+        let carried = self.deferred.apply(&tx)?;
         let Taken {
             mut session,
             relay_url,
@@ -252,7 +244,7 @@ impl Home {
         let rev = session_cache::save(&tx, &self.key, &session)?;
         tx.commit()?;
         self.sessions.put(rev, session);
-        self.consumed_written(marked);
+        self.deferred.committed(carried);
         Ok(Queued { relay_url, entries })
     }
 
@@ -277,6 +269,9 @@ impl Home {
         let mut out = Vec::new();
         for row in rows {
             let (seq, peer, id, body) = row?;
+            if self.deferred.acked_row(seq) {
+                continue;
+            }
             if let (Ok(peer), Ok(id)) = (peer.parse(), id.parse()) {
                 out.push(OutboxEntry {
                     seq,
@@ -291,40 +286,62 @@ impl Home {
 
     /// Number of messages not yet acknowledged by a relay (failed ones excluded).
     pub fn outbox_len(&self) -> Result<u64, ClientError> {
-        Ok(self.conn.query_row(
+        let stored = self.conn.query_row(
             "SELECT COUNT(*) FROM outbox WHERE failed_code IS NULL",
             [],
             |r| r.get::<_, i64>(0),
-        )? as u64)
+        )? as u64;
+        // Rows acknowledged but not yet written as such are still stored.
+        Ok(stored.saturating_sub(self.deferred.acks_pending() as u64))
     }
 
-    /// Records relay acknowledgements: (local seq, relay seq) pairs.
+    /// Records relay acknowledgements, (local seq, relay seq) pairs, now (with anything deferred).
     pub fn outbox_acked(&mut self, acked: &[(i64, u64)], now_ms: u64) -> Result<(), ClientError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let marked = apply_consumed(&tx, self.pending_consumed)?;
-        // Deferrals are rare: look for them once per batch, not once per message.
-        let deferred: bool = tx
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox_deferred)")?
-            .query_row([], |r| r.get(0))?;
-        for (seq, relay_seq) in acked {
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO sent (msg_id, peer, relay_seq, acked_at) SELECT msg_id, peer, ?2, ?3 FROM outbox WHERE seq = ?1",
-            )?
-            .execute(params![seq, *relay_seq as i64, now_ms as i64])?;
-            if deferred {
-                tx.prepare_cached(
-                    "DELETE FROM outbox_deferred WHERE msg_id IN (SELECT msg_id FROM outbox WHERE seq = ?1)",
-                )?
-                .execute(params![seq])?;
-            }
-            tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
-                .execute(params![seq])?;
-        }
+        let carried = self.deferred.apply(&tx)?;
+        let acks: Vec<Ack> = acked
+            .iter()
+            .filter_map(|&(local, relay_seq)| {
+                // The id only serves `is_sent` before a deferred write; a row already gone
+                // needs no record.
+                let id: String = tx
+                    .prepare_cached("SELECT msg_id FROM outbox WHERE seq = ?1")
+                    .and_then(|mut st| st.query_row(params![local], |r| r.get(0)))
+                    .ok()?;
+                Some(Ack {
+                    local,
+                    relay_seq,
+                    id: id.parse().ok()?,
+                    at_ms: now_ms,
+                })
+            })
+            .collect();
+        deferred::write_acks(&tx, &acks)?;
         tx.commit()?;
-        self.consumed_written(marked);
+        self.deferred.committed(carried);
         Ok(())
+    }
+
+    /// Like [`Home::outbox_acked`], but written with the next transaction this home runs anyway,
+    /// or by [`Home::flush_deferred`]: `(local seq, relay seq, message id)`. Until then this
+    /// home's [`Home::is_sent`], [`Home::outbox_len`] and [`Home::outbox`] already count them as
+    /// sent; a crash before the write sends them again, which the relay and the recipient
+    /// deduplicate by message id.
+    pub fn outbox_acked_later(&mut self, acked: &[(i64, u64, MessageId)], now_ms: u64) {
+        self.deferred
+            .push_acks(acked.iter().map(|&(local, relay_seq, id)| Ack {
+                local,
+                relay_seq,
+                id,
+                at_ms: now_ms,
+            }));
+    }
+
+    /// How many relay acknowledgements wait for a write.
+    pub fn acks_pending(&self) -> usize {
+        self.deferred.acks_pending()
     }
 
     /// Marks an outbox entry as refused by the relay; it stays in the outbox as a record.
@@ -371,6 +388,9 @@ impl Home {
 
     /// Whether the relay has acknowledged message `id`.
     pub fn is_sent(&self, id: &MessageId) -> Result<bool, ClientError> {
+        if self.deferred.acked(id) {
+            return Ok(true);
+        }
         Ok(self
             .conn
             .query_row(
@@ -410,7 +430,7 @@ impl Home {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let marked = apply_consumed(&tx, self.pending_consumed)?;
+        let carried = self.deferred.apply(&tx)?;
         let mut sessions: HashMap<PeerId, PeerSession> = HashMap::new();
         let mut dirty: Vec<PeerId> = Vec::new();
         // Sessions opened by a join in this batch, with the revision they were stored under.
@@ -533,7 +553,7 @@ impl Home {
                 self.sessions.put(rev, s);
             }
         }
-        self.consumed_written(marked);
+        self.deferred.committed(carried);
         let _ = me_id;
         Ok(out)
     }
@@ -583,30 +603,28 @@ impl Home {
 
     /// Like [`Home::mark_consumed`], but written with the next transaction this home runs anyway
     /// (a delivery, a send, an acknowledgement) instead of one of its own, or by
-    /// [`Home::flush_consumed`]. Until then a crash can show those entries again.
+    /// [`Home::flush_deferred`]. Until then a crash can show those entries again.
     pub fn mark_consumed_later(&mut self, seq: i64) {
-        self.pending_consumed = Some(self.pending_consumed.map_or(seq, |p| p.max(seq)));
+        self.deferred.mark_consumed(seq);
     }
 
     /// Whether a mark from [`Home::mark_consumed_later`] is still unwritten.
     pub fn consumed_pending(&self) -> bool {
-        self.pending_consumed.is_some()
+        self.deferred.consumed_pending()
     }
 
-    /// Writes a mark left by [`Home::mark_consumed_later`], if any.
-    pub fn flush_consumed(&mut self) -> Result<(), ClientError> {
-        if let Some(seq) = self.pending_consumed {
-            self.mark_consumed(seq)?;
-            self.consumed_written(Some(seq));
+    /// Writes everything left by [`Home::mark_consumed_later`] and [`Home::outbox_acked_later`].
+    pub fn flush_deferred(&mut self) -> Result<(), ClientError> {
+        if self.deferred.is_empty() {
+            return Ok(());
         }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let carried = self.deferred.apply(&tx)?;
+        tx.commit()?;
+        self.deferred.committed(carried);
         Ok(())
-    }
-
-    /// A transaction that carried the mark up to `marked` committed.
-    fn consumed_written(&mut self, marked: Option<i64>) {
-        if self.pending_consumed == marked {
-            self.pending_consumed = None;
-        }
     }
 }
 

@@ -1,0 +1,215 @@
+//! Bookkeeping writes that ride along with the next transaction a home runs anyway.
+//!
+//! Two records are not worth a commit of their own on the message path: "the application was
+//! handed inbox entries up to seq N" (consumed marks) and "the relay acknowledged outbox row N"
+//! (acks). Both are kept here in memory, written inside the next send or delivery transaction,
+//! or alone by a flush when nothing else comes (the client's timers, and its close). Losing them
+//! in a crash is harmless: an entry not marked consumed is shown again (receivers deduplicate by
+//! message id), an outbox row not marked sent is sent again (the relay deduplicates by message id,
+//! and so does the recipient). Until they are written, readers in this process see them through
+//! [`Deferred`] (`is_sent`, `outbox_len`); another process on the same home sees them late.
+
+use rusqlite::{Transaction, params};
+use tincan_proto::ids::MessageId;
+
+use crate::error::ClientError;
+
+/// A relay acknowledgement not yet written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Ack {
+    /// Local outbox seq.
+    pub local: i64,
+    /// The relay's seq for it.
+    pub relay_seq: u64,
+    /// The message id (for `is_sent` before the write).
+    pub id: MessageId,
+    /// When the relay's acknowledgement arrived (ms since the epoch).
+    pub at_ms: u64,
+}
+
+/// Writes not yet made.
+#[derive(Debug, Default)]
+pub(super) struct Deferred {
+    consumed: Option<i64>,
+    acks: Vec<Ack>,
+}
+
+/// What one transaction carried, so a commit can clear exactly that.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Carried {
+    consumed: Option<i64>,
+    acks: usize,
+}
+
+impl Deferred {
+    pub(super) fn mark_consumed(&mut self, seq: i64) {
+        self.consumed = Some(self.consumed.map_or(seq, |p| p.max(seq)));
+    }
+
+    pub(super) fn push_acks(&mut self, acks: impl IntoIterator<Item = Ack>) {
+        self.acks.extend(acks);
+    }
+
+    pub(super) fn consumed_pending(&self) -> bool {
+        self.consumed.is_some()
+    }
+
+    pub(super) fn acks_pending(&self) -> usize {
+        self.acks.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.consumed.is_none() && self.acks.is_empty()
+    }
+
+    /// Whether an unwritten ack covers message `id`.
+    pub(super) fn acked(&self, id: &MessageId) -> bool {
+        self.acks.iter().any(|a| a.id == *id)
+    }
+
+    /// Whether an unwritten ack covers local outbox row `local`.
+    pub(super) fn acked_row(&self, local: i64) -> bool {
+        self.acks.iter().any(|a| a.local == local)
+    }
+
+    /// Writes everything pending inside `tx`; pass the result to [`Deferred::committed`] once
+    /// `tx` commits (if it rolls back, everything stays pending).
+    pub(super) fn apply(&self, tx: &Transaction<'_>) -> Result<Carried, ClientError> {
+        if let Some(seq) = self.consumed {
+            tx.prepare_cached("UPDATE inbox SET consumed = 1 WHERE seq <= ?1 AND consumed = 0")?
+                .execute(params![seq])?;
+        }
+        if !self.acks.is_empty() {
+            write_acks(tx, &self.acks)?;
+        }
+        Ok(Carried {
+            consumed: self.consumed,
+            acks: self.acks.len(),
+        })
+    }
+
+    /// A transaction that carried `c` committed.
+    pub(super) fn committed(&mut self, c: Carried) {
+        if c.consumed.is_some() && self.consumed == c.consumed {
+            self.consumed = None;
+        }
+        self.acks.drain(..c.acks.min(self.acks.len()));
+    }
+}
+
+/// Records relay acknowledgements: each row moves from the outbox to `sent`.
+pub(super) fn write_acks(tx: &Transaction<'_>, acks: &[Ack]) -> Result<(), ClientError> {
+    // Deferrals are rare: look for them once per batch, not once per message.
+    let deferred: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox_deferred)")?
+        .query_row([], |r| r.get(0))?;
+    for a in acks {
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO sent (msg_id, peer, relay_seq, acked_at) SELECT msg_id, peer, ?2, ?3 FROM outbox WHERE seq = ?1",
+        )?
+        .execute(params![a.local, a.relay_seq as i64, a.at_ms as i64])?;
+        if deferred {
+            tx.prepare_cached(
+                "DELETE FROM outbox_deferred WHERE msg_id IN (SELECT msg_id FROM outbox WHERE seq = ?1)",
+            )?
+            .execute(params![a.local])?;
+        }
+        tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
+            .execute(params![a.local])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tincan_proto::ids::PeerId;
+    use tincan_proto::invite::Invite;
+
+    use super::super::{Home, OutboxEntry, now_ms, now_secs};
+
+    const RELAY: &str = "http://127.0.0.1:1";
+
+    /// B accepted A's invite, so B's outbox holds one row (the join). Returns (A's id, B, row).
+    fn joined(dir: &std::path::Path) -> (PeerId, Home, OutboxEntry) {
+        let mut a = Home::open(&dir.join("a")).unwrap();
+        let mut b = Home::open(&dir.join("b")).unwrap();
+        a.setup().unwrap();
+        b.setup().unwrap();
+        let draft = a.create_invite(RELAY, 60, now_secs()).unwrap();
+        let invite = Invite::parse(&draft.url(), now_secs()).unwrap();
+        b.accept_invite(&invite, now_ms()).unwrap();
+        let mut rows = b.outbox(RELAY, 0, 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        (a.identity().unwrap().peer_id(), b, rows.remove(0))
+    }
+
+    #[test]
+    fn a_deferred_ack_counts_at_once_and_rides_along_with_the_next_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a_id, mut b, row) = joined(dir.path());
+        b.outbox_acked_later(&[(row.seq, 7, row.id)], now_ms());
+        assert_eq!(b.acks_pending(), 1);
+        assert!(b.is_sent(&row.id).unwrap());
+        assert_eq!(b.outbox_len().unwrap(), 0);
+        assert!(b.outbox(RELAY, 0, 10).unwrap().is_empty());
+        // Not written yet: another handle on the same home still has the row queued.
+        let other = Home::open(&dir.path().join("b")).unwrap();
+        assert!(!other.is_sent(&row.id).unwrap());
+        assert_eq!(other.outbox_len().unwrap(), 1);
+        // The next send's transaction writes it.
+        let sent = b.queue_texts(&a_id, &["hello"], now_ms()).unwrap();
+        assert_eq!(b.acks_pending(), 0);
+        assert!(other.is_sent(&row.id).unwrap());
+        let queued: Vec<_> = other
+            .outbox(RELAY, 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(queued, sent);
+    }
+
+    #[test]
+    fn a_crash_before_the_write_leaves_the_row_to_send_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut b, row) = joined(dir.path());
+        b.outbox_acked_later(&[(row.seq, 7, row.id)], now_ms());
+        std::mem::forget(b); // no Drop: as if the process died here
+        let b = Home::open(&dir.path().join("b")).unwrap();
+        assert!(!b.is_sent(&row.id).unwrap());
+        let again: Vec<_> = b.outbox(RELAY, 0, 10).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].id, &again[0].body), (row.id, &row.body));
+    }
+
+    #[test]
+    fn closing_a_home_writes_what_it_deferred() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut b, row) = joined(dir.path());
+        b.outbox_acked_later(&[(row.seq, 7, row.id)], now_ms());
+        drop(b);
+        let b = Home::open(&dir.path().join("b")).unwrap();
+        assert!(b.is_sent(&row.id).unwrap());
+        assert_eq!(b.outbox_len().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_rolled_back_transaction_keeps_the_ack_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a_id, mut b, row) = joined(dir.path());
+        b.outbox_acked_later(&[(row.seq, 7, row.id)], now_ms());
+        b.conn
+            .execute_batch(
+                "CREATE TEMP TRIGGER no_outbox BEFORE INSERT ON main.outbox BEGIN SELECT RAISE(ABORT, 'disk says no'); END;",
+            )
+            .unwrap();
+        assert!(b.queue_texts(&a_id, &["lost"], now_ms()).is_err());
+        assert_eq!(b.acks_pending(), 1, "the ack must survive the rollback");
+        b.flush_deferred().unwrap();
+        assert_eq!(b.acks_pending(), 0);
+        let other = Home::open(&dir.path().join("b")).unwrap();
+        assert!(other.is_sent(&row.id).unwrap());
+    }
+}
