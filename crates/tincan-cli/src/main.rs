@@ -83,8 +83,12 @@ const QUIET_LIBRARIES: &[&str] = &[
     "tower_http",
     "rustls",
     "tokio_rustls",
-    "rmcp",
 ];
+
+/// Dependencies whose `debug` output already carries payloads: rmcp logs every request's
+/// arguments (an invite URL given to `accept_invite`, the text given to `send_message`) and
+/// every result (peer messages returned by `check_messages`) at `debug`. Always capped at `info`.
+const QUIETER_LIBRARIES: &[&str] = &["rmcp"];
 
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
@@ -105,6 +109,16 @@ fn init_logging(cli: &Cli) {
     if traces {
         for lib in QUIET_LIBRARIES {
             if let Ok(d) = format!("{lib}=debug").parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
+    let debugs = filter
+        .max_level_hint()
+        .is_none_or(|l| l >= tracing_subscriber::filter::LevelFilter::DEBUG);
+    if debugs {
+        for lib in QUIETER_LIBRARIES {
+            if let Ok(d) = format!("{lib}=info").parse() {
                 filter = filter.add_directive(d);
             }
         }

@@ -420,3 +420,112 @@ fn peers_block_allow_and_allowlist_mode_through_the_cli() {
     assert_eq!(withheld.len(), 2, "{log:?}");
     assert_eq!(c.run(&a, &["audit", "verify"]).code, 0);
 }
+
+/// One JSON-RPC exchange over the server's stdio: writes `req`, returns the response to its id.
+fn rpc(
+    stdin: &mut impl std::io::Write,
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    req: Value,
+) -> Value {
+    writeln!(stdin, "{req}").unwrap();
+    stdin.flush().unwrap();
+    let id = req["id"].clone();
+    for line in lines.by_ref() {
+        let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if v["id"] == id {
+            return v;
+        }
+    }
+    panic!("the server closed stdout before answering {req}");
+}
+
+#[test]
+fn no_log_level_shows_peer_text_or_invite_secrets_through_the_mcp_library() {
+    use std::io::{BufRead, Write};
+    // The MCP library logs request arguments and results at debug; they hold a peer's plaintext
+    // (check_messages) and invite secrets (accept_invite).
+    const SECRET: &str = "peer-plaintext-6f1d2c";
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(Path::new(bin()), dir.path());
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let c = Cli::new(bin());
+    let a_id = c.setup(&a);
+    c.setup(&b);
+    c.pair(&a, &b, &relay.url());
+    for level in ["trace", "debug", "debug,rmcp=trace"] {
+        let text = format!("{SECRET} at {level}");
+        let r = c.run(&b, &["send", &a_id, &text]);
+        assert_eq!(r.code, 0, "{r:?}");
+        // From a third agent: accepting one from B would replace the A-B session.
+        let inviter = dir.path().join(format!("c-{level}"));
+        c.setup(&inviter);
+        let invite = c
+            .run(&inviter, &["invite", "create", "--relay", &relay.url()])
+            .json()["url"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let secret_part = invite.split('#').nth(1).unwrap().to_string();
+        let log = dir.path().join(format!("mcp-{level}.log"));
+        let mut server = Kill(
+            Command::new(bin())
+                .arg("--home")
+                .arg(&a)
+                .arg("mcp")
+                .env("TINCAN_LOG", level)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let mut stdin = server.0.stdin.take().unwrap();
+        let mut lines = std::io::BufReader::new(server.0.stdout.take().unwrap()).lines();
+        let init = rpc(
+            &mut stdin,
+            &mut lines,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "log-test", "version": "1"}}}),
+        );
+        assert!(init["result"].is_object(), "{init}");
+        writeln!(
+            stdin,
+            "{}",
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        )
+        .unwrap();
+        let checked = rpc(
+            &mut stdin,
+            &mut lines,
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+                "name": "check_messages", "arguments": {"wait_seconds": 15}}}),
+        );
+        assert!(
+            checked.to_string().contains(&text),
+            "the check must return the text, or this test proves nothing: {checked}"
+        );
+        let accepted = rpc(
+            &mut stdin,
+            &mut lines,
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+                "name": "accept_invite", "arguments": {"url": invite}}}),
+        );
+        assert!(accepted["result"].is_object(), "{accepted}");
+        drop(stdin);
+        let _ = server.0.wait();
+        let logged = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            logged.contains("DEBUG"),
+            "TINCAN_LOG={level} must log at debug, or this test proves nothing:\n{logged}"
+        );
+        assert!(
+            !logged.contains(SECRET),
+            "peer plaintext in the log at TINCAN_LOG={level}:\n{logged}"
+        );
+        assert!(
+            !logged.contains(&secret_part),
+            "an invite secret in the log at TINCAN_LOG={level}:\n{logged}"
+        );
+    }
+}
