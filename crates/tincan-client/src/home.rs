@@ -15,6 +15,7 @@ mod messages;
 mod migrate;
 mod peers;
 mod policy;
+mod prior;
 mod schema;
 mod session_cache;
 

@@ -10,7 +10,7 @@ use tincan_proto::session::{self, PeerSession, SessionError};
 
 use super::deferred::{self, Ack};
 use super::session_cache::{self, Taken};
-use super::{Home, invites, peers, random16};
+use super::{Home, invites, peers, prior, random16};
 use crate::error::ClientError;
 
 /// A sealed message waiting for the relay's acknowledgement.
@@ -223,6 +223,7 @@ impl Home {
         let Taken {
             mut session,
             relay_url,
+            ..
         } = self
             .sessions
             .take(&tx, &self.key, peer)?
@@ -432,6 +433,8 @@ impl Home {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let carried = self.deferred.apply(&tx)?;
         let mut sessions: HashMap<PeerId, PeerSession> = HashMap::new();
+        // Peers whose re-pairing left a prior session (see `prior`).
+        let mut priors: Vec<PeerId> = Vec::new();
         let mut dirty: Vec<PeerId> = Vec::new();
         // Sessions opened by a join in this batch, with the revision they were stored under.
         let mut joined: Vec<(PeerId, i64)> = Vec::new();
@@ -449,6 +452,9 @@ impl Home {
             if !sessions.contains_key(&d.from)
                 && let Some(t) = self.sessions.take(&tx, &key, &d.from)?
             {
+                if t.has_prior {
+                    priors.push(d.from);
+                }
                 sessions.insert(d.from, t.session);
             }
             // A known peer's message opens with its session.
@@ -461,6 +467,12 @@ impl Home {
                     Ok(env) => {
                         if !dirty.contains(&d.from) {
                             dirty.push(d.from);
+                        }
+                        // The peer has moved to this session: nothing sealed on the replaced
+                        // one can follow (one sender's messages arrive in order).
+                        if let Some(i) = priors.iter().position(|p| *p == d.from) {
+                            priors.swap_remove(i);
+                            prior::retire(&tx, &d.from)?;
                         }
                         let entry = match env.body {
                             Body::Text(t) => insert_inbox(
@@ -485,6 +497,23 @@ impl Home {
                         continue;
                     }
                     Err(e) => failure = Some(e.to_string()),
+                }
+                // Sealed before the peer saw a re-pairing: the replaced session may open it.
+                if priors.contains(&d.from)
+                    && let Some(env) = prior::open(&tx, &key, me, d, now_ms)?
+                    && env.id == d.id
+                    && let Body::Text(t) = env.body
+                {
+                    let entry = insert_inbox(
+                        &tx,
+                        InboxKind::Message,
+                        &keys,
+                        Some(&t),
+                        env.sent_at,
+                        now_ms,
+                    )?;
+                    out.push(Processed::New(entry));
+                    continue;
                 }
             }
             // Otherwise (or if that failed) it may open a new session through an open invite.

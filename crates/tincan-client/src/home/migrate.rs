@@ -29,6 +29,9 @@ const STEPS: &[&str] = &[
      CREATE TRIGGER IF NOT EXISTS peers_session_rev_update AFTER UPDATE OF session ON peers
        WHEN NEW.session_rev IS OLD.session_rev
        BEGIN UPDATE peers SET session_rev = random() WHERE id = NEW.id; END;",
+    // 3: the session a re-pairing replaced, until the peer has moved on (see `prior`).
+    "ALTER TABLE peers ADD COLUMN prior_session TEXT;
+     ALTER TABLE peers ADD COLUMN prior_until INTEGER;",
 ];
 
 /// Brings the database up to the newest version.

@@ -165,10 +165,21 @@ pub(super) fn upsert_peer(
 ) -> Result<i64, ClientError> {
     let rev = super::session_cache::new_rev();
     tx.execute(
+        // Pairing again keeps the replaced session for what the peer sealed before it switched
+        // (`prior`).
         "INSERT INTO peers (id, curve25519, relay_url, session, session_rev, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (id) DO UPDATE SET curve25519 = excluded.curve25519, relay_url = excluded.relay_url,
+         prior_session = peers.session, prior_until = ?7,
          session = excluded.session, session_rev = excluded.session_rev",
-        params![id.to_string(), curve25519.as_slice(), relay_url, session.pickle(home_key), rev, now as i64],
+        params![
+            id.to_string(),
+            curve25519.as_slice(),
+            relay_url,
+            session.pickle(home_key),
+            rev,
+            now as i64,
+            (now * 1000 + super::prior::WINDOW_MS) as i64
+        ],
     )?;
     Ok(rev)
 }

@@ -29,6 +29,8 @@ pub(super) struct Taken {
     pub session: PeerSession,
     /// The relay the peer uses.
     pub relay_url: String,
+    /// Whether a re-pairing left a prior session (see `prior`).
+    pub has_prior: bool,
 }
 
 impl SessionCache {
@@ -42,15 +44,15 @@ impl SessionCache {
     ) -> Result<Option<Taken>, ClientError> {
         let cached = self.map.remove(peer);
         let cached_rev = cached.as_ref().map(|(rev, _)| *rev);
-        let row: Option<(String, Option<String>)> = tx
+        let row: Option<(String, Option<String>, bool)> = tx
             .prepare_cached(
-                "SELECT relay_url, CASE WHEN session_rev IS ?2 THEN NULL ELSE session END FROM peers WHERE id = ?1",
+                "SELECT relay_url, CASE WHEN session_rev IS ?2 THEN NULL ELSE session END, prior_session IS NOT NULL FROM peers WHERE id = ?1",
             )?
             .query_row(params![peer.to_string(), cached_rev], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()?;
-        let Some((relay_url, pickled)) = row else {
+        let Some((relay_url, pickled, has_prior)) = row else {
             return Ok(None);
         };
         let session = match (pickled, cached) {
@@ -59,7 +61,11 @@ impl SessionCache {
             // The revision matched, so a cached session exists; kept total without a panic.
             (None, None) => return Ok(None),
         };
-        Ok(Some(Taken { session, relay_url }))
+        Ok(Some(Taken {
+            session,
+            relay_url,
+            has_prior,
+        }))
     }
 
     /// Puts a session back after the transaction that saved it under `rev` committed.
