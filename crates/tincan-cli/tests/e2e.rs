@@ -530,3 +530,45 @@ fn demo_and_version_run() {
     let r = c.run(tmp.path(), &["version"]);
     assert_eq!(r.json()["protocol"], 1);
 }
+
+/// Pairing again with a known peer, while that peer's messages on the old session are still
+/// queued at the relay: they arrive, and the new session works both ways.
+#[test]
+fn pairing_again_loses_no_message_in_flight() {
+    let w = World::new();
+    let c = cli();
+    let (a, b) = (w.home("a"), w.home("b"));
+    let a_id = c.setup(&a);
+    let b_id = c.setup(&b);
+    c.pair(&a, &b, &w.relay.url());
+    let r = c.run(&a, &["listen", "--once", "--timeout", "10"]);
+    assert!(
+        r.events().iter().any(|e| e["event"] == "peer_joined"),
+        "{r:?}"
+    );
+    // A writes while B is offline: sealed on the first session, queued at the relay.
+    for text in ["in flight 1", "in flight 2"] {
+        let r = c.run(&a, &["send", &b_id, text]);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    // B pairs again with A (an invite from A) before reading them.
+    c.pair(&a, &b, &w.relay.url());
+    let r = c.run(&b, &["listen", "--timeout", "3"]);
+    assert_eq!(
+        messages(&r.events()),
+        ["in flight 1", "in flight 2"],
+        "messages sealed before the re-pairing were lost: {r:?}"
+    );
+    // The new session, both ways.
+    let r = c.run(&a, &["listen", "--once", "--timeout", "10"]);
+    assert!(
+        r.events().iter().any(|e| e["event"] == "peer_joined"),
+        "{r:?}"
+    );
+    assert_eq!(c.run(&a, &["send", &b_id, "after"]).code, 0);
+    let r = c.run(&b, &["listen", "--once", "--timeout", "10"]);
+    assert_eq!(messages(&r.events()), ["after"], "{r:?}");
+    assert_eq!(c.run(&b, &["send", &a_id, "back"]).code, 0);
+    let r = c.run(&a, &["listen", "--once", "--timeout", "10"]);
+    assert_eq!(messages(&r.events()), ["back"], "{r:?}");
+}
