@@ -99,27 +99,21 @@ fn init_logging(cli: &Cli) {
     };
     let mut filter =
         EnvFilter::try_from_env("TINCAN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    // At `trace` these libraries log whole frames and headers (ciphertext, bearer tokens); cap
-    // them at `debug` whenever TINCAN_LOG enables `trace` anywhere, so no log level can leak
-    // them. (Only then: a `lib=debug` directive would otherwise make them *more* verbose than a
-    // `warn` default.)
-    let traces = filter
-        .max_level_hint()
-        .is_none_or(|l| l >= tracing_subscriber::filter::LevelFilter::TRACE);
-    if traces {
-        for lib in QUIET_LIBRARIES {
-            if let Ok(d) = format!("{lib}=debug").parse() {
-                filter = filter.add_directive(d);
-            }
-        }
-    }
-    let debugs = filter
-        .max_level_hint()
-        .is_none_or(|l| l >= tracing_subscriber::filter::LevelFilter::DEBUG);
-    if debugs {
-        for lib in QUIETER_LIBRARIES {
-            if let Ok(d) = format!("{lib}=info").parse() {
-                filter = filter.add_directive(d);
+    // At `trace` these libraries log whole frames and headers (ciphertext, bearer tokens), and
+    // rmcp logs tool arguments and results at `debug`. Cap each below the level that leaks
+    // whenever TINCAN_LOG enables that level anywhere, so no setting can leak them. (Only then:
+    // a `lib=debug` directive would otherwise make them *more* verbose than a `warn` default.)
+    use tracing_subscriber::filter::LevelFilter;
+    let enabled = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
+    for (libs, leaks_at, cap) in [
+        (QUIET_LIBRARIES, LevelFilter::TRACE, "debug"),
+        (QUIETER_LIBRARIES, LevelFilter::DEBUG, "info"),
+    ] {
+        if enabled >= leaks_at {
+            for lib in libs {
+                if let Ok(d) = format!("{lib}={cap}").parse() {
+                    filter = filter.add_directive(d);
+                }
             }
         }
     }
