@@ -10,6 +10,8 @@
 mod agent;
 mod audit;
 mod deferred;
+#[cfg(test)]
+mod fixtures;
 mod invites;
 mod messages;
 mod migrate;

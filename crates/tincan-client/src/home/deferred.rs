@@ -125,24 +125,16 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use tincan_proto::ids::PeerId;
-    use tincan_proto::invite::Invite;
 
-    use super::super::{Home, OutboxEntry, now_ms, now_secs};
-
-    const RELAY: &str = "http://127.0.0.1:1";
+    use super::super::fixtures::{RELAY, accepted};
+    use super::super::{Home, OutboxEntry, now_ms};
 
     /// B accepted A's invite, so B's outbox holds one row (the join). Returns (A's id, B, row).
     fn joined(dir: &std::path::Path) -> (PeerId, Home, OutboxEntry) {
-        let mut a = Home::open(&dir.join("a")).unwrap();
-        let mut b = Home::open(&dir.join("b")).unwrap();
-        a.setup().unwrap();
-        b.setup().unwrap();
-        let draft = a.create_invite(RELAY, 60, now_secs()).unwrap();
-        let invite = Invite::parse(&draft.url(), now_secs()).unwrap();
-        b.accept_invite(&invite, now_ms()).unwrap();
-        let mut rows = b.outbox(RELAY, 0, 10).unwrap();
+        let t = accepted(dir);
+        let mut rows = t.b.outbox(RELAY, 0, 10).unwrap();
         assert_eq!(rows.len(), 1);
-        (a.identity().unwrap().peer_id(), b, rows.remove(0))
+        (t.a_id, t.b, rows.remove(0))
     }
 
     #[test]

@@ -71,69 +71,15 @@ mod tests {
 
     use rusqlite::params;
     use tincan_proto::ids::PeerId;
-    use tincan_proto::invite::Invite;
 
-    use super::super::{Home, InboxKind, Incoming, OutboxEntry, Processed, now_ms, now_secs};
+    use super::super::fixtures::{accept, kinds, paired, take};
+    use super::super::{Home, InboxKind, now_ms};
 
-    const RELAY: &str = "http://127.0.0.1:1";
-
-    struct Two {
-        a: Home,
-        b: Home,
-        a_id: PeerId,
-        b_id: PeerId,
-    }
-
-    /// B accepts an invite from A (and A opens the join).
-    fn pair(t: &mut Two) {
-        let draft = t.a.create_invite(RELAY, 60, now_secs()).unwrap();
-        let invite = Invite::parse(&draft.url(), now_secs()).unwrap();
-        t.b.accept_invite(&invite, now_ms()).unwrap();
+    /// Pairs again: B accepts a further invite from A, A opens the join.
+    fn pair_again(t: &mut super::super::fixtures::Two) {
+        accept(t);
         let join = take(&mut t.b);
         assert_eq!(kinds(&mut t.a, t.b_id, &join), [InboxKind::PeerJoined]);
-    }
-
-    fn two(dir: &std::path::Path) -> Two {
-        let mut a = Home::open(&dir.join("a")).unwrap();
-        let mut b = Home::open(&dir.join("b")).unwrap();
-        a.setup().unwrap();
-        b.setup().unwrap();
-        let (a_id, b_id) = (
-            a.identity().unwrap().peer_id(),
-            b.identity().unwrap().peer_id(),
-        );
-        let mut t = Two { a, b, a_id, b_id };
-        pair(&mut t);
-        t
-    }
-
-    /// Everything in `from`'s outbox, acknowledged as if the relay took it.
-    fn take(from: &mut Home) -> Vec<OutboxEntry> {
-        let rows = from.outbox(RELAY, 0, 100).unwrap();
-        let acked: Vec<(i64, u64)> = rows.iter().map(|r| (r.seq, r.seq as u64)).collect();
-        from.outbox_acked(&acked, now_ms()).unwrap();
-        rows
-    }
-
-    /// Delivers `rows` from `from_id` to `to`; returns the kind of each new inbox entry.
-    fn kinds(to: &mut Home, from_id: PeerId, rows: &[OutboxEntry]) -> Vec<InboxKind> {
-        let batch: Vec<Incoming> = rows
-            .iter()
-            .map(|r| Incoming {
-                relay_seq: r.seq as u64,
-                from: from_id,
-                id: r.id,
-                body: r.body.clone(),
-            })
-            .collect();
-        to.process_incoming(&batch, now_ms())
-            .unwrap()
-            .into_iter()
-            .map(|p| match p {
-                Processed::New(e) => e.kind,
-                Processed::Duplicate => panic!("duplicate"),
-            })
-            .collect()
     }
 
     fn prior_kept(h: &Home, peer: &PeerId) -> bool {
@@ -149,7 +95,7 @@ mod tests {
     #[test]
     fn pairing_again_loses_nothing_sealed_on_the_old_session() {
         let dir = tempfile::tempdir().unwrap();
-        let mut t = two(dir.path());
+        let mut t = paired(dir.path());
         // Both sides talk on the first session; A has two more on the way when B pairs again.
         t.a.queue_texts(&t.b_id, &["first"], now_ms()).unwrap();
         let rows = take(&mut t.a);
@@ -157,7 +103,7 @@ mod tests {
         t.a.queue_texts(&t.b_id, &["old 1", "old 2"], now_ms())
             .unwrap();
         let old = take(&mut t.a);
-        pair(&mut t); // B accepts a second invite from A: both sides replace the session
+        pair_again(&mut t); // B accepts a second invite from A: both sides replace the session
         assert!(prior_kept(&t.a, &t.b_id) && prior_kept(&t.b, &t.a_id));
         // B opens what A sealed before it saw the new session.
         assert_eq!(
@@ -189,10 +135,10 @@ mod tests {
     #[test]
     fn an_expired_prior_session_opens_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut t = two(dir.path());
+        let mut t = paired(dir.path());
         t.a.queue_texts(&t.b_id, &["old"], now_ms()).unwrap();
         let old = take(&mut t.a);
-        pair(&mut t);
+        pair_again(&mut t);
         t.b.conn
             .execute(
                 "UPDATE peers SET prior_until = ?1 WHERE id = ?2",

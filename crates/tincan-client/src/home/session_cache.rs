@@ -98,46 +98,22 @@ mod tests {
 
     use rusqlite::params;
     use tincan_proto::ids::PeerId;
-    use tincan_proto::invite::Invite;
 
-    use super::super::{Home, InboxKind, Incoming, Processed, now_ms, now_secs};
-
-    const RELAY: &str = "http://127.0.0.1:1";
+    use super::super::fixtures::{self, kinds, take};
+    use super::super::{Home, InboxKind, now_ms};
 
     /// A and B paired offline; returns (A, B, B's id).
     fn paired(dir: &std::path::Path) -> (Home, Home, PeerId) {
-        let mut a = Home::open(&dir.join("a")).unwrap();
-        let mut b = Home::open(&dir.join("b")).unwrap();
-        a.setup().unwrap();
-        b.setup().unwrap();
-        let draft = a.create_invite(RELAY, 60, now_secs()).unwrap();
-        let invite = Invite::parse(&draft.url(), now_secs()).unwrap();
-        b.accept_invite(&invite, now_ms()).unwrap();
-        let b_id = b.identity().unwrap().peer_id();
-        deliver(&mut b, &mut a, b_id, InboxKind::PeerJoined);
-        (a, b, b_id)
+        let t = fixtures::paired(dir);
+        (t.a, t.b, t.b_id)
     }
 
     /// Moves everything in `from`'s outbox into `to` and checks each opens as `kind`.
     fn deliver(from: &mut Home, to: &mut Home, from_id: PeerId, kind: InboxKind) -> usize {
-        let rows = from.outbox(RELAY, 0, 100).unwrap();
-        let batch: Vec<Incoming> = rows
-            .iter()
-            .map(|r| Incoming {
-                relay_seq: r.seq as u64,
-                from: from_id,
-                id: r.id,
-                body: r.body.clone(),
-            })
-            .collect();
-        for p in to.process_incoming(&batch, now_ms()).unwrap() {
-            match p {
-                Processed::New(e) => assert_eq!(e.kind, kind, "{:?}", e.text),
-                Processed::Duplicate => panic!("duplicate"),
-            }
+        let rows = take(from);
+        for k in kinds(to, from_id, &rows) {
+            assert_eq!(k, kind);
         }
-        let acked: Vec<(i64, u64)> = rows.iter().map(|r| (r.seq, r.seq as u64)).collect();
-        from.outbox_acked(&acked, now_ms()).unwrap();
         rows.len()
     }
 
