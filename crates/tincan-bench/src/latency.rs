@@ -33,7 +33,11 @@ pub async fn run(relay_url: &str, p: &Params, bar: &ProgressBar) -> Result<Outco
         Ok::<_, anyhow::Error>(())
     });
     let mut samples = Vec::with_capacity(p.round_trips);
+    let mut cpu_before = None;
     for i in 0..p.warmup + p.round_trips {
+        if i == p.warmup {
+            cpu_before = crate::cpu::used();
+        }
         let t = Instant::now();
         a.send(&a_to_b, "ping").await.context("send")?;
         wait_message(&mut a)
@@ -45,14 +49,24 @@ pub async fn run(relay_url: &str, p: &Params, bar: &ProgressBar) -> Result<Outco
             bar.inc(1);
         }
     }
+    let cpu = crate::cpu::per_unit_us(cpu_before, crate::cpu::used(), p.round_trips);
     echo.abort();
     let v = sorted_ms(&samples);
+    let mut figures = vec![
+        Figure::new("median_ms", "RTT median", percentile(&v, 50.0), "ms").at_most(0.5),
+        Figure::new("p90_ms", "RTT p90", percentile(&v, 90.0), "ms"),
+        Figure::new("p99_ms", "RTT p99", percentile(&v, 99.0), "ms").at_most(2.0),
+    ];
+    if let Some(us) = cpu {
+        figures.push(Figure::new(
+            "cpu_us_per_rtt",
+            "CPU per round trip (whole process)",
+            us,
+            "us",
+        ));
+    }
     Ok(Outcome::Measured {
-        figures: vec![
-            Figure::new("median_ms", "RTT median", percentile(&v, 50.0), "ms").at_most(0.5),
-            Figure::new("p90_ms", "RTT p90", percentile(&v, 90.0), "ms"),
-            Figure::new("p99_ms", "RTT p99", percentile(&v, 99.0), "ms").at_most(2.0),
-        ],
+        figures,
         notes: vec![format!(
             "{} round trips after {} warm-up; max {:.3} ms",
             p.round_trips,

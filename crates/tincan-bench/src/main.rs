@@ -7,6 +7,7 @@
 //! ```
 
 mod breakdown;
+mod cpu;
 mod external;
 mod http_poll;
 mod idle_conns;

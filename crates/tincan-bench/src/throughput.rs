@@ -71,6 +71,7 @@ pub async fn run(
     };
 
     let start = Instant::now();
+    let cpu_before = crate::cpu::used();
     let mut sent = 0usize;
     let mut busy = Duration::ZERO;
     while sent < p.messages {
@@ -100,20 +101,30 @@ pub async fn run(
         Ok(joined) => joined.context("receiver task panicked")??,
         Err(_) => bail!("{}", stalled(&a, sent, &received, limit)),
     };
+    let cpu = crate::cpu::per_unit_us(cpu_before, crate::cpu::used(), p.messages);
     let elapsed = last - start;
     let rate = p.messages as f64 / elapsed.as_secs_f64();
 
+    let mut figures = vec![
+        Figure::new("msg_per_sec", "msg/s end to end", rate, "msg/s").at_least(20_000.0),
+        Figure::new("elapsed_ms", "wall time", elapsed.as_secs_f64() * 1e3, "ms"),
+        Figure::new(
+            "send_many_us_per_msg",
+            "send_many busy per msg",
+            busy.as_secs_f64() * 1e6 / p.messages as f64,
+            "us",
+        ),
+    ];
+    if let Some(us) = cpu {
+        figures.push(Figure::new(
+            "cpu_us_per_msg",
+            "CPU per message (whole process)",
+            us,
+            "us",
+        ));
+    }
     Ok(Outcome::Measured {
-        figures: vec![
-            Figure::new("msg_per_sec", "msg/s end to end", rate, "msg/s").at_least(20_000.0),
-            Figure::new("elapsed_ms", "wall time", elapsed.as_secs_f64() * 1e3, "ms"),
-            Figure::new(
-                "send_many_us_per_msg",
-                "send_many busy per msg",
-                busy.as_secs_f64() * 1e6 / p.messages as f64,
-                "us",
-            ),
-        ],
+        figures,
         notes: vec![format!(
             "{} x {} B in batches of {}: all queued after {:.0} ms, all stored at the relay after {:.0} ms, all received after {:.0} ms",
             p.messages,
