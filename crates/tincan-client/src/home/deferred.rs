@@ -80,7 +80,10 @@ impl Deferred {
                 .execute(params![seq])?;
         }
         if !self.acks.is_empty() {
-            write_acks(tx, &self.acks)?;
+            write_acks(
+                tx,
+                self.acks.iter().map(|a| (a.local, a.relay_seq, a.at_ms)),
+            )?;
         }
         Ok(Carried {
             consumed: self.consumed,
@@ -97,25 +100,29 @@ impl Deferred {
     }
 }
 
-/// Records relay acknowledgements: each row moves from the outbox to `sent`.
-pub(super) fn write_acks(tx: &Transaction<'_>, acks: &[Ack]) -> Result<(), ClientError> {
+/// Records relay acknowledgements, `(local seq, relay seq, acknowledged at ms)`: each row moves
+/// from the outbox to `sent`.
+pub(super) fn write_acks(
+    tx: &Transaction<'_>,
+    acks: impl IntoIterator<Item = (i64, u64, u64)>,
+) -> Result<(), ClientError> {
     // Deferrals are rare: look for them once per batch, not once per message.
     let deferred: bool = tx
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox_deferred)")?
         .query_row([], |r| r.get(0))?;
-    for a in acks {
+    for (local, relay_seq, at_ms) in acks {
         tx.prepare_cached(
             "INSERT OR IGNORE INTO sent (msg_id, peer, relay_seq, acked_at) SELECT msg_id, peer, ?2, ?3 FROM outbox WHERE seq = ?1",
         )?
-        .execute(params![a.local, a.relay_seq as i64, a.at_ms as i64])?;
+        .execute(params![local, relay_seq as i64, at_ms as i64])?;
         if deferred {
             tx.prepare_cached(
                 "DELETE FROM outbox_deferred WHERE msg_id IN (SELECT msg_id FROM outbox WHERE seq = ?1)",
             )?
-            .execute(params![a.local])?;
+            .execute(params![local])?;
         }
         tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
-            .execute(params![a.local])?;
+            .execute(params![local])?;
     }
     Ok(())
 }

@@ -302,24 +302,7 @@ impl Home {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let carried = self.deferred.apply(&tx)?;
-        let acks: Vec<Ack> = acked
-            .iter()
-            .filter_map(|&(local, relay_seq)| {
-                // The id only serves `is_sent` before a deferred write; a row already gone
-                // needs no record.
-                let id: String = tx
-                    .prepare_cached("SELECT msg_id FROM outbox WHERE seq = ?1")
-                    .and_then(|mut st| st.query_row(params![local], |r| r.get(0)))
-                    .ok()?;
-                Some(Ack {
-                    local,
-                    relay_seq,
-                    id: id.parse().ok()?,
-                    at_ms: now_ms,
-                })
-            })
-            .collect();
-        deferred::write_acks(&tx, &acks)?;
+        deferred::write_acks(&tx, acked.iter().map(|&(local, seq)| (local, seq, now_ms)))?;
         tx.commit()?;
         self.deferred.committed(carried);
         Ok(())
