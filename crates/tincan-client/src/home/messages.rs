@@ -440,8 +440,10 @@ impl Home {
                 }
                 sessions.insert(d.from, t.session);
             }
-            // A known peer's message opens with its session.
+            // A known peer's message opens with its session (or, right after a re-pairing, with
+            // the one it replaced).
             let mut failure: Option<String> = None;
+            let mut opened = None;
             if let Some(s) = sessions.get_mut(&d.from) {
                 match s.open(me, d.from, &d.body) {
                     Ok(env) if env.id != d.id => {
@@ -457,47 +459,41 @@ impl Home {
                             priors.swap_remove(i);
                             prior::retire(&tx, &d.from)?;
                         }
-                        let entry = match env.body {
-                            Body::Text(t) => insert_inbox(
-                                &tx,
-                                InboxKind::Message,
-                                &keys,
-                                Some(&t),
-                                env.sent_at,
-                                now_ms,
-                            )?,
-                            // A repeated join on an open session carries nothing new.
-                            Body::Join(_) => insert_inbox(
-                                &tx,
-                                InboxKind::Rejected,
-                                &keys,
-                                Some("duplicate join"),
-                                0,
-                                now_ms,
-                            )?,
-                        };
-                        out.push(Processed::New(entry));
-                        continue;
+                        opened = Some(env);
                     }
-                    Err(e) => failure = Some(e.to_string()),
+                    Err(e) => {
+                        failure = Some(e.to_string());
+                        // Sealed before the peer saw a re-pairing: the replaced session may
+                        // open it.
+                        if priors.contains(&d.from) {
+                            opened =
+                                prior::open(&tx, &key, me, d, now_ms)?.filter(|env| env.id == d.id);
+                        }
+                    }
                 }
-                // Sealed before the peer saw a re-pairing: the replaced session may open it.
-                if priors.contains(&d.from)
-                    && let Some(env) = prior::open(&tx, &key, me, d, now_ms)?
-                    && env.id == d.id
-                    && let Body::Text(t) = env.body
-                {
-                    let entry = insert_inbox(
+            }
+            if let Some(env) = opened {
+                let entry = match env.body {
+                    Body::Text(t) => insert_inbox(
                         &tx,
                         InboxKind::Message,
                         &keys,
                         Some(&t),
                         env.sent_at,
                         now_ms,
-                    )?;
-                    out.push(Processed::New(entry));
-                    continue;
-                }
+                    )?,
+                    // A repeated join on an open session carries nothing new.
+                    Body::Join(_) => insert_inbox(
+                        &tx,
+                        InboxKind::Rejected,
+                        &keys,
+                        Some("duplicate join"),
+                        0,
+                        now_ms,
+                    )?,
+                };
+                out.push(Processed::New(entry));
+                continue;
             }
             // Otherwise (or if that failed) it may open a new session through an open invite.
             if let Some(otk) = session::session_start_key(&d.body)
