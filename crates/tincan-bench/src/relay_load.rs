@@ -53,6 +53,8 @@ pub struct Cell {
     pub stored_per_sec: f64,
     /// The store thread over the measured window, from the relay's /metrics.
     pub store: StoreLoad,
+    /// CPU of the whole bench process (relay and load generator) per delivered message.
+    pub cpu_us_per_msg: Option<f64>,
 }
 
 /// What the relay's store thread did in the measured window (from `tincan_store_batch_seconds`).
@@ -91,7 +93,7 @@ pub async fn run(p: &Params, bar: &ProgressBar) -> Result<(Outcome, Option<f64>)
             }
             figures.push(f);
             notes.push(format!(
-                "{pairs} pairs x {size} B: {:.0} msg/s delivered+acked, {:.0} msg/s stored (Sent), {:.1} MB/s of bodies, window {} per sender; store thread {:.0}% busy, {:.0} commits/s of {:.0} messages each",
+                "{pairs} pairs x {size} B: {:.0} msg/s delivered+acked, {:.0} msg/s stored (Sent), {:.1} MB/s of bodies, window {} per sender; store thread {:.0}% busy, {:.0} commits/s of {:.0} messages each; {} of CPU per message (relay and load generator)",
                 cell.delivered_per_sec,
                 cell.stored_per_sec,
                 cell.delivered_per_sec * size as f64 / 1e6,
@@ -99,6 +101,8 @@ pub async fn run(p: &Params, bar: &ProgressBar) -> Result<(Outcome, Option<f64>)
                 cell.store.busy * 100.0,
                 cell.store.batches_per_sec,
                 cell.store.msgs_per_batch,
+                cell.cpu_us_per_msg
+                    .map_or_else(|| "unknown".to_string(), |us| format!("{us:.1} us")),
             ));
         }
     }
@@ -157,6 +161,7 @@ async fn drive_cell(
         c.stored.load(Ordering::Relaxed),
         Instant::now(),
     );
+    let cpu0 = crate::cpu::used();
     let end = t0 + p.measure;
     while Instant::now() < end {
         tokio::time::sleep((end - Instant::now()).min(Duration::from_millis(250))).await;
@@ -171,6 +176,11 @@ async fn drive_cell(
         c.stored.load(Ordering::Relaxed),
         t0.elapsed(),
     );
+    let cpu_us_per_msg = crate::cpu::per_unit_us(
+        cpu0,
+        crate::cpu::used(),
+        usize::try_from(d1 - d0).unwrap_or(0),
+    );
     let m1 = StoreMetrics::scrape(url).await?;
     let scraped = scraped0.elapsed();
     running.stop(Duration::from_secs(10)).await?;
@@ -181,6 +191,7 @@ async fn drive_cell(
         delivered_per_sec: (d1 - d0) as f64 / elapsed.as_secs_f64(),
         stored_per_sec: (s1 - s0) as f64 / elapsed.as_secs_f64(),
         store: m1.since(&m0, scraped),
+        cpu_us_per_msg,
     })
 }
 
