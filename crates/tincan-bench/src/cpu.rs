@@ -28,6 +28,15 @@ pub fn per_unit_us(before: Option<Duration>, after: Option<Duration>, units: usi
     (units > 0).then(|| spent.as_secs_f64() * 1e6 / units as f64)
 }
 
+/// The figure for [`per_unit_us`]'s result, if there is one.
+pub fn figure(
+    key: &'static str,
+    label: &'static str,
+    us: Option<f64>,
+) -> Option<crate::report::Figure> {
+    us.map(|us| crate::report::Figure::new(key, label, us, "us"))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -57,14 +57,11 @@ pub async fn run(relay_url: &str, p: &Params, bar: &ProgressBar) -> Result<Outco
         Figure::new("p90_ms", "RTT p90", percentile(&v, 90.0), "ms"),
         Figure::new("p99_ms", "RTT p99", percentile(&v, 99.0), "ms").at_most(2.0),
     ];
-    if let Some(us) = cpu {
-        figures.push(Figure::new(
-            "cpu_us_per_rtt",
-            "CPU per round trip (whole process)",
-            us,
-            "us",
-        ));
-    }
+    figures.extend(crate::cpu::figure(
+        "cpu_us_per_rtt",
+        "CPU per round trip (whole process)",
+        cpu,
+    ));
     Ok(Outcome::Measured {
         figures,
         notes: vec![format!(

@@ -115,14 +115,11 @@ pub async fn run(
             "us",
         ),
     ];
-    if let Some(us) = cpu {
-        figures.push(Figure::new(
-            "cpu_us_per_msg",
-            "CPU per message (whole process)",
-            us,
-            "us",
-        ));
-    }
+    figures.extend(crate::cpu::figure(
+        "cpu_us_per_msg",
+        "CPU per message (whole process)",
+        cpu,
+    ));
     Ok(Outcome::Measured {
         figures,
         notes: vec![format!(

@@ -281,7 +281,7 @@ impl<'a> Session<'a> {
         pending: &mut Pending,
     ) -> End {
         let end = self.run_inner(&mut ws, cmd_rx, pending).await;
-        self.write_acks();
+        self.write_deferred();
         for (_, reply) in self.requests.drain() {
             let _ = reply.send(Err(ClientError::Disconnected));
         }
@@ -341,7 +341,7 @@ impl<'a> Session<'a> {
                         return e;
                     }
                 }
-                _ = sleep_until_opt(self.acks_due) => self.write_acks(),
+                _ = sleep_until_opt(self.acks_due) => self.write_deferred(),
                 _ = sleep_until_opt(self.paused_until) => {
                     self.paused_until = None;
                     if let Err(e) = self.flush_outbox(ws, None).await {
@@ -388,7 +388,7 @@ impl<'a> Session<'a> {
             return ws.flush().await.map_err(|e| e.to_string());
         }
         // Reading the outbox back: acknowledged rows must be gone from it first.
-        self.write_acks();
+        self.write_deferred();
         loop {
             let rows = match self.shared.home().outbox(
                 &self.shared.relay_url,
@@ -540,7 +540,7 @@ impl<'a> Session<'a> {
                 home.acks_pending()
             };
             if pending >= MAX_PENDING_ACKS {
-                self.write_acks();
+                self.write_deferred();
             } else if self.acks_due.is_none() {
                 self.acks_due = Some(tokio::time::Instant::now() + ACK_DELAY);
             }
@@ -556,7 +556,7 @@ impl<'a> Session<'a> {
     }
 
     /// Writes deferred acknowledgements (and consumed marks) now, if any wait.
-    fn write_acks(&mut self) {
+    fn write_deferred(&mut self) {
         self.acks_due = None;
         if let Err(e) = self.shared.home().flush_deferred() {
             // The relay deduplicates by message id, so a resend after this is harmless.

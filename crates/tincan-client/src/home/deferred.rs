@@ -76,8 +76,7 @@ impl Deferred {
     /// `tx` commits (if it rolls back, everything stays pending).
     pub(super) fn apply(&self, tx: &Transaction<'_>) -> Result<Carried, ClientError> {
         if let Some(seq) = self.consumed {
-            tx.prepare_cached("UPDATE inbox SET consumed = 1 WHERE seq <= ?1 AND consumed = 0")?
-                .execute(params![seq])?;
+            write_consumed(tx, seq)?;
         }
         if !self.acks.is_empty() {
             write_acks(
@@ -98,6 +97,13 @@ impl Deferred {
         }
         self.acks.drain(..c.acks.min(self.acks.len()));
     }
+}
+
+/// Marks inbox entries up to and including `seq` as handed to the application.
+pub(super) fn write_consumed(conn: &rusqlite::Connection, seq: i64) -> Result<(), ClientError> {
+    conn.prepare_cached("UPDATE inbox SET consumed = 1 WHERE seq <= ?1 AND consumed = 0")?
+        .execute(params![seq])?;
+    Ok(())
 }
 
 /// Records relay acknowledgements, `(local seq, relay seq, acknowledged at ms)`: each row moves

@@ -602,11 +602,7 @@ impl Home {
 
     /// Marks inbox entries up to and including `seq` as handed to the application.
     pub fn mark_consumed(&self, seq: i64) -> Result<(), ClientError> {
-        self.conn.execute(
-            "UPDATE inbox SET consumed = 1 WHERE seq <= ?1 AND consumed = 0",
-            params![seq],
-        )?;
-        Ok(())
+        deferred::write_consumed(&self.conn, seq)
     }
 
     /// Like [`Home::mark_consumed`], but written with the next transaction this home runs anyway
