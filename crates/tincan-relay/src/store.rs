@@ -7,14 +7,15 @@
 //! not include the group commit or a slow write. If the commit then fails, the sender is refused
 //! and resends, and the recipient sees the same message id again, which every client must
 //! recognise anyway (docs/PROTOCOL.md §12). An acknowledged message is deleted (tables: [`schema`]). A resend of the same (sender,
-//! message id) is recognised while the message is queued (a unique index) and, after its ack, for
-//! a bounded window kept in memory ([`Recent`]); past that the recipient's client recognises it
-//! by id, as docs/PROTOCOL.md asks every client to.
+//! message id) is recognised while the message is queued (the writer's in-memory index,
+//! [`queued`]) and, after its ack, for a bounded window kept in memory ([`Recent`]); past that the
+//! recipient's client recognises it by id, as docs/PROTOCOL.md asks every client to.
 //!
 //! Sends and acks are one statement each and run without a savepoint: a savepoint per command
 //! made SQLite copy every page a command touched into a sub-journal, which cost more than the
 //! writes themselves. Multi-statement commands (invites, sweeps) run inside their own savepoint.
 
+mod queued;
 mod recent;
 mod schema;
 
@@ -161,6 +162,7 @@ impl Store {
         let mut conn = Connection::open(&config.db_path)?;
         // A corrupt or foreign file fails here with SQLite's own words ("file is not a database").
         conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))?;
+        conn.pragma_update(None, "page_size", schema::PAGE_SIZE)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // NORMAL in WAL mode: a commit survives a process crash (SIGKILL); FULL would add an fsync
         // per commit to survive power loss too. See docs/ARCHITECTURE.md.
@@ -179,21 +181,20 @@ impl Store {
             })?;
         }
         let pairs = load_pairs(&conn)?;
-        let queued: i64 = conn.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))?;
+        let index = queued::Queued::load(&conn)?;
         let checkpoints = Checkpointer::start::<StoreError>(&config.db_path, "tincan-checkpoint")?;
         let (tx, rx) = std_mpsc::channel();
         let worker = Worker {
             conn,
             router,
             pairs,
-            counts: HashMap::new(),
             queue_cap: config.queue_cap,
             ttl_ms: config.message_ttl.as_millis() as u64,
             require_pairing: config.require_pairing,
             max_open_invites: config.max_open_invites,
             metrics,
             held: HashMap::new(),
-            queued: queued.max(0) as u64,
+            index,
             next_seq,
             seq_reserved: next_seq - 1,
             recent: Recent::default(),
@@ -391,8 +392,6 @@ struct Worker {
     conn: Connection,
     router: Arc<Router>,
     pairs: HashSet<(PeerId, PeerId)>,
-    /// Unacknowledged messages per recipient, loaded lazily; cleared whenever it may be stale.
-    counts: HashMap<PeerId, u64>,
     queue_cap: u64,
     ttl_ms: u64,
     require_pairing: bool,
@@ -402,8 +401,9 @@ struct Worker {
     /// later messages on that path are refused too until `id` itself is resent, so a refusal in
     /// the middle of a pipelined burst can never let later messages overtake it.
     held: HashMap<(PeerId, PeerId), Held>,
-    /// Stored, unacknowledged messages (recounted at every sweep).
-    queued: u64,
+    /// Stored, unacknowledged messages by recipient and by (sender, id); matches the committed
+    /// table plus this transaction's changes, reloaded after a rollback.
+    index: queued::Queued,
     /// The sequence number the next stored message gets.
     next_seq: u64,
     /// The highest sequence number recorded in `meta` as handed out.
@@ -591,8 +591,7 @@ impl Worker {
             // The reservation in `meta` may have been rolled back with it: make the next commit
             // record one again.
             self.seq_reserved = 0;
-            self.counts.clear();
-            self.recount_queued();
+            self.reload_index();
             let (code, why) = classify(&e);
             // Hold each path at its first refused message, so nothing overtakes it.
             let mut seen = HashSet::new();
@@ -646,7 +645,6 @@ impl Worker {
             } => match self.insert_message(sender, id, to, &body, now_ms) {
                 Ok(Inserted::New(seq)) => {
                     Metrics::inc(&self.metrics.messages_stored);
-                    self.queued += 1;
                     fx.replies.push((respond, RelayFrame::Sent { req, seq }));
                     let msg = Arc::new(Stored {
                         seq,
@@ -808,13 +806,14 @@ impl Worker {
                             tracing::info!(messages = n, invites = m, "expired entries removed");
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "sweep failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sweep failed");
+                        self.reload_index();
+                    }
                 }
-                self.counts.clear();
-                self.recount_queued();
             }
             Cmd::Stats { reply } => {
-                let _ = reply.send(Ok(self.queued));
+                let _ = reply.send(Ok(self.index.total()));
             }
             Cmd::Close { done } => {
                 let _ = done.send(());
@@ -842,13 +841,10 @@ impl Worker {
                         self.metrics
                             .messages_acked
                             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                        self.queued = self.queued.saturating_sub(n);
-                        if let Some(c) = self.counts.get_mut(&recipient) {
-                            *c = c.saturating_sub(n);
-                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "ack failed; messages will be redelivered");
+                        self.reload_index();
                         if self.conn.is_autocommit() {
                             return;
                         }
@@ -883,7 +879,9 @@ impl Worker {
             let sender: Vec<u8> = row.get(1)?;
             let id: Vec<u8> = row.get(2)?;
             if let (Some(sender), Ok(id)) = (peer(&sender), <[u8; 16]>::try_from(id.as_slice())) {
-                out.push((sender, MessageId::from_bytes(id), seq as u64));
+                let id = MessageId::from_bytes(id);
+                self.index.remove(seq as u64, recipient, sender, id);
+                out.push((sender, id, seq as u64));
             }
         }
         Ok(out)
@@ -957,11 +955,11 @@ impl Worker {
         }
         // The common path is one INSERT; the duplicate lookup runs only when it did not insert
         // (or when the queue is full, because a resend of a stored message must still get `Sent`).
-        let count = self.queue_len(to)?;
+        if let Some(seq) = self.existing_seq(sender, id) {
+            return Ok(Inserted::Duplicate(seq));
+        }
+        let count = self.index.len_for(&to);
         if count >= self.queue_cap {
-            if let Some(seq) = self.existing_seq(sender, id)? {
-                return Ok(Inserted::Duplicate(seq));
-            }
             return Ok(Inserted::Refused(
                 ErrorCode::QueueFull,
                 format!(
@@ -970,15 +968,11 @@ impl Worker {
                 ),
             ));
         }
-        if let Some(seq) = self.recent.get(&sender, &id) {
-            return Ok(Inserted::Duplicate(seq));
-        }
         let seq = self.next_seq;
-        let inserted = self
-            .conn
+        self.conn
             .prepare_cached(
                 "INSERT INTO queue (seq, recipient, sender, client_id, body, stored_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (sender, client_id) DO NOTHING",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
                 seq as i64,
@@ -989,12 +983,8 @@ impl Worker {
                 now_ms as i64,
                 (now_ms + self.ttl_ms) as i64
             ])?;
-        if inserted == 0 {
-            let seq = self.existing_seq(sender, id)?.unwrap_or(0);
-            return Ok(Inserted::Duplicate(seq));
-        }
         self.next_seq += 1;
-        *self.counts.entry(to).or_insert(0) += 1;
+        self.index.insert(seq, to, sender, id);
         Ok(Inserted::New(seq))
     }
 
@@ -1024,51 +1014,43 @@ impl Worker {
             .prepare_cached("SELECT seq FROM queue WHERE expires_at > ?1 ORDER BY seq LIMIT 1")?
             .query_row(params![now_ms as i64], |r| r.get(0))
             .optional()?;
-        match first_live {
-            Some(seq) => self
-                .conn
-                .prepare_cached("DELETE FROM queue WHERE seq < ?1")?
-                .execute(params![seq]),
-            None => self.conn.prepare_cached("DELETE FROM queue")?.execute([]),
+        let mut stmt = self.conn.prepare_cached(
+            "DELETE FROM queue WHERE seq < ?1 RETURNING seq, recipient, sender, client_id",
+        )?;
+        let mut rows = stmt.query(params![first_live.unwrap_or(i64::MAX)])?;
+        let mut n = 0;
+        while let Some(row) = rows.next()? {
+            n += 1;
+            let seq: i64 = row.get(0)?;
+            let (to, from, id): (Vec<u8>, Vec<u8>, Vec<u8>) =
+                (row.get(1)?, row.get(2)?, row.get(3)?);
+            if let (Some(to), Some(from), Ok(id)) =
+                (peer(&to), peer(&from), <[u8; 16]>::try_from(id.as_slice()))
+            {
+                self.index
+                    .remove(seq as u64, &to, from, MessageId::from_bytes(id));
+            }
+        }
+        Ok(n)
+    }
+
+    /// Rebuilds the in-memory index from the table after a rolled-back transaction (its
+    /// inserts and deletes were undone in SQLite, not in memory).
+    fn reload_index(&mut self) {
+        match queued::Queued::load(&self.conn) {
+            Ok(index) => self.index = index,
+            Err(e) => tracing::error!(error = %e, "cannot reload the queue index"),
         }
     }
 
-    fn recount_queued(&mut self) {
-        match self
-            .conn
-            .query_row("SELECT COUNT(*) FROM queue", [], |r| r.get::<_, i64>(0))
-        {
-            Ok(n) => self.queued = n.max(0) as u64,
-            Err(e) => tracing::warn!(error = %e, "cannot count queued messages"),
-        }
+    fn existing_seq(&self, sender: PeerId, id: MessageId) -> Option<u64> {
+        self.index
+            .seq_of(&sender, &id)
+            .or_else(|| self.recent.get(&sender, &id))
     }
 
-    fn existing_seq(&mut self, sender: PeerId, id: MessageId) -> Result<Option<u64>, StoreError> {
-        if let Some(seq) = self.recent.get(&sender, &id) {
-            return Ok(Some(seq));
-        }
-        Ok(self
-            .conn
-            .prepare_cached("SELECT seq FROM queue WHERE sender = ?1 AND client_id = ?2")?
-            .query_row(params![sender.as_bytes(), id.as_bytes()], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()?
-            .map(|s| s as u64))
-    }
-
-    fn queue_len(&mut self, to: PeerId) -> Result<u64, StoreError> {
-        if let Some(c) = self.counts.get(&to) {
-            return Ok(*c);
-        }
-        let c: i64 = self
-            .conn
-            .prepare_cached("SELECT COUNT(*) FROM queue WHERE recipient = ?1")?
-            .query_row(params![to.as_bytes()], |r| r.get(0))?;
-        self.counts.insert(to, c as u64);
-        Ok(c as u64)
-    }
-
+    /// Up to `limit` unexpired messages owed to `recipient` with seq above `after`, in order:
+    /// the index names the seqs, each row is read by its rowid.
     fn fetch(
         &mut self,
         recipient: PeerId,
@@ -1077,35 +1059,33 @@ impl Worker {
         now_ms: u64,
     ) -> Result<Vec<Stored>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, sender, client_id, body, stored_at FROM queue
-             WHERE recipient = ?1 AND seq > ?2 AND expires_at > ?3 ORDER BY seq LIMIT ?4",
-        )?;
-        let rows = stmt.query_map(
-            params![
-                recipient.as_bytes(),
-                after as i64,
-                now_ms as i64,
-                limit as i64
-            ],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            },
+            "SELECT sender, client_id, body, stored_at FROM queue WHERE seq = ?1 AND expires_at > ?2",
         )?;
         let mut out = Vec::new();
-        for row in rows {
-            let (seq, from, id, body, stored_at) = row?;
+        for seq in self.index.after(&recipient, after) {
+            if out.len() >= limit {
+                break;
+            }
+            let row = stmt
+                .query_row(params![seq as i64, now_ms as i64], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })
+                .optional()?;
+            // Expired (the sweep removes it later) or gone: skip it.
+            let Some((from, id, body, stored_at)) = row else {
+                continue;
+            };
             let (Some(from), Ok(id)) = (peer(&from), <[u8; 16]>::try_from(id.as_slice())) else {
                 tracing::warn!(seq, "skipping malformed stored row");
                 continue;
             };
             out.push(Stored {
-                seq: seq as u64,
+                seq,
                 from,
                 id: MessageId::from_bytes(id),
                 stored_at: stored_at as u64,

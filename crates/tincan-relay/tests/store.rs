@@ -1,5 +1,6 @@
 //! The relay's store through real connections: deduplication after an ack, sequence numbers
-//! across restarts, and the migration from the first database layout.
+//! across restarts (and of queued messages across restarts), the migrations from the first and
+//! second database layouts, and the page size of a new database.
 
 #![allow(clippy::unwrap_used)]
 
@@ -265,4 +266,122 @@ async fn acks_remove_only_the_acking_identitys_messages_even_in_bulk() {
         .query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))
         .unwrap();
     assert_eq!(left, 0, "every acked message is deleted");
+}
+
+#[tokio::test]
+async fn a_resend_of_a_queued_message_is_recognised_after_a_restart() {
+    // Queued messages are indexed in the writer's memory (layout 3); the index is rebuilt from the
+    // table on open, so deduplication survives a restart.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.db");
+    let (a, b) = (Identity::generate(), Identity::generate());
+    let r = InProcessRelay::start(Config::new(db.clone())).await;
+    pair(&r.url, &a, &b).await;
+    let (first, second) = {
+        let mut c = RawConn::authed(&r.url, &a, false).await;
+        let first = send(&mut c, 1, [1; 16], &b, b"one".to_vec()).await;
+        let second = send(&mut c, 2, [2; 16], &b, b"two".to_vec()).await;
+        (first, second)
+    };
+    r.stop().await;
+    let r = InProcessRelay::start(Config::new(db.clone())).await;
+    let mut c = RawConn::authed(&r.url, &a, false).await;
+    assert_eq!(send(&mut c, 3, [2; 16], &b, b"two".to_vec()).await, second);
+    assert_eq!(send(&mut c, 4, [1; 16], &b, b"one".to_vec()).await, first);
+    let mut rb = RawConn::authed(&r.url, &b, true).await;
+    assert_eq!(take(&mut rb).await, (first, b"one".to_vec()));
+    assert_eq!(take(&mut rb).await, (second, b"two".to_vec()));
+    quiet(&mut rb, 300).await;
+    let third = send(&mut c, 5, [3; 16], &b, b"three".to_vec()).await;
+    assert!(third > second);
+    assert_eq!(take(&mut rb).await, (third, b"three".to_vec()));
+}
+
+#[tokio::test]
+async fn a_second_layout_database_is_migrated_to_a_queue_without_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.db");
+    let (a, b) = (Identity::generate(), Identity::generate());
+    let (pa, pb) = if a.peer_id() <= b.peer_id() {
+        (a.peer_id(), b.peer_id())
+    } else {
+        (b.peer_id(), a.peer_id())
+    };
+    let far = (now_secs() as i64 + 3600) * 1000;
+    {
+        // The layout relays wrote before: `queue` with a unique index and a recipient index.
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE queue (seq INTEGER PRIMARY KEY, recipient BLOB NOT NULL,
+                sender BLOB NOT NULL, client_id BLOB NOT NULL, body BLOB NOT NULL,
+                stored_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+                UNIQUE (sender, client_id));
+             CREATE INDEX queue_recipient ON queue (recipient, seq);
+             CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+             CREATE TABLE invites (id BLOB PRIMARY KEY, inviter BLOB NOT NULL,
+                expires_at INTEGER NOT NULL, claimed_by BLOB);
+             CREATE TABLE pairs (a BLOB NOT NULL, b BLOB NOT NULL, PRIMARY KEY (a, b)) WITHOUT ROWID;
+             INSERT INTO meta (key, value) VALUES ('last_seq', 4096);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO pairs (a, b) VALUES (?1, ?2)",
+            rusqlite::params![pa.as_bytes(), pb.as_bytes()],
+        )
+        .unwrap();
+        for (seq, id, body) in [(21i64, [2u8; 16], b"second"), (20, [1; 16], b"first!")] {
+            conn.execute(
+                "INSERT INTO queue (seq, recipient, sender, client_id, body, stored_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
+                rusqlite::params![
+                    seq,
+                    b.peer_id().as_bytes(),
+                    a.peer_id().as_bytes(),
+                    id,
+                    body.to_vec(),
+                    far
+                ],
+            )
+            .unwrap();
+        }
+    }
+    let r = InProcessRelay::start(Config::new(db.clone())).await;
+    let mut c = RawConn::authed(&r.url, &a, false).await;
+    // A resend of a queued message is recognised from the migrated rows.
+    assert_eq!(send(&mut c, 1, [2; 16], &b, b"second".to_vec()).await, 21);
+    let mut rb = RawConn::authed(&r.url, &b, true).await;
+    assert_eq!(take(&mut rb).await, (20, b"first!".to_vec()));
+    assert_eq!(take(&mut rb).await, (21, b"second".to_vec()));
+    quiet(&mut rb, 200).await;
+    let next = send(&mut c, 2, [3; 16], &b, b"third".to_vec()).await;
+    assert!(next > 4096, "seq {next} below the recorded ceiling");
+    assert_eq!(take(&mut rb).await, (next, b"third".to_vec()));
+    r.stop().await;
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let indexes: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'queue'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexes, 0, "layout 3 keeps no index on the queue");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
+}
+
+#[tokio::test]
+async fn a_new_database_uses_16_kib_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.db");
+    let r = InProcessRelay::start(Config::new(db.clone())).await;
+    r.stop().await;
+    let page: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(page, 16_384);
 }

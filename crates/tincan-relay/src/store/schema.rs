@@ -1,15 +1,18 @@
 //! The relay's tables, and the migration from older layouts.
 //!
-//! Layout 2 (this one) keeps only what is still owed to a recipient in `queue`; an ack deletes
-//! the row, so the relay keeps no record of who wrote to whom once a message is delivered.
-//! `UNIQUE (sender, client_id)` deduplicates resends of queued messages (after the ack, the
-//! writer's in-memory window and the recipient's own check by message id take over; see
-//! docs/PROTOCOL.md). There is no expiry index: rows are stored in `seq` order with a fixed TTL,
-//! so the sweep walks the oldest rows. Sequence numbers are assigned by the writer and never
-//! reused: a ceiling above every one handed out is kept in `meta` (reserved 4,096 at a time), so
-//! they keep increasing even after every row that carried them is gone (HTTP cursors and
-//! redelivery depend on that).
+//! Layout 3 (this one) keeps only what is still owed to a recipient in `queue`, a plain rowid
+//! table in `seq` order with no secondary index; an ack deletes the row, so the relay keeps no
+//! record of who wrote to whom once a message is delivered. Which seqs each recipient is owed and
+//! which (sender, message id) each queued seq carries are indexed in the writer's memory
+//! ([`super::queued`]): a resend of a queued message is recognised there, and after its ack by
+//! the writer's in-memory window and the recipient's own check (docs/PROTOCOL.md). There is no
+//! expiry index: rows are stored in `seq` order with a fixed TTL, so the sweep walks the oldest
+//! rows. Sequence numbers are assigned by the writer and never reused: a ceiling above every one
+//! handed out is kept in `meta` (reserved 4,096 at a time), so they keep increasing even after
+//! every row that carried them is gone (HTTP cursors and redelivery depend on that).
 //!
+//! Layout 2 had the same table with `UNIQUE (sender, client_id)` and an index on
+//! `(recipient, seq)`; it is migrated by copying the table once on open.
 //! Layout 1 (the first release) kept every message in `messages`, acked ones without a body, and
 //! is migrated in one transaction on open.
 
@@ -18,9 +21,15 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::StoreError;
 
 /// `PRAGMA user_version` of this layout.
-pub(super) const VERSION: i64 = 2;
+pub(super) const VERSION: i64 = 3;
 
-const SCHEMA: &str = "
+/// Page size of a new relay database. Each commit writes whole pages; a commit of many 1 KiB
+/// messages costs less CPU in 16 KiB pages than in 4 KiB ones (docs/BENCHMARKS.md). SQLite
+/// applies it only to a database that has no tables yet.
+pub(super) const PAGE_SIZE: i64 = 16_384;
+
+/// The queue table of layout 3.
+pub(super) const QUEUE_TABLE: &str = "
 CREATE TABLE IF NOT EXISTS queue (
     seq INTEGER PRIMARY KEY,
     recipient BLOB NOT NULL,
@@ -28,10 +37,10 @@ CREATE TABLE IF NOT EXISTS queue (
     client_id BLOB NOT NULL,
     body BLOB NOT NULL,
     stored_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL,
-    UNIQUE (sender, client_id)
-);
-CREATE INDEX IF NOT EXISTS queue_recipient ON queue (recipient, seq);
+    expires_at INTEGER NOT NULL
+);";
+
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -59,7 +68,11 @@ pub(super) fn prepare(conn: &mut Connection) -> Result<u64, StoreError> {
             supported: VERSION,
         });
     }
+    tx.execute_batch(QUEUE_TABLE)?;
     tx.execute_batch(SCHEMA)?;
+    if version == 2 {
+        migrate_from_2(&tx)?;
+    }
     let legacy: bool = tx
         .query_row(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'",
@@ -77,11 +90,25 @@ pub(super) fn prepare(conn: &mut Connection) -> Result<u64, StoreError> {
     Ok(last + 1)
 }
 
-/// Layout 1 → 2: unacked messages move to `queue`; records of delivered ones are dropped.
+/// Layout 2 → 3: the queue is copied into a table without its two indexes, in `seq` order.
+fn migrate_from_2(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute_batch("ALTER TABLE queue RENAME TO queue_layout2;")?;
+    tx.execute_batch(QUEUE_TABLE)?;
+    tx.execute_batch(
+        "INSERT INTO queue (seq, recipient, sender, client_id, body, stored_at, expires_at)
+             SELECT seq, recipient, sender, client_id, body, stored_at, expires_at
+             FROM queue_layout2 ORDER BY seq;
+         DROP TABLE queue_layout2;",
+    )?;
+    tracing::info!("relay store migrated from layout 2 to layout {VERSION}");
+    Ok(())
+}
+
+/// Layout 1 → 3: unacked messages move to `queue`; records of delivered ones are dropped.
 fn migrate_from_1(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     let carried: Option<i64> = tx.query_row("SELECT MAX(seq) FROM messages", [], |r| r.get(0))?;
     tx.execute_batch(
-        "INSERT OR IGNORE INTO queue (seq, recipient, sender, client_id, body, stored_at, expires_at)
+        "INSERT INTO queue (seq, recipient, sender, client_id, body, stored_at, expires_at)
              SELECT seq, recipient, sender, client_id, body, stored_at, expires_at
              FROM messages WHERE acked = 0 AND body IS NOT NULL;
          DROP TABLE messages;",
