@@ -99,10 +99,15 @@ impl Deferred {
     }
 }
 
-/// Marks inbox entries up to and including `seq` as handed to the application.
+/// Marks inbox entries up to and including `seq` as handed to the application: one watermark in
+/// `meta` that only moves forward (home migration 4), not a flag on every row.
 pub(super) fn write_consumed(conn: &rusqlite::Connection, seq: i64) -> Result<(), ClientError> {
-    conn.prepare_cached("UPDATE inbox SET consumed = 1 WHERE seq <= ?1 AND consumed = 0")?
-        .execute(params![seq])?;
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('consumed_through', ?1)
+         ON CONFLICT (key) DO UPDATE
+         SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+    )?
+    .execute(params![seq])?;
     Ok(())
 }
 

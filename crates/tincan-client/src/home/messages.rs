@@ -569,7 +569,11 @@ impl Home {
     /// Inbox entries not yet handed to the application, oldest first.
     pub fn unconsumed(&self, limit: usize) -> Result<Vec<InboxEntry>, ClientError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, kind, peer, msg_id, text, sent_at, received_at FROM inbox WHERE consumed = 0 ORDER BY seq LIMIT ?1",
+            "SELECT seq, kind, peer, msg_id, text, sent_at, received_at FROM inbox
+             WHERE seq > COALESCE(
+                 (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'consumed_through'), 0)
+               AND consumed = 0
+             ORDER BY seq LIMIT ?1",
         )?;
         let rows = stmt.query_map(params![limit as i64], |r| {
             Ok((

@@ -43,7 +43,6 @@ CREATE TABLE IF NOT EXISTS inbox (
     consumed INTEGER NOT NULL DEFAULT 0,
     UNIQUE (peer, msg_id)
 );
-CREATE INDEX IF NOT EXISTS inbox_unconsumed ON inbox (consumed, seq);
 CREATE TABLE IF NOT EXISTS outbox_deferred (
     msg_id TEXT PRIMARY KEY,
     code TEXT NOT NULL,
@@ -55,5 +54,5 @@ CREATE TABLE IF NOT EXISTS sent (
     peer TEXT NOT NULL,
     relay_seq INTEGER NOT NULL,
     acked_at INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 ";
