@@ -54,6 +54,20 @@ async fn quiet(rb: &mut RawConn, ms: u64) {
     );
 }
 
+/// Writes the pair row an older relay layout kept for `a` and `b` (smaller id first).
+fn record_pair(conn: &rusqlite::Connection, a: &Identity, b: &Identity) {
+    let (lo, hi) = if a.peer_id() <= b.peer_id() {
+        (a.peer_id(), b.peer_id())
+    } else {
+        (b.peer_id(), a.peer_id())
+    };
+    conn.execute(
+        "INSERT INTO pairs (a, b) VALUES (?1, ?2)",
+        rusqlite::params![lo.as_bytes(), hi.as_bytes()],
+    )
+    .unwrap();
+}
+
 #[tokio::test]
 async fn a_resend_after_the_ack_is_recognised_and_not_delivered_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -109,11 +123,6 @@ async fn a_first_layout_database_is_migrated_keeping_the_queue_and_its_order() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("relay.db");
     let (a, b) = (Identity::generate(), Identity::generate());
-    let (pa, pb) = if a.peer_id() <= b.peer_id() {
-        (a.peer_id(), b.peer_id())
-    } else {
-        (b.peer_id(), a.peer_id())
-    };
     let far = (now_secs() as i64 + 3600) * 1000;
     {
         // The layout the first release wrote: every message in `messages`, acked ones bodiless.
@@ -131,11 +140,7 @@ async fn a_first_layout_database_is_migrated_keeping_the_queue_and_its_order() {
              CREATE TABLE pairs (a BLOB NOT NULL, b BLOB NOT NULL, PRIMARY KEY (a, b)) WITHOUT ROWID;",
         )
         .unwrap();
-        conn.execute(
-            "INSERT INTO pairs (a, b) VALUES (?1, ?2)",
-            rusqlite::params![pa.as_bytes(), pb.as_bytes()],
-        )
-        .unwrap();
+        record_pair(&conn, &a, &b);
         for (seq, id, body, acked) in [
             (10i64, [1u8; 16], None, 1),
             (11, [2; 16], Some(b"second".to_vec()), 0),
@@ -302,11 +307,6 @@ async fn a_second_layout_database_is_migrated_to_a_queue_without_indexes() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("relay.db");
     let (a, b) = (Identity::generate(), Identity::generate());
-    let (pa, pb) = if a.peer_id() <= b.peer_id() {
-        (a.peer_id(), b.peer_id())
-    } else {
-        (b.peer_id(), a.peer_id())
-    };
     let far = (now_secs() as i64 + 3600) * 1000;
     {
         // The layout relays wrote before: `queue` with a unique index and a recipient index.
@@ -325,11 +325,7 @@ async fn a_second_layout_database_is_migrated_to_a_queue_without_indexes() {
              PRAGMA user_version = 2;",
         )
         .unwrap();
-        conn.execute(
-            "INSERT INTO pairs (a, b) VALUES (?1, ?2)",
-            rusqlite::params![pa.as_bytes(), pb.as_bytes()],
-        )
-        .unwrap();
+        record_pair(&conn, &a, &b);
         for (seq, id, body) in [(21i64, [2u8; 16], b"second"), (20, [1; 16], b"first!")] {
             conn.execute(
                 "INSERT INTO queue (seq, recipient, sender, client_id, body, stored_at, expires_at)
