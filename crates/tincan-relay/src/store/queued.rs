@@ -9,8 +9,9 @@
 //! after any rolled-back transaction. Only the writer thread touches it, so it always matches
 //! what the writer's own transaction sees.
 //!
-//! Memory: about 100 bytes per queued message (bounded by the per-recipient queue cap and
-//! `max_db_bytes`); loading costs one scan of the table at start.
+//! Memory: 70–150 bytes per queued message (the hash table grows in powers of two; 141 bytes
+//! each measured with 1,000,000 queued), bounded by the per-recipient queue cap and
+//! `max_db_bytes`; loading costs one scan of the table at start.
 
 use std::collections::{BTreeSet, HashMap};
 
