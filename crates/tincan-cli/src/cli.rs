@@ -175,6 +175,10 @@ pub struct RelayArgs {
     /// Most undelivered messages kept per recipient (default 10000).
     #[arg(long, env = "TINCAN_RELAY_QUEUE_CAP")]
     pub queue_cap: Option<u64>,
+    /// Most undelivered messages kept in all, across recipients (default 1000000); bounds the
+    /// relay's memory (70-150 bytes per queued message).
+    #[arg(long, env = "TINCAN_RELAY_MAX_QUEUED")]
+    pub max_queued: Option<u64>,
     /// How long undelivered messages are kept, e.g. 7d (default 7d).
     #[arg(long, env = "TINCAN_RELAY_MESSAGE_TTL", value_parser = parse_duration)]
     pub message_ttl: Option<u64>,

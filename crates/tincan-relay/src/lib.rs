@@ -60,6 +60,9 @@ pub struct Config {
     pub max_body: usize,
     /// Most unacknowledged messages kept for one recipient.
     pub queue_cap: u64,
+    /// Most unacknowledged messages kept in all. The writer indexes queued messages in memory
+    /// (70–150 bytes each), so this bounds the relay's memory however many identities pair.
+    pub max_queued: u64,
     /// How long an undelivered message is kept.
     pub message_ttl: Duration,
     /// Refuse messages between identities that never paired through an invite on this relay.
@@ -94,6 +97,7 @@ impl Config {
             db_path,
             max_body: tincan_proto::frame::MAX_BODY,
             queue_cap: 10_000,
+            max_queued: 1_000_000,
             message_ttl: Duration::from_secs(7 * 24 * 3600),
             require_pairing: true,
             auth_timeout: Duration::from_secs(10),

@@ -74,6 +74,7 @@ pub(crate) struct Metrics {
     pub rate_limited_identity: AtomicU64,
     pub rate_limited_ip: AtomicU64,
     pub refused_queue_full: AtomicU64,
+    pub refused_max_queued: AtomicU64,
     pub refused_too_large: AtomicU64,
     pub refused_invites: AtomicU64,
     pub store_errors: AtomicU64,
@@ -211,6 +212,11 @@ impl Metrics {
             out,
             "tincan_refused_total{{limit=\"queue_cap\"}} {}",
             self.refused_queue_full.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "tincan_refused_total{{limit=\"max_queued\"}} {}",
+            self.refused_max_queued.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,

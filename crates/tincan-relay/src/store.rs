@@ -189,6 +189,7 @@ impl Store {
             router,
             pairs,
             queue_cap: config.queue_cap,
+            max_queued: config.max_queued,
             ttl_ms: config.message_ttl.as_millis() as u64,
             require_pairing: config.require_pairing,
             max_open_invites: config.max_open_invites,
@@ -393,6 +394,7 @@ struct Worker {
     router: Arc<Router>,
     pairs: HashSet<(PeerId, PeerId)>,
     queue_cap: u64,
+    max_queued: u64,
     ttl_ms: u64,
     require_pairing: bool,
     max_open_invites: u32,
@@ -908,7 +910,9 @@ impl Worker {
             self.held.remove(&(sender, to));
         }
         let result = self.insert_message_inner(sender, id, to, body, now_ms)?;
-        if let Inserted::Refused(code @ ErrorCode::QueueFull, message) = &result {
+        if let Inserted::Refused(code @ (ErrorCode::QueueFull | ErrorCode::StorageFull), message) =
+            &result
+        {
             self.hold(sender, to, id, *code, message, now_ms);
         }
         Ok(result)
@@ -960,11 +964,23 @@ impl Worker {
         }
         let count = self.index.len_for(&to);
         if count >= self.queue_cap {
+            Metrics::inc(&self.metrics.refused_queue_full);
             return Ok(Inserted::Refused(
                 ErrorCode::QueueFull,
                 format!(
                     "recipient's queue holds {count} undelivered messages (cap {}); retry after they read some",
                     self.queue_cap
+                ),
+            ));
+        }
+        let total = self.index.total();
+        if total >= self.max_queued {
+            Metrics::inc(&self.metrics.refused_max_queued);
+            return Ok(Inserted::Refused(
+                ErrorCode::StorageFull,
+                format!(
+                    "relay holds {total} undelivered messages in all (max_queued {}); retry later",
+                    self.max_queued
                 ),
             ));
         }

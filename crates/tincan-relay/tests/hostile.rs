@@ -206,6 +206,94 @@ async fn queue_cap_is_enforced_with_a_clear_error_and_duplicates_are_not_stored_
         c.recv().await,
         Some(RelayFrame::Sent { req: 12, .. })
     ));
+    assert_eq!(refused(&r.url, "queue_cap").await, 1);
+}
+
+/// `tincan_refused_total{limit="<limit>"}` from the relay's /metrics.
+async fn refused(url: &str, limit: &str) -> u64 {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let key = format!("tincan_refused_total{{limit=\"{limit}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .unwrap_or_else(|| panic!("no {key} in /metrics"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_total_of_queued_messages_is_capped_without_reordering_or_losing_any() {
+    // Three identities write to two recipients; the relay holds at most three messages in all.
+    let dir = tempfile::tempdir().unwrap();
+    let r = relay(&dir, |c| c.max_queued = 3).await;
+    let (a, b, d) = (
+        Identity::generate(),
+        Identity::generate(),
+        Identity::generate(),
+    );
+    pair(&r.url, &a, &b).await;
+    pair(&r.url, &a, &d).await;
+    let mut c = RawConn::authed(&r.url, &a, false).await;
+    let send = |req: u32, id: u8, to: &Identity| ClientFrame::Send {
+        req,
+        id: MessageId::from_bytes([id; 16]),
+        to: to.peer_id(),
+        body: vec![id],
+    };
+    for (req, to) in [(1, &b), (2, &b), (3, &d)] {
+        c.send(&send(req, req as u8, to)).await;
+        assert!(matches!(c.recv().await, Some(RelayFrame::Sent { req: r, .. }) if r == req));
+    }
+    c.send(&send(4, 4, &d)).await;
+    match c.recv().await {
+        Some(RelayFrame::Error {
+            req: 4,
+            code: ErrorCode::StorageFull,
+            retry_after_ms,
+            message,
+        }) => assert!(
+            message.contains("max_queued 3") && retry_after_ms > 0,
+            "{message}"
+        ),
+        other => panic!("expected storage_full, got {other:?}"),
+    }
+    // A later message on the same path must not overtake the refused one.
+    c.send(&send(5, 5, &d)).await;
+    assert!(matches!(
+        c.recv().await,
+        Some(RelayFrame::Error {
+            req: 5,
+            code: ErrorCode::StorageFull,
+            ..
+        })
+    ));
+    assert_eq!(refused(&r.url, "max_queued").await, 1);
+    // One delivery acked frees one place: the refused message goes in, then the next.
+    let mut rb = RawConn::authed(&r.url, &b, true).await;
+    match rb.recv().await {
+        Some(RelayFrame::Deliver { seq, body, .. }) => {
+            assert_eq!(body, vec![1]);
+            rb.send(&ClientFrame::Ack { seq }).await;
+        }
+        other => panic!("expected deliver, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.send(&send(6, 4, &d)).await;
+    assert!(matches!(
+        c.recv().await,
+        Some(RelayFrame::Sent { req: 6, .. })
+    ));
+    let mut rd = RawConn::authed(&r.url, &d, true).await;
+    for want in [3u8, 4] {
+        match rd.recv().await {
+            Some(RelayFrame::Deliver { body, .. }) => assert_eq!(body, vec![want]),
+            other => panic!("expected deliver, got {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]

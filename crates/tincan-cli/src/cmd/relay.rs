@@ -19,6 +19,7 @@ struct FileConfig {
     db: Option<PathBuf>,
     max_body: Option<usize>,
     queue_cap: Option<u64>,
+    max_queued: Option<u64>,
     message_ttl: Option<String>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
@@ -99,6 +100,7 @@ fn settings(args: RelayArgs) -> Result<(String, Config), CliError> {
     }
     c.max_body = max_body;
     c.queue_cap = args.queue_cap.or(file.queue_cap).unwrap_or(c.queue_cap);
+    c.max_queued = args.max_queued.or(file.max_queued).unwrap_or(c.max_queued);
     c.message_ttl = duration(
         args.message_ttl,
         file.message_ttl.as_deref(),
@@ -181,6 +183,7 @@ pub async fn run(args: RelayArgs, out: &Out) -> Result<ExitCode, CliError> {
     let limits = json!({
         "max_body": config.max_body,
         "queue_cap": config.queue_cap,
+        "max_queued": config.max_queued,
         "message_ttl_secs": config.message_ttl.as_secs(),
         "max_connections": config.max_connections,
         "max_connections_per_ip": config.max_connections_per_ip,
