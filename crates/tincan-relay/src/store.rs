@@ -957,8 +957,8 @@ impl Worker {
                     .into(),
             ));
         }
-        // The common path is one INSERT; the duplicate lookup runs only when it did not insert
-        // (or when the queue is full, because a resend of a stored message must still get `Sent`).
+        // A resend of a queued or recently acked message gets its original seq, even when the
+        // queue is full; the lookup is in memory, so the common path is one INSERT.
         if let Some(seq) = self.existing_seq(sender, id) {
             return Ok(Inserted::Duplicate(seq));
         }
