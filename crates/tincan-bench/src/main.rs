@@ -8,6 +8,7 @@
 
 mod breakdown;
 mod cpu;
+mod crypto;
 mod external;
 mod http_poll;
 mod idle_conns;
@@ -132,6 +133,8 @@ enum PartName {
     IdleConns,
     /// HTTP API long-poll throughput.
     HttpPoll,
+    /// Olm encrypt, decrypt, key derivation and pickling alone (vodozemac, no I/O).
+    Crypto,
 }
 
 fn main() -> ExitCode {
@@ -235,6 +238,18 @@ async fn run_all(args: &Args) -> Vec<Part> {
             key: "pairing",
             title: "pairing",
             params: json!({"pairings": n}),
+            outcome,
+        });
+    }
+
+    if wanted(PartName::Crypto) {
+        let bar = bar("crypto", 0);
+        let outcome = blocking(Duration::from_secs(60), crypto::run).await;
+        finish(&bar, &outcome);
+        parts.push(Part {
+            key: "crypto",
+            title: "Olm alone",
+            params: json!({}),
             outcome,
         });
     }
