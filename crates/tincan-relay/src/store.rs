@@ -334,6 +334,11 @@ fn peer(bytes: &[u8]) -> Option<PeerId> {
     Some(PeerId::from_bytes(bytes.try_into().ok()?))
 }
 
+/// A sender's message id as stored in a `client_id` column.
+fn message_id(bytes: &[u8]) -> Option<MessageId> {
+    Some(MessageId::from_bytes(bytes.try_into().ok()?))
+}
+
 fn pair_key(x: PeerId, y: PeerId) -> (PeerId, PeerId) {
     if x <= y { (x, y) } else { (y, x) }
 }
@@ -880,8 +885,7 @@ impl Worker {
             let seq: i64 = row.get(0)?;
             let sender: Vec<u8> = row.get(1)?;
             let id: Vec<u8> = row.get(2)?;
-            if let (Some(sender), Ok(id)) = (peer(&sender), <[u8; 16]>::try_from(id.as_slice())) {
-                let id = MessageId::from_bytes(id);
+            if let (Some(sender), Some(id)) = (peer(&sender), message_id(&id)) {
                 self.index.remove(seq as u64, recipient, sender, id);
                 out.push((sender, id, seq as u64));
             }
@@ -1040,11 +1044,8 @@ impl Worker {
             let seq: i64 = row.get(0)?;
             let (to, from, id): (Vec<u8>, Vec<u8>, Vec<u8>) =
                 (row.get(1)?, row.get(2)?, row.get(3)?);
-            if let (Some(to), Some(from), Ok(id)) =
-                (peer(&to), peer(&from), <[u8; 16]>::try_from(id.as_slice()))
-            {
-                self.index
-                    .remove(seq as u64, &to, from, MessageId::from_bytes(id));
+            if let (Some(to), Some(from), Some(id)) = (peer(&to), peer(&from), message_id(&id)) {
+                self.index.remove(seq as u64, &to, from, id);
             }
         }
         Ok(n)
@@ -1096,14 +1097,14 @@ impl Worker {
             let Some((from, id, body, stored_at)) = row else {
                 continue;
             };
-            let (Some(from), Ok(id)) = (peer(&from), <[u8; 16]>::try_from(id.as_slice())) else {
+            let (Some(from), Some(id)) = (peer(&from), message_id(&id)) else {
                 tracing::warn!(seq, "skipping malformed stored row");
                 continue;
             };
             out.push(Stored {
                 seq,
                 from,
-                id: MessageId::from_bytes(id),
+                id,
                 stored_at: stored_at as u64,
                 body,
             });

@@ -39,12 +39,10 @@ impl Queued {
             let to: Vec<u8> = row.get(1)?;
             let from: Vec<u8> = row.get(2)?;
             let id: Vec<u8> = row.get(3)?;
-            if let (Some(to), Some(from), Ok(id)) = (
-                super::peer(&to),
-                super::peer(&from),
-                <[u8; 16]>::try_from(id.as_slice()),
-            ) {
-                q.insert(seq as u64, to, from, MessageId::from_bytes(id));
+            if let (Some(to), Some(from), Some(id)) =
+                (super::peer(&to), super::peer(&from), super::message_id(&id))
+            {
+                q.insert(seq as u64, to, from, id);
             }
         }
         Ok(q)
