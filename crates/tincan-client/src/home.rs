@@ -83,8 +83,9 @@ impl Home {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        // Checkpoints run on their own thread (see `checkpoint`), not inside message commits.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // Checkpoints run on their own thread, not inside message commits, except when the WAL
+        // reaches its limit (`limit_wal`: under steady traffic it would never start over).
+        tincan_sqlite::limit_wal(&conn, tincan_sqlite::WAL_LIMIT_BYTES)?;
         conn.execute_batch(schema::SCHEMA)?;
         migrate::migrate(&mut conn)?;
         let checkpoints = tincan_sqlite::Checkpointer::start::<ClientError>(

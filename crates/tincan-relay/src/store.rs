@@ -169,8 +169,9 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Checkpoints (the only fsyncs under NORMAL) run on their own thread, not in the writer's
-        // commits; a bigger page cache saves re-reading index pages.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // commits, except when the WAL reaches its limit (`limit_wal`: under steady traffic it
+        // would otherwise never start over); a bigger page cache saves re-reading index pages.
+        tincan_sqlite::limit_wal(&conn, tincan_sqlite::WAL_LIMIT_BYTES)?;
         conn.pragma_update(None, "cache_size", -32_768)?;
         let next_seq = schema::prepare(&mut conn)?;
         if let Some(max) = config.max_db_bytes {

@@ -2,6 +2,7 @@
 //!
 //! [`Checkpointer`] moves WAL checkpoints (where the fsyncs happen under `synchronous = NORMAL`)
 //! off the connection that commits messages, so a send or a delivery never waits behind one.
+//! [`limit_wal`] keeps the WAL file from growing without bound while commits never pause.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -17,6 +18,27 @@ pub const MAX_WAIT: Duration = Duration::from_secs(1);
 /// Consecutive failed checkpoints before each further failure is logged as a warning (a busy
 /// database is normal now and then; a WAL that can never be checkpointed grows without bound).
 const WARN_AFTER: u32 = 10;
+
+/// Most bytes of log a writer leaves in the WAL file before it checkpoints itself
+/// ([`limit_wal`]).
+pub const WAL_LIMIT_BYTES: u64 = 64 << 20;
+
+/// Sets up the connection that commits (the only writer) so its WAL stays near `limit` bytes.
+///
+/// SQLite starts the log over only when a write transaction begins with every frame already
+/// copied into the database. Under steady traffic that never happens by itself: the writer
+/// commits again while each background checkpoint ([`Checkpointer`]) runs, so the WAL grew by
+/// every page ever committed (measured: 30 MB/s at 5,000 msg/s on the relay, without end). With
+/// `wal_autocheckpoint` at `limit`, a commit that leaves the log that long runs a PASSIVE
+/// checkpoint on the writer itself, between two of its own transactions: nothing new can be
+/// committed meanwhile, so that checkpoint completes (the background thread has copied most
+/// frames already) and the next commit starts the log from the beginning, reusing its blocks. If
+/// the background checkpoint holds the lock at that moment, the next commit tries again.
+pub fn limit_wal(conn: &Connection, limit: u64) -> rusqlite::Result<()> {
+    let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let pages = (limit / page.max(512) as u64).max(1);
+    conn.pragma_update(None, "wal_autocheckpoint", pages as i64)
+}
 
 /// A thread that runs `PRAGMA wal_checkpoint(PASSIVE)` on its own connection every
 /// [`MIN_WAIT`] while the database changes, backing off to [`MAX_WAIT`] when idle
@@ -134,5 +156,59 @@ mod tests {
             "the committed rows reached the database file"
         );
         drop(c);
+    }
+
+    /// Commits back to back, as a relay under steady traffic does, while the checkpointer runs:
+    /// without `limit_wal` the log never starts over and the WAL file holds every page committed
+    /// (about 25 MB here).
+    #[test]
+    fn the_wal_stays_near_its_limit_while_a_writer_commits_without_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let writer = Connection::open(&db).unwrap();
+        writer.pragma_update(None, "journal_mode", "WAL").unwrap();
+        writer.pragma_update(None, "synchronous", "NORMAL").unwrap();
+        writer.busy_timeout(Duration::from_secs(5)).unwrap();
+        let limit = 1 << 20;
+        limit_wal(&writer, limit).unwrap();
+        writer
+            .execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, x BLOB);")
+            .unwrap();
+        let c = Checkpointer::start::<Box<dyn std::error::Error>>(&db, "test-checkpoint").unwrap();
+        let wal = wal_size(&db);
+        let mut largest = 0;
+        for i in 0..1200 {
+            writer
+                .execute("INSERT INTO t (x) VALUES (zeroblob(16000))", [])
+                .unwrap();
+            if i % 4 == 3 {
+                // A queue: old rows go as new ones come.
+                writer
+                    .execute("DELETE FROM t WHERE id <= ?1", [i - 40])
+                    .unwrap();
+            }
+            largest = largest.max(wal());
+        }
+        drop(c);
+        // The limit plus the commits made while a background checkpoint held the lock (the
+        // writer then tries again at its next commit; one with an fsync on a slow disk can
+        // take a while).
+        assert!(
+            largest <= 8 * limit,
+            "the WAL file reached {largest} bytes with a limit of {limit}"
+        );
+        let rows: i64 = writer
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 41, "every row not deleted is there");
+    }
+
+    fn wal_size(db: &Path) -> impl Fn() -> u64 + use<> {
+        let wal = {
+            let mut n = db.as_os_str().to_owned();
+            n.push("-wal");
+            std::path::PathBuf::from(n)
+        };
+        move || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0)
     }
 }
