@@ -16,7 +16,7 @@ use axum::routing::get;
 
 use crate::Shared;
 use crate::limits::ConnLimit;
-use crate::metrics::Metrics;
+use crate::metrics::{Gauges, Metrics};
 
 pub(crate) fn app(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -162,10 +162,14 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let queued = shared.store.stats().await.unwrap_or(0);
-    let text = shared
-        .metrics
-        .render(shared.conns.total(), shared.router.online(), queued);
+    let gauges = Gauges {
+        connections: shared.conns.total() as u64,
+        online: shared.router.online() as u64,
+        queued: shared.store.stats().await.unwrap_or(0),
+        ..Gauges::default()
+    }
+    .with_store_files(&shared.config.db_path);
+    let text = shared.metrics.render(&gauges);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

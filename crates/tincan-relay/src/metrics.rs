@@ -82,6 +82,28 @@ pub(crate) struct Metrics {
     pub store_batch: Histogram,
 }
 
+/// Values read at scrape time.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Gauges {
+    pub connections: u64,
+    pub online: u64,
+    pub queued: u64,
+    pub db_bytes: u64,
+    pub wal_bytes: u64,
+}
+
+impl Gauges {
+    /// The sizes of the database at `db` and its `-wal` file (0 for a file that is not there).
+    pub fn with_store_files(mut self, db: &std::path::Path) -> Self {
+        let len = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        self.db_bytes = len(db);
+        self.wal_bytes = len(std::path::Path::new(&wal));
+        self
+    }
+}
+
 /// Index of a frame kind in [`FRAME_KINDS`].
 pub(crate) fn kind(name: &str) -> usize {
     FRAME_KINDS
@@ -96,7 +118,7 @@ impl Metrics {
     }
 
     /// Renders the Prometheus text format. Gauges read at scrape time are passed in.
-    pub fn render(&self, connections: usize, online: usize, queued: u64) -> String {
+    pub fn render(&self, g: &Gauges) -> String {
         let mut out = String::with_capacity(4096);
         let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -112,19 +134,31 @@ impl Metrics {
             &mut out,
             "tincan_connections",
             "Open WebSocket connections.",
-            connections as u64,
+            g.connections,
         );
         gauge(
             &mut out,
             "tincan_receivers_online",
             "Identities with a receiving connection.",
-            online as u64,
+            g.online,
         );
         gauge(
             &mut out,
             "tincan_messages_queued",
             "Stored messages not yet acknowledged by their recipient.",
-            queued,
+            g.queued,
+        );
+        gauge(
+            &mut out,
+            "tincan_store_db_bytes",
+            "Size of the SQLite database file.",
+            g.db_bytes,
+        );
+        gauge(
+            &mut out,
+            "tincan_store_wal_bytes",
+            "Size of its write-ahead log file (starts over at about 64 MiB).",
+            g.wal_bytes,
         );
         counter(
             &mut out,
@@ -260,9 +294,17 @@ mod tests {
         m.frames_in[kind("send")].fetch_add(2, Ordering::Relaxed);
         m.store_batch.observe(Duration::from_micros(300));
         m.store_batch.observe(Duration::from_secs(5));
-        let text = m.render(3, 2, 7);
+        let text = m.render(&Gauges {
+            connections: 3,
+            online: 2,
+            queued: 7,
+            db_bytes: 8192,
+            wal_bytes: 0,
+        });
         assert!(text.contains("tincan_connections 3\n"));
         assert!(text.contains("tincan_messages_queued 7\n"));
+        assert!(text.contains("tincan_store_db_bytes 8192\n"));
+        assert!(text.contains("tincan_store_wal_bytes 0\n"));
         assert!(text.contains("tincan_messages_stored_total 1\n"));
         assert!(text.contains("tincan_frames_total{dir=\"in\",type=\"send\"} 2\n"));
         assert!(text.contains("tincan_store_batch_seconds_bucket{le=\"0.0005\"} 1\n"));

@@ -344,9 +344,16 @@ async fn openapi_health_and_metrics_are_served() {
         "tincan_rate_limited_total{",
         "tincan_store_batch_seconds_bucket{",
         "tincan_http_requests_total ",
+        "tincan_store_wal_bytes ",
     ] {
         assert!(text.contains(name), "metric {name} missing:\n{text}");
     }
+    let db_bytes: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tincan_store_db_bytes "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no tincan_store_db_bytes in:\n{text}"));
+    assert!(db_bytes > 0, "the database file has a size");
 }
 
 /// An agent with nothing but curl: every call here is a real `curl` process.
