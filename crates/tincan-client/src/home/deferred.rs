@@ -2,8 +2,11 @@
 //!
 //! Two records are not worth a commit of their own on the message path: "the application was
 //! handed inbox entries up to seq N" (consumed marks) and "the relay acknowledged outbox row N"
-//! (acks). Both are kept here in memory, written inside the next send or delivery transaction,
-//! or alone by a flush when nothing else comes (the client's timers, and its close). Losing them
+//! (acks). Both are kept here in memory and written inside the next transaction that runs anyway:
+//! a consumed mark in the next send or delivery, an ack in the next send only (it deletes an
+//! outbox row and adds a `sent` row, pages a send writes anyway, where a delivery would write two
+//! or three pages more), or alone by a flush when nothing else comes (the client's timers, and
+//! its close). Losing them
 //! in a crash is harmless: an entry not marked consumed is shown again (receivers deduplicate by
 //! message id), an outbox row not marked sent is sent again (the relay deduplicates by message id,
 //! and so does the recipient). Until they are written, readers in this process see them through
@@ -90,6 +93,18 @@ impl Deferred {
         })
     }
 
+    /// Like [`Deferred::apply`], but writes only the consumed mark (for a delivery transaction,
+    /// see the module docs); the acks stay pending.
+    pub(super) fn apply_mark(&self, tx: &Transaction<'_>) -> Result<Carried, ClientError> {
+        if let Some(seq) = self.consumed {
+            write_consumed(tx, seq)?;
+        }
+        Ok(Carried {
+            consumed: self.consumed,
+            acks: 0,
+        })
+    }
+
     /// A transaction that carried `c` committed.
     pub(super) fn committed(&mut self, c: Carried) {
         if c.consumed.is_some() && self.consumed == c.consumed {
@@ -144,7 +159,8 @@ mod tests {
 
     use tincan_proto::ids::PeerId;
 
-    use super::super::fixtures::{RELAY, accepted};
+    use super::super::InboxKind;
+    use super::super::fixtures::{RELAY, accepted, kinds, paired, take};
     use super::super::{Home, OutboxEntry, now_ms};
 
     /// B accepted A's invite, so B's outbox holds one row (the join). Returns (A's id, B, row).
@@ -179,6 +195,38 @@ mod tests {
             .map(|r| r.id)
             .collect();
         assert_eq!(queued, sent);
+    }
+
+    /// A delivery writes a pending consumed mark but leaves acks to the next send, whose
+    /// transaction writes the outbox pages anyway (two or three pages fewer per round trip).
+    #[test]
+    fn a_delivery_leaves_the_ack_for_the_next_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = paired(dir.path());
+        let first = t.b.queue_texts(&t.a_id, &["ping"], now_ms()).unwrap();
+        let row =
+            t.b.outbox(RELAY, 0, 10)
+                .unwrap()
+                .into_iter()
+                .find(|r| r.id == first[0])
+                .unwrap();
+        t.b.outbox_acked_later(&[(row.seq, 9, row.id)], now_ms());
+        t.b.mark_consumed_later(1);
+        // A's answer arrives and is stored.
+        t.a.queue_texts(&t.b_id, &["pong"], now_ms()).unwrap();
+        let answer = take(&mut t.a);
+        assert_eq!(kinds(&mut t.b, t.a_id, &answer), [InboxKind::Message]);
+        assert_eq!(t.b.acks_pending(), 1, "the delivery left the ack pending");
+        assert!(
+            !t.b.consumed_pending(),
+            "the delivery wrote the consumed mark"
+        );
+        let other = Home::open(&dir.path().join("b")).unwrap();
+        assert!(!other.is_sent(&row.id).unwrap());
+        // B's next message writes it.
+        t.b.queue_texts(&t.a_id, &["ping again"], now_ms()).unwrap();
+        assert_eq!(t.b.acks_pending(), 0);
+        assert!(other.is_sent(&row.id).unwrap());
     }
 
     #[test]

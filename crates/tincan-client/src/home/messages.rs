@@ -414,7 +414,8 @@ impl Home {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let carried = self.deferred.apply(&tx)?;
+        // Acks wait for the next send (deferred.rs).
+        let carried = self.deferred.apply_mark(&tx)?;
         let mut sessions: HashMap<PeerId, PeerSession> = HashMap::new();
         // Peers whose re-pairing left a prior session (see `prior`).
         let mut priors: Vec<PeerId> = Vec::new();
