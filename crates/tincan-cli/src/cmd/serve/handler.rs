@@ -103,9 +103,14 @@ pub async fn run(command: &str, job: Job, limits: Limits, groups: &Groups) -> Ou
     // `sh -c` semantics, with one or two process starts fewer where they allow it (shell.rs).
     let direct = super::shell::direct_argv(command).and_then(|argv| {
         let (program, args) = argv.split_first()?;
-        let mut cmd = Command::new(program);
-        cmd.args(args);
-        prepare(&mut cmd, &job).spawn().ok()
+        // By the path `PATH` gave last time (argv[0] stays the name, as a shell passes it).
+        let mut cmd = Command::new(super::shell::locate(program)?);
+        cmd.arg0(program).args(args);
+        let spawned = prepare(&mut cmd, &job).spawn();
+        if spawned.is_err() {
+            super::shell::forget(program);
+        }
+        spawned.ok()
     });
     let spawned = match direct {
         Some(child) => Ok(child),
@@ -318,6 +323,15 @@ mod tests {
                 other => panic!("{command}: {other:?}"),
             }
         }
+        // A program remembered at a path where it no longer is: the start fails, the shell
+        // finds it again, and the stale path is forgotten.
+        let gone = dir.path().join("gone").join("head");
+        super::super::shell::remember("head", &gone);
+        match go("head -c 2", "hello").await {
+            Outcome::Reply(r) => assert_eq!(r, "he"),
+            other => panic!("head: {other:?}"),
+        }
+        assert_ne!(super::super::shell::locate("head"), Some(gone));
         // A program that does not exist fails the way `sh -c` reports it (exit 127).
         match go("no-such-program-tincan-test", "x").await {
             Outcome::Failed(f) => assert_eq!((f.code, f.exit_code), ("exit", Some(127)), "{f:?}"),

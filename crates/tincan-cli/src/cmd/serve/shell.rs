@@ -15,12 +15,68 @@
 //!
 //! Same process group, stdin, stdout, environment and exit status either way.
 //!
+//! [`locate`] remembers where `PATH` had a program, as a shell's command hash table does (dash and
+//! bash `hash`): a failed `execve` for every `PATH` directory before the right one cost a turn
+//! about 0.08 ms with an eight-entry `PATH` (BENCHMARKS.md). A program that is gone from there
+//! fails to start, is forgotten ([`forget`]), and the command runs through `sh -c`, which searches
+//! again.
+//!
 //! Anything that might be more than one simple command, or that `exec` would change, is left as
 //! it is: operators and grouping (`; & | ( ) { } < > !` and newlines), substitutions (`$`, `` ` ``),
 //! escapes and comments (`\`, `#`), a leading assignment (`FOO=1 cmd`), and reserved words or
 //! builtins that exist only inside the shell (`cd`, `export`, `if`, ...).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex};
+
+/// Programs found on `PATH`, by name.
+static FOUND: LazyLock<Mutex<HashMap<String, PathBuf>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn found() -> std::sync::MutexGuard<'static, HashMap<String, PathBuf>> {
+    // A map of paths cannot be left half-updated by a panic.
+    FOUND.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where `sh` would find `program`: itself if it names a path (has a `/`), else the first
+/// executable regular file of that name in a `PATH` directory (an empty entry is the current
+/// directory), remembered for the next call. `None`: not found (the caller lets `sh` report it).
+pub fn locate(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    if let Some(p) = found().get(program) {
+        return Some(p.clone());
+    }
+    let path = std::env::var_os("PATH")?;
+    let hit = std::env::split_paths(&path)
+        .map(|dir| {
+            if dir.as_os_str().is_empty() {
+                Path::new(".").join(program)
+            } else {
+                dir.join(program)
+            }
+        })
+        .find(|c| {
+            std::fs::metadata(c).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })?;
+    found().insert(program.to_string(), hit.clone());
+    Some(hit)
+}
+
+/// Drops what [`locate`] remembered for `program` (it failed to start from there).
+pub fn forget(program: &str) {
+    found().remove(program);
+}
+
+/// Makes [`locate`] answer `path` for `program` (tests: a remembered path that went away).
+#[cfg(test)]
+pub fn remember(program: &str, path: &Path) {
+    found().insert(program.to_string(), path.to_path_buf());
+}
 
 /// Words `exec` would change: reserved words, builtins with no program of the same name, and
 /// builtins whose program twin behaves differently (dash's `echo` is not coreutils' `echo`).
@@ -66,6 +122,20 @@ pub fn script(command: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_program_is_found_on_path_once_and_remembered() {
+        let sh = locate("sh").expect("sh is on PATH");
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{sh:?}");
+        assert_eq!(found().get("sh"), Some(&sh), "remembered");
+        assert_eq!(locate("sh"), Some(sh));
+        // A path is used as it is, and never remembered.
+        assert_eq!(locate("./x/tool"), Some(PathBuf::from("./x/tool")));
+        assert!(!found().contains_key("./x/tool"));
+        assert_eq!(locate("no-such-program-tincan-locate"), None);
+        forget("sh");
+        assert!(!found().contains_key("sh"));
+    }
 
     #[test]
     fn plain_words_are_started_directly() {
