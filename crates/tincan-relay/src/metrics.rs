@@ -157,7 +157,7 @@ impl Metrics {
         gauge(
             &mut out,
             "tincan_store_wal_bytes",
-            "Size of its write-ahead log file (starts over at about 64 MiB).",
+            "Size of its write-ahead log file (starts over at about 256 MiB).",
             g.wal_bytes,
         );
         counter(

@@ -19,8 +19,8 @@ pub const MAX_WAIT: Duration = Duration::from_secs(1);
 /// database is normal now and then; a WAL that can never be checkpointed grows without bound).
 const WARN_AFTER: u32 = 10;
 
-/// Most bytes of log a writer leaves in the WAL file before it checkpoints itself
-/// ([`limit_wal`]).
+/// Most bytes of log a home's writer leaves in the WAL file before it checkpoints itself
+/// ([`limit_wal`]). The relay, which writes far more, uses a larger limit of its own.
 pub const WAL_LIMIT_BYTES: u64 = 64 << 20;
 
 /// Sets up the connection that commits (the only writer) so its WAL stays near `limit` bytes.
