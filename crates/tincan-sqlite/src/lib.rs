@@ -139,8 +139,7 @@ mod tests {
     fn copies_committed_pages_into_the_database_file_while_a_writer_keeps_its_connection() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("t.db");
-        let writer = Connection::open(&db).unwrap();
-        writer.pragma_update(None, "journal_mode", "WAL").unwrap();
+        let writer = wal_writer(&db);
         writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
         writer.execute_batch("CREATE TABLE t (x BLOB);").unwrap();
         let c = Checkpointer::start::<Box<dyn std::error::Error>>(&db, "test-checkpoint").unwrap();
@@ -171,10 +170,7 @@ mod tests {
     fn the_wal_stays_near_its_limit_while_a_writer_commits_without_pause() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("t.db");
-        let writer = Connection::open(&db).unwrap();
-        writer.pragma_update(None, "journal_mode", "WAL").unwrap();
-        writer.pragma_update(None, "synchronous", "NORMAL").unwrap();
-        writer.busy_timeout(Duration::from_secs(5)).unwrap();
+        let writer = wal_writer(&db);
         let limit = 1 << 20;
         limit_wal(&writer, limit).unwrap();
         writer
@@ -217,6 +213,15 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(rows, 42, "every row not deleted is there");
+    }
+
+    /// A connection to `db` set up as both stores set up theirs (WAL, `synchronous = NORMAL`).
+    fn wal_writer(db: &Path) -> Connection {
+        let writer = Connection::open(db).unwrap();
+        writer.pragma_update(None, "journal_mode", "WAL").unwrap();
+        writer.pragma_update(None, "synchronous", "NORMAL").unwrap();
+        writer.busy_timeout(Duration::from_secs(5)).unwrap();
+        writer
     }
 
     fn wal_size(db: &Path) -> impl Fn() -> u64 + use<> {

@@ -78,9 +78,7 @@ impl Deferred {
     /// Writes everything pending inside `tx`; pass the result to [`Deferred::committed`] once
     /// `tx` commits (if it rolls back, everything stays pending).
     pub(super) fn apply(&self, tx: &Transaction<'_>) -> Result<Carried, ClientError> {
-        if let Some(seq) = self.consumed {
-            write_consumed(tx, seq)?;
-        }
+        let carried = self.apply_mark(tx)?;
         if !self.acks.is_empty() {
             write_acks(
                 tx,
@@ -88,8 +86,8 @@ impl Deferred {
             )?;
         }
         Ok(Carried {
-            consumed: self.consumed,
             acks: self.acks.len(),
+            ..carried
         })
     }
 
