@@ -73,6 +73,10 @@ impl Drop for Home {
     }
 }
 
+/// WAL size at which a home's writer checkpoints itself so the log starts over
+/// (`tincan_sqlite::limit_wal`); a home writes far less than a relay, whose limit is larger.
+const WAL_LIMIT: u64 = 64 << 20;
+
 impl Home {
     /// Opens (creating if needed) the home at `dir`: directory mode 0700, key file mode 0600.
     pub fn open(dir: &Path) -> Result<Self, ClientError> {
@@ -85,7 +89,7 @@ impl Home {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // Checkpoints run on their own thread, not inside message commits, except when the WAL
         // reaches its limit (`limit_wal`: under steady traffic it would never start over).
-        tincan_sqlite::limit_wal(&conn, tincan_sqlite::WAL_LIMIT_BYTES)?;
+        tincan_sqlite::limit_wal(&conn, WAL_LIMIT)?;
         conn.execute_batch(schema::SCHEMA)?;
         migrate::migrate(&mut conn)?;
         let checkpoints = tincan_sqlite::Checkpointer::start::<ClientError>(

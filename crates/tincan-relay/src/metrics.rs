@@ -96,10 +96,8 @@ impl Gauges {
     /// The sizes of the database at `db` and its `-wal` file (0 for a file that is not there).
     pub fn with_store_files(mut self, db: &std::path::Path) -> Self {
         let len = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        let mut wal = db.as_os_str().to_owned();
-        wal.push("-wal");
         self.db_bytes = len(db);
-        self.wal_bytes = len(std::path::Path::new(&wal));
+        self.wal_bytes = len(&tincan_sqlite::wal_path(db));
         self
     }
 }

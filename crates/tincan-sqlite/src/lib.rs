@@ -19,9 +19,12 @@ pub const MAX_WAIT: Duration = Duration::from_secs(1);
 /// database is normal now and then; a WAL that can never be checkpointed grows without bound).
 const WARN_AFTER: u32 = 10;
 
-/// Most bytes of log a home's writer leaves in the WAL file before it checkpoints itself
-/// ([`limit_wal`]). The relay, which writes far more, uses a larger limit of its own.
-pub const WAL_LIMIT_BYTES: u64 = 64 << 20;
+/// The write-ahead log SQLite keeps beside the database at `db` (`<db>-wal`).
+pub fn wal_path(db: &Path) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    name.into()
+}
 
 /// Sets up the connection that commits (the only writer) so its WAL stays near `limit` bytes.
 ///
@@ -225,11 +228,7 @@ mod tests {
     }
 
     fn wal_size(db: &Path) -> impl Fn() -> u64 + use<> {
-        let wal = {
-            let mut n = db.as_os_str().to_owned();
-            n.push("-wal");
-            std::path::PathBuf::from(n)
-        };
+        let wal = wal_path(db);
         move || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0)
     }
 }
