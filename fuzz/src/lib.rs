@@ -19,7 +19,7 @@ pub const NOW: u64 = 1_700_000_000;
 /// `Invite::parse` on the input read as (lossy) UTF-8.
 ///
 /// There is no public invite encoder (an invite is re-signed, not re-encoded), so the round trip
-/// checked is between the two textual forms: the bare `tincan1.` token decodes to the same invite
+/// checked is between the two textual forms: the bare `tincan2.` token decodes to the same invite
 /// as the full URL. Expiry is the only time-dependent check.
 pub fn invite(data: &[u8]) -> bool {
     let text = String::from_utf8_lossy(data);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use indicatif::ProgressBar;
-use tincan_client::home::{Incoming, Processed};
+use tincan_client::home::Incoming;
 use tincan_client::{Event, Home, now_ms};
 use tincan_proto::invite::normalize_relay_url;
 
@@ -76,9 +76,7 @@ pub async fn run(p: &Params, bar: &ProgressBar) -> Result<Outcome> {
             })
             .collect();
         for processed in home_b.process_incoming(&batch, now_ms())? {
-            if let Processed::New(entry) = processed {
-                inbox_seqs.push(entry.seq);
-            }
+            inbox_seqs.extend(processed.into_entries().iter().map(|e| e.seq));
         }
     }
     let open = t.elapsed();

@@ -53,7 +53,7 @@ fn pair_and_talk_both_ways_and_relay_holds_no_plaintext() {
     let a_id = c.setup(&a);
     let b_id = c.setup(&b);
     let url = c.pair(&a, &b, &w.relay.url());
-    assert!(url.contains("/invite#tincan1."));
+    assert!(url.contains("/invite#tincan2."));
     // With no TINCAN_LOG, a client command's stderr carries no library debug chatter.
     let r = c.run(&b, &["invite", "create", "--relay", &w.relay.url()]);
     assert_eq!(r.code, 0, "{r:?}");
@@ -105,6 +105,8 @@ fn pair_and_talk_both_ways_and_relay_holds_no_plaintext() {
 
     let peers = c.run(&a, &["peers"]).json();
     assert_eq!(peers["peers"][0]["alias"], "builder");
+    // Pairing exchanged feature bits: A knows B reads batches.
+    assert_eq!(peers["peers"][0]["features"], serde_json::json!(["batch"]));
     assert_eq!(
         peers["peers"][0]["fingerprint"]
             .as_str()
@@ -164,7 +166,7 @@ fn invite_used_twice_tampered_expired_and_foreign() {
         .to_string();
     // Flip one character of the payload (keeping it valid base64url).
     let mut chars: Vec<char> = fresh.chars().collect();
-    let i = fresh.find("tincan1.").unwrap() + 30;
+    let i = fresh.find("tincan2.").unwrap() + 30;
     chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
     let tampered: String = chars.into_iter().collect();
     let r = c.run(&m, &["invite", "accept", &tampered]);

@@ -69,7 +69,7 @@ fn two_serve_processes_talk_ten_turns_through_a_room_then_status_and_stop() {
     let opened = h.wait_event("room_open", WAIT);
     let invite = opened["invite"].as_str().unwrap().to_string();
     assert!(
-        invite.starts_with(&format!("http://127.0.0.1:{port}/invite#tincan1.")),
+        invite.starts_with(&format!("http://127.0.0.1:{port}/invite#tincan2.")),
         "{opened}"
     );
     let handoff = opened["handoff"].as_str().unwrap();
@@ -228,7 +228,7 @@ wait
         opened["invite"]
             .as_str()
             .unwrap()
-            .starts_with("https://quiet-river-lamp-tree.trycloudflare.com/invite#tincan1."),
+            .starts_with("https://quiet-river-lamp-tree.trycloudflare.com/invite#tincan2."),
         "{opened}"
     );
     assert_eq!(
@@ -284,7 +284,7 @@ fn without_cloudflared_the_error_says_how_to_install_it_and_public_url_is_used_a
     assert_eq!(r.code, 0, "{r:?}");
     let invite = r.json()["invite"].as_str().unwrap().to_string();
     assert!(
-        invite.starts_with("https://relay.example.org/invite#tincan1."),
+        invite.starts_with("https://relay.example.org/invite#tincan2."),
         "{invite}"
     );
     assert!(port_open(port));

@@ -311,7 +311,7 @@ impl Client {
             let p = home.resolve_peer(peer)?;
             home.queue(&p.id, texts, now_ms())?
         };
-        let ids = queued.entries.iter().map(|e| e.id).collect();
+        let ids = queued.ids.clone();
         let _ = self.cmd.send(Cmd::Flush(Some(queued)));
         Ok(ids)
     }

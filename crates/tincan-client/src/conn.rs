@@ -621,10 +621,7 @@ pub(crate) fn open_batch(
 ) -> Result<Vec<(Option<Event>, i64)>, ClientError> {
     let mut home = shared.home();
     let out = home.process_incoming(batch, now_ms())?;
-    let new = out.into_iter().filter_map(|p| match p {
-        Processed::New(e) => Some(e),
-        Processed::Duplicate => None,
-    });
+    let new = out.into_iter().flat_map(Processed::into_entries);
     Ok(entry_events(&home, new))
 }
 

@@ -9,6 +9,7 @@
 
 mod agent;
 mod audit;
+mod batches;
 mod deferred;
 #[cfg(test)]
 mod fixtures;
@@ -31,6 +32,7 @@ use tincan_proto::identity::{Identity, IdentityKeys, PickleKey};
 
 pub use self::agent::AgentMessage;
 pub use self::audit::{AuditVerdict, text_digest};
+pub use self::batches::BATCH_BYTES;
 pub use self::messages::{InboxEntry, InboxKind, Incoming, OutboxEntry, Processed, Queued};
 pub use self::peers::PeerRecord;
 pub use self::policy::{PeerPolicy, PeerStanding};

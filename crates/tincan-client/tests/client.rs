@@ -71,12 +71,18 @@ async fn sdk_pairs_sends_and_receives_in_order() {
     };
     let texts: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    b.send_many(&peer.id.to_string(), &refs).await.unwrap();
-    for t in &texts {
+    // Fifty short texts to a peer that reads batches travel as one sealed envelope; each keeps
+    // its own id, and waiting on the last one works like waiting on a single send.
+    let ids = b.send_many(&peer.id.to_string(), &refs).await.unwrap();
+    assert_eq!(ids.len(), 50);
+    b.wait_sent(&ids[49], T).await.unwrap();
+    assert!(b.home().is_sent(&ids[0]).unwrap());
+    for (t, id) in texts.iter().zip(&ids) {
         match next_matching(&mut a, |e| matches!(e, Event::Message(_))).await {
             Event::Message(m) => {
                 assert_eq!(&m.text, t);
                 assert_eq!(m.from, b_id);
+                assert_eq!(&m.id, id);
             }
             _ => unreachable!(),
         }

@@ -108,6 +108,28 @@ impl Identity {
     /// Makes a signed invite with a fresh one-time key. The caller stores the returned
     /// [`PendingInvite`] and this identity (whose account now holds the one-time key's secret).
     pub fn create_invite(&mut self, relay_url: &str, id: [u8; 16], expires_at: u64) -> InviteDraft {
+        self.make_invite(relay_url, id, expires_at, Some(crate::features::SUPPORTED))
+    }
+
+    /// A version-1 invite (no feature bits), as an older tincan makes: for tests of mixed
+    /// versions.
+    #[doc(hidden)]
+    pub fn create_invite_v1(
+        &mut self,
+        relay_url: &str,
+        id: [u8; 16],
+        expires_at: u64,
+    ) -> InviteDraft {
+        self.make_invite(relay_url, id, expires_at, None)
+    }
+
+    fn make_invite(
+        &mut self,
+        relay_url: &str,
+        id: [u8; 16],
+        expires_at: u64,
+        features: Option<u32>,
+    ) -> InviteDraft {
         let generated = self.account.generate_one_time_keys(1);
         self.account.mark_keys_as_published();
         // generate_one_time_keys(1) always creates exactly one key.
@@ -123,7 +145,7 @@ impl Identity {
             expires_at,
             relay_url: crate::invite::normalize_relay_url(relay_url),
         };
-        InviteDraft::sign(self, keys, pending)
+        InviteDraft::sign(self, keys, pending, features)
     }
 
     pub(crate) fn account(&self) -> &Account {

@@ -2,8 +2,11 @@
 //!
 //! An invite carries the relay URL, the inviter's identity keys, a fresh one-time key (the Olm
 //! prekey of the session the accepter will open), a random invite id and an expiry, all signed by
-//! the inviter under [`labels::INVITE`]. Its URL form is `<relay>/invite#tincan1.<base64url>`:
+//! the inviter under [`labels::INVITE`]. Its URL form is `<relay>/invite#tincan2.<base64url>`:
 //! everything sits in the fragment, which browsers and HTTP clients never send to a server.
+//!
+//! Version 2 adds the inviter's feature bits ([`crate::features`]); version-1 invites
+//! (`tincan1.`, no feature bits) are still accepted.
 //!
 //! [`Invite`] values only come out of [`Invite::parse`], which checks the signature and the expiry:
 //! holding one means it was valid at the time given.
@@ -18,9 +21,11 @@ use crate::identity::{self, Identity, IdentityKeys};
 use crate::ids::{InviteId, PeerId};
 use crate::labels;
 
-/// The fragment prefix of a version-1 invite.
-pub const PREFIX: &str = "tincan1.";
-const VERSION: u8 = 1;
+/// The fragment prefix of the invites this tincan makes (version 2).
+pub const PREFIX: &str = "tincan2.";
+/// The fragment prefix of a version-1 invite, still accepted.
+pub const PREFIX_V1: &str = "tincan1.";
+const VERSION: u8 = 2;
 /// Longest relay URL an invite may carry.
 pub const MAX_RELAY_URL: usize = 2048;
 
@@ -28,11 +33,11 @@ pub const MAX_RELAY_URL: usize = 2048;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum InviteError {
     /// The text is not a tincan invite at all.
-    #[error("not a tincan invite: expected a URL ending in '#tincan1.…' or a 'tincan1.…' token")]
+    #[error("not a tincan invite: expected a URL ending in '#tincan2.…' or a 'tincan2.…' token")]
     Foreign,
     /// The invite was made by a newer or older tincan.
     #[error(
-        "invite version {0} is not supported by this tincan (it speaks version 1); upgrade tincan"
+        "invite version {0} is not supported by this tincan (it speaks versions 1 and 2); upgrade tincan"
     )]
     UnsupportedVersion(String),
     /// The invite is cut short or its encoding is damaged.
@@ -90,6 +95,9 @@ pub struct Invite {
     pub one_time_key: [u8; 32],
     /// Expiry, unix seconds.
     pub expires_at: u64,
+    /// The inviter's feature bits ([`crate::features`]); `None` for a version-1 invite, which
+    /// the accepter answers with a version-1 join.
+    pub features: Option<u32>,
 }
 
 impl fmt::Debug for Invite {
@@ -99,6 +107,7 @@ impl fmt::Debug for Invite {
             .field("relay_url", &self.relay_url)
             .field("inviter", &self.inviter.ed25519)
             .field("expires_at", &self.expires_at)
+            .field("features", &self.features)
             .finish_non_exhaustive()
     }
 }
@@ -118,31 +127,48 @@ impl fmt::Debug for InviteDraft {
     }
 }
 
+/// `version u8 | id | expires_at | ed25519 | curve25519 | one-time key | [features u32, v2]
+/// | relay url (u16 length)`.
 fn encode_payload(inv: &Invite) -> Vec<u8> {
-    let mut w = Writer::with_capacity(160 + inv.relay_url.len());
-    w.u8(VERSION)
+    let mut w = Writer::with_capacity(164 + inv.relay_url.len());
+    w.u8(if inv.features.is_some() { VERSION } else { 1 })
         .raw(inv.id.as_bytes())
         .u64(inv.expires_at)
         .raw(inv.inviter.ed25519.as_bytes())
         .raw(&inv.inviter.curve25519)
-        .raw(&inv.one_time_key)
-        .str16(&inv.relay_url);
+        .raw(&inv.one_time_key);
+    if let Some(bits) = inv.features {
+        w.u32(bits);
+    }
+    w.str16(&inv.relay_url);
     w.into_bytes()
 }
 
 impl InviteDraft {
-    pub(crate) fn sign(identity: &Identity, keys: IdentityKeys, pending: PendingInvite) -> Self {
+    /// Signs an invite; `features: None` makes a version-1 invite (for tests of older peers).
+    pub(crate) fn sign(
+        identity: &Identity,
+        keys: IdentityKeys,
+        pending: PendingInvite,
+        features: Option<u32>,
+    ) -> Self {
         let invite = Invite {
             id: pending.id,
             relay_url: pending.relay_url.clone(),
             inviter: keys,
             one_time_key: pending.one_time_key,
             expires_at: pending.expires_at,
+            features,
         };
         let mut bytes = encode_payload(&invite);
         let sig = identity.sign(labels::INVITE, &bytes);
         bytes.extend_from_slice(&sig);
-        let token = format!("{PREFIX}{}", BASE64URL_NOPAD.encode(&bytes));
+        let prefix = if features.is_some() {
+            PREFIX
+        } else {
+            PREFIX_V1
+        };
+        let token = format!("{prefix}{}", BASE64URL_NOPAD.encode(&bytes));
         Self {
             invite,
             pending,
@@ -150,7 +176,7 @@ impl InviteDraft {
         }
     }
 
-    /// The copy-pasteable URL: `<relay>/invite#tincan1.<payload>`.
+    /// The copy-pasteable URL: `<relay>/invite#tincan2.<payload>`.
     pub fn url(&self) -> String {
         format!("{}/invite#{}", self.invite.relay_url, self.token)
     }
@@ -167,14 +193,18 @@ impl InviteDraft {
 }
 
 impl Invite {
-    /// Parses and verifies an invite URL (or bare `tincan1.` token) at unix time `now`.
+    /// Parses and verifies an invite URL (or bare `tincan2.`/`tincan1.` token) at unix time `now`.
     pub fn parse(text: &str, now: u64) -> Result<Self, InviteError> {
         let text = text.trim();
         let (base, token) = match text.split_once('#') {
             Some((base, frag)) => (Some(base), frag),
             None => (None, text),
         };
-        let Some(b64) = token.strip_prefix(PREFIX) else {
+        let (b64, prefix_version) = if let Some(b64) = token.strip_prefix(PREFIX) {
+            (b64, VERSION)
+        } else if let Some(b64) = token.strip_prefix(PREFIX_V1) {
+            (b64, 1)
+        } else {
             if let Some(rest) = token.strip_prefix("tincan")
                 && let Some((v, _)) = rest.split_once('.')
                 && !v.is_empty()
@@ -187,7 +217,7 @@ impl Invite {
         let bytes = BASE64URL_NOPAD
             .decode(b64.as_bytes())
             .map_err(|e| InviteError::Malformed(format!("bad base64: {e}")))?;
-        let invite = Self::decode_verified(&bytes)?;
+        let invite = Self::decode_verified(&bytes, prefix_version)?;
         if let Some(base) = base
             && normalize_relay_url(base.strip_suffix("/invite").unwrap_or(base)) != invite.relay_url
         {
@@ -202,7 +232,7 @@ impl Invite {
     }
 
     /// Decodes the binary invite and checks its signature (not its expiry).
-    fn decode_verified(bytes: &[u8]) -> Result<Self, InviteError> {
+    fn decode_verified(bytes: &[u8], prefix_version: u8) -> Result<Self, InviteError> {
         let malformed = |e: DecodeError| InviteError::Malformed(e.to_string());
         if bytes.len() < 64 {
             return Err(InviteError::Malformed("shorter than a signature".into()));
@@ -210,14 +240,23 @@ impl Invite {
         let (payload, sig) = bytes.split_at(bytes.len() - 64);
         let mut r = Reader::new(payload);
         let version = r.u8("version").map_err(malformed)?;
-        if version != VERSION {
+        if version != 1 && version != VERSION {
             return Err(InviteError::UnsupportedVersion(version.to_string()));
+        }
+        if version != prefix_version {
+            return Err(InviteError::Malformed(
+                "payload version differs from the prefix".into(),
+            ));
         }
         let id = InviteId::from_bytes(r.array("invite id").map_err(malformed)?);
         let expires_at = r.u64("expiry").map_err(malformed)?;
         let ed = PeerId::from_bytes(r.array("inviter ed25519 key").map_err(malformed)?);
         let curve = r.array("inviter curve25519 key").map_err(malformed)?;
         let one_time_key = r.array("one-time key").map_err(malformed)?;
+        let features = match version {
+            1 => None,
+            _ => Some(r.u32("features").map_err(malformed)?),
+        };
         let relay_url = r.str16("relay url").map_err(malformed)?.to_string();
         // A signature over a payload with trailing bytes would still verify, so any leftover
         // (a truncated payload shifts the split) is treated as damage, not ignored.
@@ -238,6 +277,7 @@ impl Invite {
             },
             one_time_key,
             expires_at,
+            features,
         })
     }
 }
@@ -256,7 +296,8 @@ mod tests {
     fn round_trip() {
         let d = draft();
         let url = d.url();
-        assert!(url.starts_with("http://127.0.0.1:8787/invite#tincan1."));
+        assert!(url.starts_with("http://127.0.0.1:8787/invite#tincan2."));
+        assert_eq!(d.invite().features, Some(crate::features::SUPPORTED));
         let inv = Invite::parse(&url, NOW).unwrap();
         assert_eq!(&inv, d.invite());
         // The bare token parses too.
@@ -310,9 +351,39 @@ mod tests {
         );
         assert_eq!(Invite::parse("", NOW), Err(InviteError::Foreign));
         assert_eq!(
-            Invite::parse("http://x/invite#tincan2.AAAA", NOW),
-            Err(InviteError::UnsupportedVersion("2".into()))
+            Invite::parse("http://x/invite#tincan3.AAAA", NOW),
+            Err(InviteError::UnsupportedVersion("3".into()))
         );
+    }
+
+    #[test]
+    fn a_version_1_invite_still_parses_and_has_no_features() {
+        let d = Identity::generate().create_invite_v1("http://127.0.0.1:8787/", [3; 16], NOW + 60);
+        let url = d.url();
+        assert!(url.starts_with("http://127.0.0.1:8787/invite#tincan1."));
+        let inv = Invite::parse(&url, NOW).unwrap();
+        assert_eq!(inv.features, None);
+        assert_eq!(&inv, d.invite());
+    }
+
+    #[test]
+    fn a_prefix_that_differs_from_the_signed_version_is_refused() {
+        // Relabelling a v2 payload as v1 (or back) would make the accepter read the feature bits
+        // as key or URL bytes; the version byte is signed, so the mismatch is caught first.
+        let v2 = draft().url();
+        let v1_label = v2.replace("#tincan2.", "#tincan1.");
+        assert!(matches!(
+            Invite::parse(&v1_label, NOW),
+            Err(InviteError::Malformed(_))
+        ));
+        let v1 = Identity::generate()
+            .create_invite_v1("http://127.0.0.1:8787/", [3; 16], NOW + 60)
+            .url();
+        let v2_label = v1.replace("#tincan1.", "#tincan2.");
+        assert!(matches!(
+            Invite::parse(&v2_label, NOW),
+            Err(InviteError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`invite`]: signed, single-use invites and their URL form.
 //! - [`frame`]: every frame exchanged between a client and a relay, and their one codec.
 //! - [`envelope`]: the end-to-end payload sealed inside an Olm message, padded to size buckets.
+//! - [`features`]: the capability bits peers exchange when they pair.
 //! - [`session`]: a pairwise Olm (Double Ratchet) session bound to both identities.
 //!
 //! ```
@@ -33,6 +34,7 @@
 
 pub mod codec;
 pub mod envelope;
+pub mod features;
 pub mod frame;
 pub mod identity;
 pub mod ids;

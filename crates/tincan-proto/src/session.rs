@@ -129,13 +129,21 @@ impl PeerSession {
             peer: invite.inviter.ed25519,
         };
         let keys = me.keys();
+        // A version-2 invite gets our feature bits back; a version-1 inviter would reject them.
+        let features = invite.features.map(|_| crate::features::SUPPORTED);
         let signature = me.sign(
             labels::JOIN,
-            &JoinBody::signed_part(&invite.id, &invite.inviter.ed25519, &keys.curve25519),
+            &JoinBody::signed_part(
+                &invite.id,
+                &invite.inviter.ed25519,
+                &keys.curve25519,
+                features,
+            ),
         );
         let join = Body::Join(JoinBody {
             invite_id: invite.id,
             curve25519: keys.curve25519,
+            features,
             signature,
         });
         let sealed = this.seal(me, join, msg_id, now_ms)?;
@@ -197,7 +205,12 @@ impl PeerSession {
         identity::verify(
             &from,
             labels::JOIN,
-            &JoinBody::signed_part(&join.invite_id, &me.peer_id(), &join.curve25519),
+            &JoinBody::signed_part(
+                &join.invite_id,
+                &me.peer_id(),
+                &join.curve25519,
+                join.features,
+            ),
             &join.signature,
         )
         .map_err(|_| SessionError::BadJoin("join signature does not verify"))?;

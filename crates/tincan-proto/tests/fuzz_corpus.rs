@@ -11,7 +11,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use tincan_proto::envelope::{Body, Envelope, JoinBody};
+use tincan_proto::envelope::{Batch, BatchItem, Body, Envelope, JoinBody};
 use tincan_proto::frame::{ClientFrame, ErrorCode, RelayFrame};
 use tincan_proto::identity::Identity;
 use tincan_proto::ids::{InviteId, MessageId, PeerId};
@@ -102,6 +102,8 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     out.push(("invite", "token", token.into_bytes()));
     let other = alice.create_invite("https://relay.example.com/tincan/", [8; 16], expires);
     out.push(("invite", "https-path", other.url().into_bytes()));
+    let v1 = alice.create_invite_v1("http://127.0.0.1:8787", [9; 16], expires);
+    out.push(("invite", "v1-url", v1.url().into_bytes()));
 
     let client = [
         (
@@ -201,7 +203,35 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             env(Body::Join(JoinBody {
                 invite_id: InviteId::from_bytes([5; 16]),
                 curve25519: [6; 32],
+                features: None,
                 signature: [7; 64],
+            })),
+        ),
+        (
+            "join-features",
+            env(Body::Join(JoinBody {
+                invite_id: InviteId::from_bytes([5; 16]),
+                curve25519: [6; 32],
+                features: Some(1),
+                signature: [7; 64],
+            })),
+        ),
+        (
+            "batch",
+            env(Body::Batch(Batch {
+                first: "one".into(),
+                more: vec![
+                    BatchItem {
+                        id: MessageId::from_bytes([8; 16]),
+                        sent_at: 5,
+                        text: "two".into(),
+                    },
+                    BatchItem {
+                        id: MessageId::from_bytes([9; 16]),
+                        sent_at: 6,
+                        text: "x".repeat(300),
+                    },
+                ],
             })),
         ),
     ];

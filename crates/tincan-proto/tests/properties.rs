@@ -6,7 +6,7 @@
 use data_encoding::BASE64URL_NOPAD;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
-use tincan_proto::envelope::{Body, Envelope, JoinBody, MAX_TEXT};
+use tincan_proto::envelope::{Batch, BatchItem, Body, Envelope, JoinBody, MAX_TEXT};
 use tincan_proto::identity::Identity;
 use tincan_proto::ids::{InviteId, MessageId, PeerId};
 use tincan_proto::invite::{Invite, InviteError};
@@ -34,18 +34,35 @@ fn body() -> impl Strategy<Value = Body> {
             any::<[u8; 16]>(),
             any::<[u8; 32]>(),
             any::<[u8; 32]>(),
-            any::<[u8; 32]>()
+            any::<[u8; 32]>(),
+            any::<Option<u32>>()
         )
-            .prop_map(|(id, curve25519, s1, s2)| {
+            .prop_map(|(id, curve25519, s1, s2, features)| {
                 let mut signature = [0; 64];
                 signature[..32].copy_from_slice(&s1);
                 signature[32..].copy_from_slice(&s2);
                 Body::Join(JoinBody {
                     invite_id: InviteId::from_bytes(id),
                     curve25519,
+                    features,
                     signature,
                 })
             }),
+        (
+            any::<String>(),
+            prop::collection::vec((any::<[u8; 16]>(), any::<u64>(), any::<String>()), 0..12)
+        )
+            .prop_map(|(first, more)| Body::Batch(Batch {
+                first,
+                more: more
+                    .into_iter()
+                    .map(|(id, sent_at, text)| BatchItem {
+                        id: MessageId::from_bytes(id),
+                        sent_at,
+                        text,
+                    })
+                    .collect(),
+            })),
     ]
 }
 

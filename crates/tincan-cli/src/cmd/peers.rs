@@ -51,6 +51,7 @@ pub fn run(home: Option<PathBuf>, args: PeersArgs, out: &Out) -> Result<ExitCode
                             "paired_at": p.created_at,
                             "last_seen": p.last_seen,
                             "policy": policies.get(&p.id).copied().unwrap_or_default().as_str(),
+                            "features": tincan_proto::features::names(p.features),
                         })
                     })
                     .collect();

@@ -12,7 +12,7 @@
 //! and so does the recipient). Until they are written, readers in this process see them through
 //! [`Deferred`] (`is_sent`, `outbox_len`); another process on the same home sees them late.
 
-use rusqlite::{Transaction, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 use tincan_proto::ids::MessageId;
 
 use crate::error::ClientError;
@@ -139,6 +139,22 @@ pub(super) fn write_acks(
             "INSERT OR IGNORE INTO sent (msg_id, peer, relay_seq, acked_at) SELECT msg_id, peer, ?2, ?3 FROM outbox WHERE seq = ?1",
         )?
         .execute(params![local, relay_seq as i64, at_ms as i64])?;
+        // A batch row: each later text is sent too.
+        let members: Option<(String, Vec<u8>)> = tx
+            .prepare_cached(
+                "SELECT peer, members FROM outbox WHERE seq = ?1 AND members IS NOT NULL",
+            )?
+            .query_row(params![local], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((peer, members)) = members {
+            for m in members.chunks_exact(16) {
+                let id = MessageId::from_bytes(m.try_into().unwrap_or([0; 16]));
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO sent (msg_id, peer, relay_seq, acked_at) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![id.to_string(), peer, relay_seq as i64, at_ms as i64])?;
+            }
+        }
         if deferred {
             tx.prepare_cached(
                 "DELETE FROM outbox_deferred WHERE msg_id IN (SELECT msg_id FROM outbox WHERE seq = ?1)",

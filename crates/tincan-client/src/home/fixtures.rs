@@ -71,9 +71,9 @@ pub fn kinds(to: &mut Home, from_id: PeerId, rows: &[OutboxEntry]) -> Vec<InboxK
     to.process_incoming(&batch, now_ms())
         .unwrap()
         .into_iter()
-        .map(|p| match p {
-            Processed::New(e) => e.kind,
+        .flat_map(|p| match p {
             Processed::Duplicate => panic!("duplicate"),
+            p => p.into_entries().into_iter().map(|e| e.kind),
         })
         .collect()
 }

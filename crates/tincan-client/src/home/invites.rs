@@ -66,9 +66,12 @@ impl Home {
         let rev = peers::upsert_peer(
             &tx,
             &key,
-            &invite.inviter.ed25519,
-            &invite.inviter.curve25519,
-            &invite.relay_url,
+            &peers::Paired {
+                id: &invite.inviter.ed25519,
+                curve25519: &invite.inviter.curve25519,
+                relay_url: &invite.relay_url,
+                features: invite.features.unwrap_or(0),
+            },
             &session,
             now_ms / 1000,
         )?;

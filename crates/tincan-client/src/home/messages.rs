@@ -4,10 +4,12 @@
 use std::collections::HashMap;
 
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
-use tincan_proto::envelope::{Body, MAX_TEXT};
+use tincan_proto::envelope::{Batch, BatchItem, Body, MAX_TEXT};
+use tincan_proto::features;
 use tincan_proto::ids::{MessageId, PeerId};
 use tincan_proto::session::{self, PeerSession, SessionError};
 
+use super::batches::next_batch;
 use super::deferred::{self, Ack};
 use super::session_cache::{self, Taken};
 use super::{Home, invites, peers, prior, random16};
@@ -20,7 +22,7 @@ pub struct OutboxEntry {
     pub seq: i64,
     /// Recipient.
     pub peer: PeerId,
-    /// Message id.
+    /// Message id (of the first text, for a batch).
     pub id: MessageId,
     /// Sealed bytes.
     pub body: Vec<u8>,
@@ -41,8 +43,10 @@ impl std::fmt::Debug for OutboxEntry {
 pub struct Queued {
     /// The relay they go to.
     pub relay_url: String,
-    /// The rows.
+    /// The rows (one per sealed envelope: a batch carries several texts).
     pub entries: Vec<OutboxEntry>,
+    /// The id of every text, in the order given.
+    pub ids: Vec<MessageId>,
 }
 
 /// A delivery as it came from the relay.
@@ -121,8 +125,21 @@ impl std::fmt::Debug for InboxEntry {
 pub enum Processed {
     /// Stored in the inbox.
     New(InboxEntry),
+    /// A batch: each text not seen before, stored in the inbox in order.
+    Batch(Vec<InboxEntry>),
     /// Seen before (a redelivery); nothing new.
     Duplicate,
+}
+
+impl Processed {
+    /// The new inbox entries, in order (none for a duplicate).
+    pub fn into_entries(self) -> Vec<InboxEntry> {
+        match self {
+            Self::New(e) => vec![e],
+            Self::Batch(entries) => entries,
+            Self::Duplicate => Vec::new(),
+        }
+    }
 }
 
 pub(super) fn push_outbox(
@@ -133,10 +150,26 @@ pub(super) fn push_outbox(
     body: &[u8],
     now_ms: u64,
 ) -> Result<i64, ClientError> {
+    push_outbox_batch(tx, peer, id, &[], relay_url, body, now_ms)
+}
+
+/// Like [`push_outbox`] for a row carrying a batch: `members` are the ids of the texts after
+/// the first (whose id is `id`).
+fn push_outbox_batch(
+    tx: &Transaction<'_>,
+    peer: &str,
+    id: &MessageId,
+    members: &[MessageId],
+    relay_url: &str,
+    body: &[u8],
+    now_ms: u64,
+) -> Result<i64, ClientError> {
+    let members: Option<Vec<u8>> =
+        (!members.is_empty()).then(|| members.iter().flat_map(|m| *m.as_bytes()).collect());
     tx.prepare_cached(
-        "INSERT INTO outbox (peer, msg_id, relay_url, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO outbox (peer, msg_id, relay_url, body, created_at, members) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute(params![peer, id.to_string(), relay_url, body, now_ms as i64])?;
+    .execute(params![peer, id.to_string(), relay_url, body, now_ms as i64, members])?;
     Ok(tx.last_insert_rowid())
 }
 
@@ -157,6 +190,15 @@ impl<'a> Keys<'a> {
             id_text: id.to_string(),
         }
     }
+}
+
+/// Whether the inbox already holds this sender's message id.
+fn seen_before(tx: &Transaction<'_>, keys: &Keys<'_>) -> Result<bool, ClientError> {
+    Ok(tx
+        .prepare_cached("SELECT 1 FROM inbox WHERE peer = ?1 AND msg_id = ?2")?
+        .query_row(params![keys.from_text, keys.id_text], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 fn insert_inbox(
@@ -191,12 +233,7 @@ impl Home {
         texts: &[&str],
         now_ms: u64,
     ) -> Result<Vec<MessageId>, ClientError> {
-        Ok(self
-            .queue(peer, texts, now_ms)?
-            .entries
-            .into_iter()
-            .map(|e| e.id)
-            .collect())
+        Ok(self.queue(peer, texts, now_ms)?.ids)
     }
 
     /// Like [`Home::queue_texts`], returning the queued outbox rows themselves, so a connection
@@ -223,22 +260,47 @@ impl Home {
         let Taken {
             mut session,
             relay_url,
+            features,
             ..
         } = self
             .sessions
             .take(&tx, &self.key, peer)?
             .ok_or_else(|| ClientError::UnknownPeer(peer.to_string()))?;
+        let batches = features::has(features, features::BATCH);
         let peer_text = peer.to_string();
-        let mut entries = Vec::with_capacity(texts.len());
-        for t in texts {
-            let id = random16();
-            let body = session.seal(me, Body::Text((*t).to_string()), id, now_ms)?;
-            let id = MessageId::from_bytes(id);
-            let seq = push_outbox(&tx, &peer_text, &id, &relay_url, &body, now_ms)?;
+        let mut entries = Vec::new();
+        let mut ids = Vec::with_capacity(texts.len());
+        let mut rest = texts;
+        while !rest.is_empty() {
+            let (now, later) = rest.split_at(next_batch(rest, batches));
+            rest = later;
+            let first = MessageId::from_bytes(random16());
+            let more: Vec<BatchItem> = now[1..]
+                .iter()
+                .map(|t| BatchItem {
+                    id: MessageId::from_bytes(random16()),
+                    sent_at: now_ms,
+                    text: (*t).to_string(),
+                })
+                .collect();
+            let members: Vec<MessageId> = more.iter().map(|m| m.id).collect();
+            let body = if more.is_empty() {
+                Body::Text(now[0].to_string())
+            } else {
+                Body::Batch(Batch {
+                    first: now[0].to_string(),
+                    more,
+                })
+            };
+            let body = session.seal(me, body, *first.as_bytes(), now_ms)?;
+            let seq =
+                push_outbox_batch(&tx, &peer_text, &first, &members, &relay_url, &body, now_ms)?;
+            ids.push(first);
+            ids.extend(members);
             entries.push(OutboxEntry {
                 seq,
                 peer: *peer,
-                id,
+                id: first,
                 body,
             });
         }
@@ -246,7 +308,11 @@ impl Home {
         tx.commit()?;
         self.sessions.put(rev, session);
         self.deferred.committed(carried);
-        Ok(Queued { relay_url, entries })
+        Ok(Queued {
+            relay_url,
+            entries,
+            ids,
+        })
     }
 
     /// Outbox entries for `relay_url` after local sequence `after`, oldest first.
@@ -364,7 +430,7 @@ impl Home {
             .query_row(
                 "SELECT d.code, d.message, d.retry_after_ms FROM outbox_deferred d JOIN outbox o ON o.msg_id = d.msg_id
                  WHERE d.msg_id = ?1",
-                params![id.to_string()],
+                params![self.outbox_key(id)?],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u32)),
             )
             .optional()?)
@@ -375,7 +441,7 @@ impl Home {
         if self.deferred.acked(id) {
             return Ok(true);
         }
-        Ok(self
+        let sent = self
             .conn
             .query_row(
                 "SELECT 1 FROM sent WHERE msg_id = ?1",
@@ -383,7 +449,17 @@ impl Home {
                 |_| Ok(()),
             )
             .optional()?
-            .is_some())
+            .is_some();
+        if sent {
+            return Ok(true);
+        }
+        // A later text of a batch whose acknowledgement is not written yet.
+        if self.deferred.acks_pending() > 0
+            && let Some((seq, _)) = self.batch_row(id)?
+        {
+            return Ok(self.deferred.acked_row(seq));
+        }
+        Ok(false)
     }
 
     /// The relay's refusal of message `id`, if it was refused.
@@ -392,7 +468,7 @@ impl Home {
             .conn
             .query_row(
                 "SELECT failed_code, failed_message FROM outbox WHERE msg_id = ?1 AND failed_code IS NOT NULL",
-                params![id.to_string()],
+                params![self.outbox_key(id)?],
                 |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default())),
             )
             .optional()?)
@@ -425,11 +501,7 @@ impl Home {
         let mut out = Vec::with_capacity(batch.len());
         for d in batch {
             let keys = Keys::new(&d.from, &d.id);
-            let seen: Option<i64> = tx
-                .prepare_cached("SELECT 1 FROM inbox WHERE peer = ?1 AND msg_id = ?2")?
-                .query_row(params![keys.from_text, keys.id_text], |r| r.get(0))
-                .optional()?;
-            if seen.is_some() {
+            if seen_before(&tx, &keys)? {
                 out.push(Processed::Duplicate);
                 continue;
             }
@@ -483,6 +555,32 @@ impl Home {
                         env.sent_at,
                         now_ms,
                     )?,
+                    Body::Batch(b) => {
+                        let mut entries = vec![insert_inbox(
+                            &tx,
+                            InboxKind::Message,
+                            &keys,
+                            Some(&b.first),
+                            env.sent_at,
+                            now_ms,
+                        )?];
+                        for item in b.more {
+                            // Each text is deduplicated by its own id (a peer could repeat one).
+                            let keys = Keys::new(&d.from, &item.id);
+                            if !seen_before(&tx, &keys)? {
+                                entries.push(insert_inbox(
+                                    &tx,
+                                    InboxKind::Message,
+                                    &keys,
+                                    Some(&item.text),
+                                    item.sent_at,
+                                    now_ms,
+                                )?);
+                            }
+                        }
+                        out.push(Processed::Batch(entries));
+                        continue;
+                    }
                     // A repeated join on an open session carries nothing new.
                     Body::Join(_) => insert_inbox(
                         &tx,
@@ -513,9 +611,12 @@ impl Home {
                         let rev = peers::upsert_peer(
                             &tx,
                             &key,
-                            &d.from,
-                            &join.curve25519,
-                            &pending.relay_url,
+                            &peers::Paired {
+                                id: &d.from,
+                                curve25519: &join.curve25519,
+                                relay_url: &pending.relay_url,
+                                features: join.features.unwrap_or(0),
+                            },
                             &s,
                             now_ms / 1000,
                         )?;

@@ -50,6 +50,11 @@ const STEPS: &[&str] = &[
      INSERT INTO sent_v4 SELECT msg_id, peer, relay_seq, acked_at FROM sent;
      DROP TABLE sent;
      ALTER TABLE sent_v4 RENAME TO sent;",
+    // 5: peer capabilities and batches. `features`: the bits the peer announced at pairing
+    // (0 for peers paired under version 1). `members`: the ids of the texts after the first in
+    // a batch row (16 bytes each), NULL for a row that carries one message.
+    "ALTER TABLE peers ADD COLUMN features INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE outbox ADD COLUMN members BLOB;",
 ];
 
 /// Brings the database up to the newest version.

@@ -22,6 +22,9 @@ pub struct PeerRecord {
     pub created_at: u64,
     /// When a message last arrived from it, unix seconds.
     pub last_seen: Option<u64>,
+    /// What the peer's tincan understands ([`tincan_proto::features`]), learnt at pairing; 0
+    /// for a peer paired under version 1.
+    pub features: u32,
 }
 
 impl PeerRecord {
@@ -38,7 +41,7 @@ impl PeerRecord {
     }
 }
 
-const COLUMNS: &str = "id, alias, curve25519, relay_url, created_at, last_seen";
+const COLUMNS: &str = "id, alias, curve25519, relay_url, created_at, last_seen, features";
 
 fn row_to_peer(r: &rusqlite::Row<'_>) -> rusqlite::Result<PeerRecord> {
     let id: String = r.get(0)?;
@@ -51,6 +54,7 @@ fn row_to_peer(r: &rusqlite::Row<'_>) -> rusqlite::Result<PeerRecord> {
         relay_url: r.get(3)?,
         created_at: r.get::<_, i64>(4)? as u64,
         last_seen: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+        features: r.get::<_, i64>(6)? as u32,
     })
 }
 
@@ -153,22 +157,36 @@ impl Home {
     }
 }
 
+/// A peer as pairing learns it.
+pub(super) struct Paired<'a> {
+    pub id: &'a PeerId,
+    pub curve25519: &'a [u8; 32],
+    pub relay_url: &'a str,
+    /// Its feature bits (0 when it sent none).
+    pub features: u32,
+}
+
 /// Inserts or replaces a peer with a new session (re-pairing replaces the old session).
 pub(super) fn upsert_peer(
     tx: &Transaction<'_>,
     home_key: &tincan_proto::identity::PickleKey,
-    id: &PeerId,
-    curve25519: &[u8; 32],
-    relay_url: &str,
+    peer: &Paired<'_>,
     session: &PeerSession,
     now: u64,
 ) -> Result<i64, ClientError> {
+    let Paired {
+        id,
+        curve25519,
+        relay_url,
+        features,
+    } = *peer;
     let rev = super::session_cache::new_rev();
     tx.execute(
         // Pairing again keeps the replaced session for what the peer sealed before it switched
         // (`prior`).
-        "INSERT INTO peers (id, curve25519, relay_url, session, session_rev, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO peers (id, curve25519, relay_url, session, session_rev, created_at, features) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8)
          ON CONFLICT (id) DO UPDATE SET curve25519 = excluded.curve25519, relay_url = excluded.relay_url,
+         features = excluded.features,
          prior_session = peers.session, prior_until = ?7,
          session = excluded.session, session_rev = excluded.session_rev",
         params![
@@ -178,7 +196,8 @@ pub(super) fn upsert_peer(
             session.pickle(home_key),
             rev,
             now as i64,
-            (now * 1000 + super::prior::WINDOW_MS) as i64
+            (now * 1000 + super::prior::WINDOW_MS) as i64,
+            i64::from(features)
         ],
     )?;
     Ok(rev)

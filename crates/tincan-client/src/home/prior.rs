@@ -100,8 +100,10 @@ mod tests {
         t.a.queue_texts(&t.b_id, &["first"], now_ms()).unwrap();
         let rows = take(&mut t.a);
         assert_eq!(kinds(&mut t.b, t.a_id, &rows), [InboxKind::Message]);
-        t.a.queue_texts(&t.b_id, &["old 1", "old 2"], now_ms())
-            .unwrap();
+        // (Queued one by one: two rows, not one batch.)
+        for text in ["old 1", "old 2"] {
+            t.a.queue_texts(&t.b_id, &[text], now_ms()).unwrap();
+        }
         let old = take(&mut t.a);
         pair_again(&mut t); // B accepts a second invite from A: both sides replace the session
         assert!(prior_kept(&t.a, &t.b_id) && prior_kept(&t.b, &t.a_id));

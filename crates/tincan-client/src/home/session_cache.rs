@@ -31,6 +31,8 @@ pub(super) struct Taken {
     pub relay_url: String,
     /// Whether a re-pairing left a prior session (see `prior`).
     pub has_prior: bool,
+    /// The peer's feature bits.
+    pub features: u32,
 }
 
 impl SessionCache {
@@ -44,15 +46,15 @@ impl SessionCache {
     ) -> Result<Option<Taken>, ClientError> {
         let cached = self.map.remove(peer);
         let cached_rev = cached.as_ref().map(|(rev, _)| *rev);
-        let row: Option<(String, Option<String>, bool)> = tx
+        let row: Option<(String, Option<String>, bool, i64)> = tx
             .prepare_cached(
-                "SELECT relay_url, CASE WHEN session_rev IS ?2 THEN NULL ELSE session END, prior_session IS NOT NULL FROM peers WHERE id = ?1",
+                "SELECT relay_url, CASE WHEN session_rev IS ?2 THEN NULL ELSE session END, prior_session IS NOT NULL, features FROM peers WHERE id = ?1",
             )?
             .query_row(params![peer.to_string(), cached_rev], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .optional()?;
-        let Some((relay_url, pickled, has_prior)) = row else {
+        let Some((relay_url, pickled, has_prior, features)) = row else {
             return Ok(None);
         };
         let session = match (pickled, cached) {
@@ -65,6 +67,7 @@ impl SessionCache {
             session,
             relay_url,
             has_prior,
+            features: features as u32,
         }))
     }
 

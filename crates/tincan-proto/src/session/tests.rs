@@ -179,3 +179,53 @@ fn session_pickle_round_trip() {
             .is_err()
     );
 }
+
+#[test]
+fn a_batch_seals_and_opens_as_one_message() {
+    let mut p = pair();
+    let body = Body::Batch(crate::envelope::Batch {
+        first: "one".into(),
+        more: vec![crate::envelope::BatchItem {
+            id: MessageId::from_bytes([9; 16]),
+            sent_at: 7,
+            text: "two".into(),
+        }],
+    });
+    let m = p.a.seal(&p.alice, body.clone(), [1; 16], 5).unwrap();
+    let env = p.b.open(&p.bob, p.alice.peer_id(), &m).unwrap();
+    assert_eq!(env.body, body);
+    assert_eq!(env.id, MessageId::from_bytes([1; 16]));
+}
+
+#[test]
+fn features_travel_with_a_v2_invite_and_its_join_and_not_with_v1() {
+    // Version 2: the invite carries the inviter's bits, the join the accepter's (signed).
+    let mut alice = Identity::generate();
+    let bob = Identity::generate();
+    let draft = alice.create_invite("http://r", [5; 16], NOW + 10);
+    let invite = Invite::parse(&draft.url(), NOW).unwrap();
+    assert_eq!(invite.features, Some(crate::features::SUPPORTED));
+    let (_, join) = PeerSession::accept_invite(&bob, &invite, [0; 16], 1).unwrap();
+    let (_, env) =
+        PeerSession::open_inbound(&mut alice, draft.pending(), bob.peer_id(), &join).unwrap();
+    let Body::Join(j) = env.body else {
+        panic!("not a join")
+    };
+    assert_eq!(j.features, Some(crate::features::SUPPORTED));
+    // The bits are under the accepter's signature: other bits do not verify.
+    let forged = JoinBody::signed_part(&j.invite_id, &alice.peer_id(), &j.curve25519, Some(0));
+    assert!(identity::verify(&bob.peer_id(), labels::JOIN, &forged, &j.signature).is_err());
+
+    // Version 1: no bits either way, and the join is the version-1 kind a v1 inviter reads.
+    let mut carol = Identity::generate();
+    let old = carol.create_invite_v1("http://r", [6; 16], NOW + 10);
+    let invite = Invite::parse(&old.url(), NOW).unwrap();
+    assert_eq!(invite.features, None);
+    let (_, join) = PeerSession::accept_invite(&bob, &invite, [0; 16], 1).unwrap();
+    let (_, env) =
+        PeerSession::open_inbound(&mut carol, old.pending(), bob.peer_id(), &join).unwrap();
+    let Body::Join(j) = env.body else {
+        panic!("not a join")
+    };
+    assert_eq!(j.features, None);
+}
