@@ -300,7 +300,10 @@ impl Client {
         ids.into_iter().next().ok_or(ClientError::Closed)
     }
 
-    /// Seals and queues several messages to one peer in one transaction.
+    /// Seals and queues several messages to one peer in one transaction; returns their ids in
+    /// order. To a peer whose feature bits include batches, consecutive texts share envelopes of
+    /// up to [`crate::home::BATCH_BYTES`] (one encryption, one relay row); each text keeps its own
+    /// id, works with [`Client::wait_sent`], and reaches the peer as its own message.
     pub async fn send_many(
         &self,
         peer: &str,
