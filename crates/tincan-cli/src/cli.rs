@@ -130,6 +130,10 @@ pub struct SendArgs {
     pub peer: String,
     /// The message; "-" reads it from stdin.
     pub text: String,
+    /// With "-": every non-empty line of stdin is a message of its own. All are queued in one
+    /// transaction and, to a peer that reads batches, sealed together up to 16 KiB per envelope.
+    #[arg(long)]
+    pub lines: bool,
     /// Seconds to wait for the relay to store the message.
     #[arg(long, default_value_t = 10)]
     pub timeout: u64,

@@ -139,6 +139,75 @@ fn pair_and_talk_both_ways_and_relay_holds_no_plaintext() {
     assert!(status.success(), "relay exit: {status:?}");
 }
 
+/// The relay's count of `Send` frames received.
+const SENDS: &str = "tincan_frames_total{dir=\"in\",type=\"send\"}";
+
+/// A counter from the relay's `/metrics`, over a plain HTTP/1.0 request.
+fn metric(relay_url: &str, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let addr = relay_url.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics: {text}"))
+}
+
+#[test]
+fn send_lines_sends_each_line_as_its_own_message_sealed_together() {
+    let w = World::new();
+    let c = cli();
+    let (a, b) = (w.home("a"), w.home("b"));
+    let a_id = c.setup(&a);
+    c.setup(&b);
+    c.pair(&a, &b, &w.relay.url());
+    let routed_before = metric(&w.relay.url(), SENDS);
+    let r = c.run_stdin(
+        &b,
+        &["send", &a_id, "-", "--lines"],
+        Some("first task\n\n  \nsecond task\nthird task"),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let sent = r.json();
+    assert_eq!(sent["status"], "sent");
+    let ids: Vec<&str> = sent["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "blank lines are skipped: {sent}");
+    // The relay took one sealed message for the three (a batch), not three.
+    assert_eq!(metric(&w.relay.url(), SENDS) - routed_before, 1);
+    let events = c.run(&a, &["listen", "--timeout", "3"]).events();
+    let got: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e["event"] == "message")
+        .map(|e| (e["id"].as_str().unwrap(), e["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (ids[0], "first task"),
+            (ids[1], "second task"),
+            (ids[2], "third task")
+        ]
+    );
+
+    // Misuse and a line over the size limit: clear errors, nothing queued.
+    let r = c.run(&b, &["send", &a_id, "text", "--lines"]);
+    assert_eq!((r.code, r.error_code().as_str()), (2, "usage"), "{r:?}");
+    let r = c.run_stdin(&b, &["send", &a_id, "-", "--lines"], Some("\n \n"));
+    assert_eq!((r.code, r.error_code().as_str()), (2, "bad_input"), "{r:?}");
+    let long = format!("ok\n{}\n", "x".repeat(70_000));
+    let r = c.run_stdin(&b, &["send", &a_id, "-", "--lines"], Some(&long));
+    assert_eq!((r.code, r.error_code().as_str()), (3, "too_long"), "{r:?}");
+    let r = c.run(&a, &["listen", "--timeout", "2"]);
+    assert!(messages(&r.events()).is_empty(), "{r:?}");
+}
+
 #[test]
 fn invite_used_twice_tampered_expired_and_foreign() {
     let w = World::new();

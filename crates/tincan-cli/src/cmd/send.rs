@@ -14,7 +14,14 @@ use crate::output::{CliError, Out};
 
 pub async fn run(home: Option<PathBuf>, args: SendArgs, out: &Out) -> Result<ExitCode, CliError> {
     let mut h = open_home(home)?;
-    let text = if args.text == "-" {
+    if args.lines && args.text != "-" {
+        return Err(CliError::new(
+            "usage",
+            2,
+            "--lines reads the messages from stdin: give \"-\" as the message".to_string(),
+        ));
+    }
+    let texts: Vec<String> = if args.text == "-" {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s).map_err(|e| {
             CliError::new(
@@ -23,21 +30,49 @@ pub async fn run(home: Option<PathBuf>, args: SendArgs, out: &Out) -> Result<Exi
                 format!("cannot read the message from stdin: {e}"),
             )
         })?;
-        s.trim_end_matches('\n').to_string()
+        if args.lines {
+            s.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_string)
+                .collect()
+        } else {
+            vec![s.trim_end_matches('\n').to_string()]
+        }
     } else {
-        args.text
+        vec![args.text]
     };
+    if texts.is_empty() {
+        return Err(CliError::new(
+            "bad_input",
+            2,
+            "stdin held no non-empty line: nothing to send".to_string(),
+        ));
+    }
     let peer = h.resolve_peer(&args.peer)?;
-    // Sealed and queued before any network: a message is never lost to a relay outage.
-    let id = h.queue_texts(&peer.id, &[&text], now_ms())?[0];
+    // Sealed and queued before any network: a message is never lost to a relay outage. All or
+    // nothing: a text over the size limit fails the command before anything is queued.
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let ids = h.queue_texts(&peer.id, &refs, now_ms())?;
     let timeout = Duration::from_secs(args.timeout);
     let client = Client::start(h, &peer.relay_url, ClientOptions { receive: false })?;
     let result = async {
         client.wait_connected(timeout).await?;
-        client.wait_sent(&id, timeout).await
+        for id in &ids {
+            client.wait_sent(id, timeout).await?;
+        }
+        Ok::<_, ClientError>(())
     }
     .await;
+    let id = ids[0];
+    let id_list: Vec<String> = ids.iter().map(ToString::to_string).collect();
     match result {
+        Ok(()) if args.lines => {
+            out.print(
+                json!({"ids": id_list, "to": peer.id.to_string(), "status": "sent"}),
+                || format!("sent {} messages to {}", ids.len(), peer.display_name()),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Ok(()) => {
             out.print(
                 json!({"id": id.to_string(), "to": peer.id.to_string(), "status": "sent"}),
@@ -51,12 +86,25 @@ pub async fn run(home: Option<PathBuf>, args: SendArgs, out: &Out) -> Result<Exi
             | ClientError::Deferred { .. }),
         ) => {
             let err: CliError = e.into();
+            let what = if ids.len() > 1 {
+                format!("the {} messages are queued and go", ids.len())
+            } else {
+                format!("the message is queued ({id}) and goes")
+            };
+            let extra = if args.lines {
+                json!({"ids": id_list, "status": "queued"})
+            } else {
+                json!({"id": id.to_string(), "status": "queued"})
+            };
             Err(CliError::new(
                 &err.code,
                 err.exit,
-                format!("{}; the message is queued ({id}) and goes out with the next `tincan send` or `tincan listen`", err.message),
+                format!(
+                    "{}; {what} out with the next `tincan send` or `tincan listen`",
+                    err.message
+                ),
             )
-            .with(json!({"id": id.to_string(), "status": "queued"})))
+            .with(extra))
         }
         Err(e) => Err(e.into()),
     }
