@@ -89,15 +89,17 @@ async fn measure(url: &str, p: &Params, rate_source: &str, bar: &ProgressBar) ->
             expected,
             delivered_rate,
         ),
-        "latency = send time stamped in the body just before the frame is written -> Deliver read by the receiver (same clock); includes both WebSocket hops, the store's group commit and the bench's own scheduling on the shared cores".into(),
+        "latency = send time stamped in the body just before the frame is written -> Deliver read by the receiver (same clock); includes both WebSocket hops, the store thread and the bench's own scheduling on the shared cores".into(),
     ];
     if let Some(m0) = m0 {
         let n = m1.batch_count - m0.batch_count;
         let over5 = n - (m1.batches_le_5ms - m0.batches_le_5ms);
         let over25 = n - (m1.batches_le_25ms - m0.batches_le_25ms);
         notes.push(format!(
-            "relay store in the window: {n:.0} commits of {:.1} messages on average; {over5:.0} took over 5 ms, {over25:.0} over 25 ms; store thread {:.0}% busy",
+            "relay store in the window: {n:.0} batches writing {:.1} messages on average ({:.0} written, {:.0} acked before the write-behind wrote them); {over5:.0} took over 5 ms, {over25:.0} over 25 ms; store thread {:.0}% busy",
             (m1.stored - m0.stored) / n.max(1.0),
+            m1.stored - m0.stored,
+            m1.unwritten - m0.unwritten,
             (m1.batch_seconds - m0.batch_seconds) * 100.0 / scraped_over.as_secs_f64(),
         ));
     }

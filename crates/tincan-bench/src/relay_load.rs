@@ -62,8 +62,11 @@ pub struct Cell {
 pub struct StoreLoad {
     /// Transactions committed per second.
     pub batches_per_sec: f64,
-    /// Mean messages stored per transaction.
+    /// Mean messages written per transaction.
     pub msgs_per_batch: f64,
+    /// Share of confirmed messages never written (their recipient acked them within the
+    /// relay's write-behind).
+    pub unwritten_share: f64,
     /// Share of wall time spent inside transactions (1.0 = the store thread never waits).
     pub busy: f64,
 }
@@ -93,7 +96,7 @@ pub async fn run(p: &Params, bar: &ProgressBar) -> Result<(Outcome, Option<f64>)
             }
             figures.push(f);
             notes.push(format!(
-                "{pairs} pairs x {size} B: {:.0} msg/s delivered+acked, {:.0} msg/s stored (Sent), {:.1} MB/s of bodies, window {} per sender; store thread {:.0}% busy, {:.0} commits/s of {:.0} messages each; {} of CPU per message (relay and load generator)",
+                "{pairs} pairs x {size} B: {:.0} msg/s delivered+acked, {:.0} msg/s confirmed (Sent), {:.1} MB/s of bodies, window {} per sender; store thread {:.0}% busy, {:.0} batches/s writing {:.1} messages each, {:.0}% of messages acked before the write-behind wrote them; {} of CPU per message (relay and load generator)",
                 cell.delivered_per_sec,
                 cell.stored_per_sec,
                 cell.delivered_per_sec * size as f64 / 1e6,
@@ -101,6 +104,7 @@ pub async fn run(p: &Params, bar: &ProgressBar) -> Result<(Outcome, Option<f64>)
                 cell.store.busy * 100.0,
                 cell.store.batches_per_sec,
                 cell.store.msgs_per_batch,
+                cell.store.unwritten_share * 100.0,
                 cell.cpu_us_per_msg
                     .map_or_else(|| "unknown".to_string(), |us| format!("{us:.1} us")),
             ));
@@ -203,6 +207,7 @@ pub struct StoreMetrics {
     pub batches_le_5ms: f64,
     pub batches_le_25ms: f64,
     pub stored: f64,
+    pub unwritten: f64,
 }
 
 impl StoreMetrics {
@@ -226,14 +231,20 @@ impl StoreMetrics {
             batches_le_5ms: value("tincan_store_batch_seconds_bucket{le=\"0.005\"}"),
             batches_le_25ms: value("tincan_store_batch_seconds_bucket{le=\"0.025\"}"),
             stored: value("tincan_messages_stored_total"),
+            unwritten: value("tincan_messages_unwritten_total"),
         })
     }
 
     fn since(&self, before: &Self, elapsed: Duration) -> StoreLoad {
         let batches = self.batch_count - before.batch_count;
+        let (stored, unwritten) = (
+            self.stored - before.stored,
+            self.unwritten - before.unwritten,
+        );
         StoreLoad {
             batches_per_sec: batches / elapsed.as_secs_f64(),
-            msgs_per_batch: (self.stored - before.stored) / batches.max(1.0),
+            msgs_per_batch: stored / batches.max(1.0),
+            unwritten_share: unwritten / (stored + unwritten).max(1.0),
             busy: (self.batch_seconds - before.batch_seconds) / elapsed.as_secs_f64(),
         }
     }

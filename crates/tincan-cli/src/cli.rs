@@ -210,6 +210,10 @@ pub struct RelayArgs {
     /// Cap on the database size in bytes; sends get a retryable error when it is reached.
     #[arg(long, env = "TINCAN_RELAY_MAX_DB_BYTES")]
     pub max_db_bytes: Option<u64>,
+    /// Milliseconds a message delivered to an online recipient may wait unwritten for its ack;
+    /// acked in time it never reaches the relay's disk (default 50; 0 writes every message first).
+    #[arg(long, env = "TINCAN_RELAY_WRITE_BEHIND_MS")]
+    pub write_behind_ms: Option<u64>,
     /// Lifetime of HTTP API tokens, e.g. 1h (default 1h).
     #[arg(long, env = "TINCAN_RELAY_TOKEN_TTL", value_parser = parse_duration)]
     pub token_ttl: Option<u64>,

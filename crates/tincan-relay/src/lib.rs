@@ -88,6 +88,10 @@ pub struct Config {
     pub token_ttl: Duration,
     /// How often the token secret is replaced (the previous one verifies for one token lifetime).
     pub token_rotate_every: Duration,
+    /// How long a message delivered to an online recipient may wait unwritten for its ack
+    /// (write-behind, `store/pending.rs`); acked in time, it never reaches the relay's disk.
+    /// Zero writes every message before anything else.
+    pub write_behind: Duration,
 }
 
 impl Config {
@@ -110,6 +114,7 @@ impl Config {
             max_db_bytes: None,
             token_ttl: Duration::from_secs(3600),
             token_rotate_every: Duration::from_secs(24 * 3600),
+            write_behind: Duration::from_millis(50),
         }
     }
 }

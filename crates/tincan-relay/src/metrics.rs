@@ -66,6 +66,7 @@ pub(crate) struct Metrics {
     pub frames_in: [AtomicU64; 8],
     pub frames_out: [AtomicU64; 8],
     pub messages_stored: AtomicU64,
+    pub messages_unwritten: AtomicU64,
     pub messages_deduplicated: AtomicU64,
     pub messages_delivered: AtomicU64,
     pub messages_acked: AtomicU64,
@@ -191,6 +192,12 @@ impl Metrics {
             "tincan_messages_stored_total",
             "Messages durably stored.",
             &self.messages_stored,
+        );
+        counter(
+            &mut out,
+            "tincan_messages_unwritten_total",
+            "Messages their online recipient acknowledged before the relay wrote them (never on the relay's disk).",
+            &self.messages_unwritten,
         );
         counter(
             &mut out,

@@ -55,9 +55,10 @@ impl Router {
         }
     }
 
-    /// Offers a freshly stored message to its recipient's connection, if online. Never blocks:
-    /// a full queue marks the connection as lagging and it re-reads the store.
-    pub fn deliver(&self, to: &PeerId, msg: Arc<Stored>) {
+    /// Offers a new message to its recipient's connection, if online. Never blocks: a full
+    /// queue marks the connection as lagging and it re-reads the store. Returns whether a live
+    /// WebSocket connection took it (an HTTP long-poll is only woken: it reads the store).
+    pub fn deliver(&self, to: &PeerId, msg: Arc<Stored>) -> bool {
         {
             let w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(n) = w.get(to) {
@@ -65,10 +66,15 @@ impl Router {
             }
         }
         let map = self.lock();
-        if let Some(h) = map.get(to)
-            && h.deliveries.try_send(msg).is_err()
-        {
-            h.lagging.store(true, Ordering::SeqCst);
+        match map.get(to) {
+            Some(h) => match h.deliveries.try_send(msg) {
+                Ok(()) => true,
+                Err(_) => {
+                    h.lagging.store(true, Ordering::SeqCst);
+                    false
+                }
+            },
+            None => false,
         }
     }
 

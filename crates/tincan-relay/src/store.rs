@@ -15,6 +15,7 @@
 //! made SQLite copy every page a command touched into a sub-journal, which cost more than the
 //! writes themselves. Multi-statement commands (invites, sweeps) run inside their own savepoint.
 
+mod pending;
 mod queued;
 mod recent;
 mod schema;
@@ -200,6 +201,9 @@ impl Store {
             next_seq,
             seq_reserved: next_seq - 1,
             recent: Recent::default(),
+            pending: pending::Pending::default(),
+            write_behind: config.write_behind,
+            closing: false,
             _checkpoints: checkpoints,
         };
         thread::Builder::new()
@@ -418,8 +422,18 @@ struct Worker {
     seq_reserved: u64,
     /// Recently acknowledged messages, for deduplicating late resends.
     recent: Recent,
+    /// Delivered to an online recipient, not written yet (write-behind, [`pending`]).
+    pending: pending::Pending,
+    /// How long an entry may wait in `pending`.
+    write_behind: std::time::Duration,
+    /// The relay is closing: write everything pending with this batch.
+    closing: bool,
     _checkpoints: Checkpointer,
 }
+
+/// Most messages waiting unwritten at once (their bodies are in memory); past it new messages
+/// are written at once.
+const MAX_PENDING: usize = 65_536;
 
 struct Held {
     id: MessageId,
@@ -466,20 +480,28 @@ impl Worker {
         let mut acks: Vec<Cmd> = Vec::new();
         let mut acks_due = std::time::Instant::now();
         while close.is_none() {
-            let first = if acks.is_empty() {
-                match rx.recv() {
+            // Wake for the first of: deferred acks due, a pending message due to be written.
+            let wake = [
+                (!acks.is_empty()).then_some(acks_due),
+                self.pending.next_due(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let first = match wake {
+                None => match rx.recv() {
                     Ok(cmd) => cmd,
                     Err(_) => break,
-                }
-            } else {
-                match rx.recv_timeout(acks_due.saturating_duration_since(std::time::Instant::now()))
-                {
-                    Ok(cmd) => cmd,
-                    Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                        self.apply_batch(std::mem::take(&mut acks));
-                        continue;
+                },
+                Some(at) => {
+                    match rx.recv_timeout(at.saturating_duration_since(std::time::Instant::now())) {
+                        Ok(cmd) => cmd,
+                        Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                            self.apply_batch(std::mem::take(&mut acks));
+                            continue;
+                        }
+                        Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
                     }
-                    Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
                 }
             };
             let mut batch = vec![first];
@@ -489,6 +511,11 @@ impl Worker {
                     Err(_) => break,
                 }
             }
+            // Acks of messages still unwritten need no transaction: answer them now.
+            self.ack_pending(&mut batch);
+            if batch.is_empty() {
+                continue;
+            }
             if let Some(pos) = batch.iter().position(|c| matches!(c, Cmd::Close { .. })) {
                 // Commands after Close (none expected) are failed, not dropped silently.
                 for cmd in batch.split_off(pos + 1) {
@@ -496,6 +523,7 @@ impl Worker {
                 }
                 if let Some(Cmd::Close { done }) = batch.pop() {
                     close = Some(done);
+                    self.closing = true;
                 }
             }
             // A batch of nothing but acks waits (briefly, boundedly) for a write to share a commit
@@ -514,7 +542,9 @@ impl Worker {
             acks.append(&mut batch);
             self.apply_batch(std::mem::take(&mut acks));
         }
-        if !acks.is_empty() {
+        // Whatever is still unwritten is written before the thread ends.
+        self.closing = true;
+        if !acks.is_empty() || self.pending.len() > 0 {
             self.apply_batch(acks);
         }
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
@@ -525,7 +555,14 @@ impl Worker {
 
     fn apply_batch(&mut self, batch: Vec<Cmd>) {
         let started = std::time::Instant::now();
-        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+        // DEFERRED: the write lock is taken by the first write, so a batch that writes nothing
+        // (sends held unwritten for their acks, see `pending`) costs no lock and no commit work.
+        // The relay is the database's only writer, so the upgrade never waits for another.
+        if let Err(e) = self
+            .conn
+            .prepare_cached("BEGIN DEFERRED")
+            .and_then(|mut s| s.execute([]))
+        {
             // Nothing was applied: every command is answered with the reason, none is dropped.
             let e = StoreError::from(e);
             Metrics::inc(&self.metrics.store_errors);
@@ -578,6 +615,14 @@ impl Worker {
             }
         }
         if !self.conn.is_autocommit() {
+            let due = if self.closing {
+                self.pending.take_all()
+            } else {
+                self.pending.take_due(std::time::Instant::now())
+            };
+            self.write_pending(due, &mut fx);
+        }
+        if !self.conn.is_autocommit() {
             self.apply_acks(acks, &mut fx);
         }
         if self.next_seq > self.seq_reserved {
@@ -591,7 +636,12 @@ impl Worker {
                 Err(e) => tracing::error!(error = %e, "cannot reserve sequence numbers"),
             }
         }
-        let committed = self.conn.execute_batch("COMMIT").map_err(StoreError::from);
+        let committed = self
+            .conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+            .map_err(StoreError::from);
         for (cmd, e) in failed {
             Metrics::inc(&self.metrics.store_errors);
             self.refuse(cmd, &e);
@@ -658,24 +708,32 @@ impl Worker {
                 body,
                 now_ms,
                 respond,
-            } => match self.insert_message(sender, id, to, &body, now_ms) {
-                Ok(Inserted::New(seq)) => {
+            } => match self.insert_message(sender, id, to, body, now_ms) {
+                Ok(Inserted::New { msg, offered }) => {
                     Metrics::inc(&self.metrics.messages_stored);
-                    fx.replies.push((respond, RelayFrame::Sent { req, seq }));
-                    let msg = Arc::new(Stored {
-                        seq,
-                        from: sender,
-                        id,
-                        stored_at: now_ms,
-                        body,
-                    });
+                    fx.replies
+                        .push((respond, RelayFrame::Sent { req, seq: msg.seq }));
                     // Forwarded at once, before the commit (see the module docs): only `Sent`
                     // waits for durability.
-                    self.router.deliver(&to, msg.clone());
+                    if !offered {
+                        self.router.deliver(&to, msg.clone());
+                    }
                     fx.deliveries.push((to, msg));
                 }
+                Ok(Inserted::Deferred(msg)) => self.pending.push(pending::Entry {
+                    msg,
+                    to,
+                    req,
+                    respond,
+                    due: std::time::Instant::now() + self.write_behind,
+                }),
                 Ok(Inserted::Duplicate(seq)) => {
                     Metrics::inc(&self.metrics.messages_deduplicated);
+                    // A resend of a message still unwritten: it is written now, and both
+                    // requests get their `Sent` after this commit.
+                    if let Some(entry) = self.pending.take(seq) {
+                        self.write_pending(vec![entry], fx);
+                    }
                     fx.replies.push((respond, RelayFrame::Sent { req, seq }))
                 }
                 Ok(Inserted::Refused(code, message)) => fx.replies.push((
@@ -687,7 +745,7 @@ impl Worker {
                         message,
                     },
                 )),
-                Err(e) => {
+                Err((e, body)) => {
                     return Err((
                         Cmd::Send {
                             sender,
@@ -702,7 +760,8 @@ impl Worker {
                     ));
                 }
             },
-            // Applied in bulk by `apply_acks` before the rest of the batch.
+            // Applied in bulk by `apply_acks` after the rest of the batch (or, for messages
+            // still unwritten, by `ack_pending` before it).
             Cmd::Ack { .. } => {}
             Cmd::Fetch {
                 recipient,
@@ -710,13 +769,18 @@ impl Worker {
                 limit,
                 now_ms,
                 reply,
-            } => match self.fetch(recipient, after, limit, now_ms) {
-                Ok(rows) => fx.fetches.push((reply, rows)),
-                Err(e) => {
-                    tracing::error!(error = %e, "fetch failed");
-                    drop(reply);
+            } => {
+                // The recipient reads the store: what it has not acked yet is written first.
+                let mine = self.pending.take_for(&recipient);
+                self.write_pending(mine, fx);
+                match self.fetch(recipient, after, limit, now_ms) {
+                    Ok(rows) => fx.fetches.push((reply, rows)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "fetch failed");
+                        drop(reply);
+                    }
                 }
-            },
+            }
             Cmd::RegisterInvite {
                 inviter,
                 req,
@@ -907,9 +971,9 @@ impl Worker {
         sender: PeerId,
         id: MessageId,
         to: PeerId,
-        body: &[u8],
+        body: Vec<u8>,
         now_ms: u64,
-    ) -> Result<Inserted, StoreError> {
+    ) -> Result<Inserted, Unwritten> {
         if let Some(h) = self.held.get(&(sender, to)) {
             if h.id != id && now_ms < h.until_ms {
                 return Ok(Inserted::Refused(
@@ -960,9 +1024,9 @@ impl Worker {
         sender: PeerId,
         id: MessageId,
         to: PeerId,
-        body: &[u8],
+        body: Vec<u8>,
         now_ms: u64,
-    ) -> Result<Inserted, StoreError> {
+    ) -> Result<Inserted, Unwritten> {
         if self.require_pairing && !self.pairs.contains(&pair_key(sender, to)) {
             return Ok(Inserted::Refused(
                 ErrorCode::NotPaired,
@@ -998,23 +1062,107 @@ impl Worker {
             ));
         }
         let seq = self.next_seq;
+        let msg = Arc::new(Stored {
+            seq,
+            from: sender,
+            id,
+            stored_at: now_ms,
+            body,
+        });
+        // An online recipient gets it now; its row may wait for the ack (`pending`).
+        let offered = !self.write_behind.is_zero() && self.pending.len() < MAX_PENDING;
+        if offered && self.router.deliver(&to, msg.clone()) {
+            self.next_seq += 1;
+            self.index.insert(seq, to, sender, id);
+            return Ok(Inserted::Deferred(msg));
+        }
+        if let Err(e) = self.write_row(&msg, &to) {
+            // Not handed to anyone (a connection that refused it dropped its copy).
+            let body = Arc::try_unwrap(msg).map_or_else(|m| m.body.clone(), |m| m.body);
+            return Err((e.into(), body));
+        }
+        self.next_seq += 1;
+        self.index.insert(seq, to, sender, id);
+        Ok(Inserted::New { msg, offered })
+    }
+
+    /// The row of one message.
+    fn write_row(&self, msg: &Stored, to: &PeerId) -> rusqlite::Result<()> {
         self.conn
             .prepare_cached(
                 "INSERT INTO queue (seq, recipient, sender, client_id, body, stored_at, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
-                seq as i64,
+                msg.seq as i64,
                 to.as_bytes(),
-                sender.as_bytes(),
-                id.as_bytes(),
-                body,
-                now_ms as i64,
-                (now_ms + self.ttl_ms) as i64
+                msg.from.as_bytes(),
+                msg.id.as_bytes(),
+                msg.body,
+                msg.stored_at as i64,
+                (msg.stored_at + self.ttl_ms) as i64
             ])?;
-        self.next_seq += 1;
-        self.index.insert(seq, to, sender, id);
-        Ok(Inserted::New(seq))
+        Ok(())
+    }
+
+    /// Writes messages that waited unwritten; each sender's `Sent` follows the commit. One that
+    /// cannot be written is refused to its sender (who sends it again) and forgotten here.
+    fn write_pending(&mut self, entries: Vec<pending::Entry>, fx: &mut Effects) {
+        for e in entries {
+            match self.write_row(&e.msg, &e.to) {
+                Ok(()) => {
+                    Metrics::inc(&self.metrics.messages_stored);
+                    fx.replies.push((
+                        e.respond,
+                        RelayFrame::Sent {
+                            req: e.req,
+                            seq: e.msg.seq,
+                        },
+                    ));
+                    fx.deliveries.push((e.to, e.msg));
+                }
+                Err(err) => {
+                    let err = StoreError::from(err);
+                    tracing::error!(error = %err, "cannot write a delivered message; its sender is told to resend");
+                    Metrics::inc(&self.metrics.store_errors);
+                    self.index.remove(e.msg.seq, &e.to, e.msg.from, e.msg.id);
+                    let (code, why) = classify(&err);
+                    let _ = e.respond.send(RelayFrame::Error {
+                        req: e.req,
+                        code,
+                        retry_after_ms: retry_after(code),
+                        message: why,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Answers, without a transaction, the acks in `batch` for messages that were never
+    /// written: the recipient has them, so each sender gets its `Sent` now. Those acks leave
+    /// `batch`.
+    fn ack_pending(&mut self, batch: &mut Vec<Cmd>) {
+        if self.pending.len() == 0 {
+            return;
+        }
+        let now = crate::now_ms();
+        batch.retain(|cmd| {
+            let Cmd::Ack { recipient, seq } = cmd else {
+                return true;
+            };
+            let Some(e) = self.pending.take_acked(recipient, *seq) else {
+                return true;
+            };
+            self.index.remove(e.msg.seq, &e.to, e.msg.from, e.msg.id);
+            self.recent.insert(e.msg.from, e.msg.id, e.msg.seq, now);
+            Metrics::inc(&self.metrics.messages_unwritten);
+            Metrics::inc(&self.metrics.messages_acked);
+            let _ = e.respond.send(RelayFrame::Sent {
+                req: e.req,
+                seq: e.msg.seq,
+            });
+            false
+        });
     }
 
     /// Answers a command the store could not apply, holding its path if it was a send.
@@ -1064,7 +1212,13 @@ impl Worker {
     /// inserts and deletes were undone in SQLite, not in memory).
     fn reload_index(&mut self) {
         match queued::Queued::load(&self.conn) {
-            Ok(index) => self.index = index,
+            Ok(index) => {
+                self.index = index;
+                // Messages waiting unwritten are not in the table but are still owed.
+                for (seq, to, from, id) in self.pending.keys() {
+                    self.index.insert(seq, to, from, id);
+                }
+            }
             Err(e) => tracing::error!(error = %e, "cannot reload the queue index"),
         }
     }
@@ -1175,10 +1329,19 @@ impl Worker {
 }
 
 enum Inserted {
-    New(u64),
+    /// Written in this transaction; `offered` says whether delivery was already tried.
+    New {
+        msg: Arc<Stored>,
+        offered: bool,
+    },
+    /// Delivered to an online recipient and left unwritten for now ([`pending`]).
+    Deferred(Arc<Stored>),
     Duplicate(u64),
     Refused(ErrorCode, String),
 }
+
+/// A send the store could not write, with its body handed back for the refusal.
+type Unwritten = (StoreError, Vec<u8>);
 
 /// The error code and words for a store failure.
 fn classify(e: &StoreError) -> (ErrorCode, String) {

@@ -29,6 +29,7 @@ struct FileConfig {
     burst_per_ip: Option<f64>,
     max_open_invites: Option<u32>,
     max_db_bytes: Option<u64>,
+    write_behind_ms: Option<u64>,
     token_ttl: Option<String>,
     token_rotate: Option<String>,
 }
@@ -143,6 +144,14 @@ fn settings(args: RelayArgs) -> Result<(String, Config), CliError> {
         .or(file.max_open_invites)
         .unwrap_or(c.max_open_invites);
     c.max_db_bytes = args.max_db_bytes.or(file.max_db_bytes).or(c.max_db_bytes);
+    if let Some(ms) = args.write_behind_ms.or(file.write_behind_ms) {
+        if ms > 10_000 {
+            return Err(bad_config(format!(
+                "write_behind_ms is {ms}; it must be at most 10000 (a sender waits that long for Sent)"
+            )));
+        }
+        c.write_behind = Duration::from_millis(ms);
+    }
     c.token_ttl = duration(
         args.token_ttl,
         file.token_ttl.as_deref(),
@@ -193,6 +202,7 @@ pub async fn run(args: RelayArgs, out: &Out) -> Result<ExitCode, CliError> {
         "burst_per_ip": config.rate_per_ip.burst,
         "max_open_invites": config.max_open_invites,
         "max_db_bytes": config.max_db_bytes,
+        "write_behind_ms": config.write_behind.as_millis() as u64,
         "token_ttl_secs": config.token_ttl.as_secs(),
     });
     let served = async move {
@@ -265,6 +275,20 @@ mod tests {
         );
         assert_eq!(c.rate_per_ip.per_sec, 7.5);
         assert_eq!(c.max_open_invites, 100, "default");
+        assert_eq!(c.write_behind, Duration::from_millis(50), "default");
+        let c = settings(RelayArgs {
+            write_behind_ms: Some(0),
+            ..Default::default()
+        })
+        .unwrap()
+        .1;
+        assert_eq!(c.write_behind, Duration::ZERO, "0 turns write-behind off");
+        let err = settings(RelayArgs {
+            write_behind_ms: Some(60_000),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.message.contains("write_behind_ms"), "{}", err.message);
         std::fs::write(&path, "queue_capp = 5\n").unwrap();
         let err = settings(RelayArgs {
             config: Some(path),
