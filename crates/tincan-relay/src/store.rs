@@ -2,7 +2,7 @@
 //!
 //! Every mutation goes through one thread that batches whatever commands are waiting into a
 //! single transaction (group commit). A sender is told its message is stored only after the
-//! transaction holding it has committed. The recipient's connection gets the message as soon as
+//! transaction holding it has committed (or its recipient acknowledged it, see below). The recipient's connection gets the message as soon as
 //! its row is inserted, in sequence order, without waiting for the commit: delivery latency does
 //! not include the group commit or a slow write. If the commit then fails, the sender is refused
 //! and resends, and the recipient sees the same message id again, which every client must
@@ -10,6 +10,12 @@
 //! message id) is recognised while the message is queued (the writer's in-memory index,
 //! [`queued`]) and, after its ack, for a bounded window kept in memory ([`Recent`]); past that the
 //! recipient's client recognises it by id, as docs/PROTOCOL.md asks every client to.
+//!
+//! Write-behind ([`pending`]): a message whose recipient has a live connection is delivered and
+//! not written at once; if the recipient acks it within `Config::write_behind`, its sender's
+//! `Sent` comes from that ack and the message never reaches the disk; otherwise it is written
+//! when due (or earlier, when the recipient reads the store, the sender resends it, or the relay
+//! closes) and `Sent` follows that commit.
 //!
 //! Sends and acks are one statement each and run without a savepoint: a savepoint per command
 //! made SQLite copy every page a command touched into a sub-journal, which cost more than the
