@@ -437,9 +437,11 @@ struct Worker {
     _checkpoints: Checkpointer,
 }
 
-/// Most messages waiting unwritten at once (their bodies are in memory); past it new messages
-/// are written at once.
+/// Most messages, and most body bytes, waiting unwritten at once (their bodies are in memory);
+/// past either, new messages are written at once. Entries leave after `write_behind` at the
+/// latest, so in practice this holds one hold time of traffic.
 const MAX_PENDING: usize = 65_536;
+const MAX_PENDING_BYTES: usize = 64 << 20;
 
 struct Held {
     id: MessageId,
@@ -1076,7 +1078,9 @@ impl Worker {
             body,
         });
         // An online recipient gets it now; its row may wait for the ack (`pending`).
-        let offered = !self.write_behind.is_zero() && self.pending.len() < MAX_PENDING;
+        let offered = !self.write_behind.is_zero()
+            && self.pending.len() < MAX_PENDING
+            && self.pending.bytes() < MAX_PENDING_BYTES;
         if offered && self.router.deliver(&to, msg.clone()) {
             self.next_seq += 1;
             self.index.insert(seq, to, sender, id);

@@ -33,10 +33,11 @@ pub(super) struct Entry {
     pub due: Instant,
 }
 
-/// The waiting messages, by seq.
+/// The waiting messages, by seq, and the bytes their bodies hold.
 #[derive(Default)]
 pub(super) struct Pending {
     by_seq: BTreeMap<u64, Entry>,
+    bytes: usize,
 }
 
 impl Pending {
@@ -44,8 +45,23 @@ impl Pending {
         self.by_seq.len()
     }
 
+    /// Body bytes held (the relay's memory bound for write-behind).
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     pub(super) fn push(&mut self, entry: Entry) {
-        self.by_seq.insert(entry.msg.seq, entry);
+        self.bytes += entry.msg.body.len();
+        if let Some(old) = self.by_seq.insert(entry.msg.seq, entry) {
+            self.bytes -= old.msg.body.len();
+        }
+    }
+
+    fn taken(&mut self, entry: Option<Entry>) -> Option<Entry> {
+        if let Some(e) = &entry {
+            self.bytes -= e.msg.body.len();
+        }
+        entry
     }
 
     /// The entry `seq` if it waits here for `recipient` (an ack from anyone else is ignored).
@@ -53,12 +69,14 @@ impl Pending {
         if self.by_seq.get(&seq)?.to != *recipient {
             return None;
         }
-        self.by_seq.remove(&seq)
+        let e = self.by_seq.remove(&seq);
+        self.taken(e)
     }
 
     /// The entry `seq`, whoever it is for (a resend of it must be written now).
     pub(super) fn take(&mut self, seq: u64) -> Option<Entry> {
-        self.by_seq.remove(&seq)
+        let e = self.by_seq.remove(&seq);
+        self.taken(e)
     }
 
     /// Every entry due at `now`, oldest first.
@@ -68,7 +86,9 @@ impl Pending {
             if first.get().due > now {
                 break;
             }
-            out.push(first.remove());
+            let e = first.remove();
+            self.bytes -= e.msg.body.len();
+            out.push(e);
         }
         out
     }
@@ -81,11 +101,14 @@ impl Pending {
             .filter(|(_, e)| e.to == *recipient)
             .map(|(s, _)| *s)
             .collect();
-        seqs.iter().filter_map(|s| self.by_seq.remove(s)).collect()
+        let out: Vec<Entry> = seqs.iter().filter_map(|s| self.by_seq.remove(s)).collect();
+        self.bytes -= out.iter().map(|e| e.msg.body.len()).sum::<usize>();
+        out
     }
 
     /// Everything, oldest first (the relay is closing).
     pub(super) fn take_all(&mut self) -> Vec<Entry> {
+        self.bytes = 0;
         std::mem::take(&mut self.by_seq).into_values().collect()
     }
 
@@ -124,7 +147,7 @@ mod tests {
                 from: PeerId::from_bytes([9; 32]),
                 id: MessageId::from_bytes([seq as u8; 16]),
                 stored_at: 0,
-                body: vec![],
+                body: vec![0; seq as usize],
             }),
             to: PeerId::from_bytes([to; 32]),
             req: seq as u32,
@@ -142,6 +165,7 @@ mod tests {
             p.push(entry(seq, to, t0 + ms(seq * 10)));
         }
         assert_eq!(p.next_due(), Some(t0 + ms(10)));
+        assert_eq!(p.bytes(), 1 + 2 + 3 + 4, "body bytes are counted");
         // Only the recipient's own ack takes an entry.
         assert!(p.take_acked(&PeerId::from_bytes([2; 32]), 1).is_none());
         assert_eq!(
@@ -158,7 +182,7 @@ mod tests {
         // Due entries come out oldest first, and only those.
         let due: Vec<u64> = p.take_due(t0 + ms(30)).iter().map(|e| e.msg.seq).collect();
         assert_eq!(due, [2, 3]);
-        assert_eq!(p.len(), 1);
+        assert_eq!((p.len(), p.bytes()), (1, 4));
         p.push(entry(5, 1, t0 + ms(50)));
         let mine: Vec<u64> = p
             .take_for(&PeerId::from_bytes([2; 32]))
@@ -168,6 +192,9 @@ mod tests {
         assert_eq!(mine, [4]);
         assert_eq!(p.keys().map(|k| k.0).collect::<Vec<_>>(), [5]);
         assert_eq!(p.take(5).unwrap().msg.seq, 5);
-        assert!(p.take_all().is_empty() && p.next_due().is_none());
+        assert_eq!(p.bytes(), 0);
+        p.push(entry(6, 1, t0));
+        assert_eq!(p.take_all().len(), 1);
+        assert!(p.next_due().is_none() && p.bytes() == 0);
     }
 }
