@@ -142,17 +142,10 @@ fn pair_and_talk_both_ways_and_relay_holds_no_plaintext() {
 /// The relay's count of `Send` frames received.
 const SENDS: &str = "tincan_frames_total{dir=\"in\",type=\"send\"}";
 
-/// A counter from the relay's `/metrics`, over a plain HTTP/1.0 request.
+/// A counter from the relay's `/metrics`.
 fn metric(relay_url: &str, name: &str) -> u64 {
-    use std::io::{Read, Write};
-    let addr = relay_url.trim_start_matches("http://");
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut text = String::new();
-    conn.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics: {text}"))
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(tincan_testkit::metric(relay_url, name))
 }
 
 #[test]

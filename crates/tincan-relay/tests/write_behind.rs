@@ -14,7 +14,7 @@ use tincan_proto::identity::Identity;
 use tincan_proto::ids::MessageId;
 use tincan_relay::Config;
 use tincan_testkit::raw::{RawConn, pair};
-use tincan_testkit::{InProcessRelay, contains, read_db_files};
+use tincan_testkit::{InProcessRelay, contains, metric, read_db_files};
 
 fn config(db: &Path, write_behind: Duration) -> Config {
     let mut c = Config::new(db.to_path_buf());
@@ -52,22 +52,6 @@ async fn delivered(c: &mut RawConn) -> (u64, Vec<u8>) {
         RelayFrame::Deliver { seq, body, .. } => (seq, body),
         other => panic!("expected a delivery, got {other:?}"),
     }
-}
-
-/// A counter from the relay's `/metrics`, over a plain HTTP/1.0 request.
-async fn metric(relay_url: &str, name: &str) -> u64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(relay_url.trim_start_matches("http://"))
-        .await
-        .unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    conn.read_to_string(&mut text).await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
 struct World {

@@ -64,6 +64,24 @@ impl Drop for InProcessRelay {
     }
 }
 
+/// A counter or gauge from a relay's `/metrics` (`name` may include labels), read over a plain
+/// HTTP/1.0 request so it works against an in-process relay on the same runtime.
+pub async fn metric(relay_url: &str, name: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = relay_url.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the relay");
+    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .await
+        .expect("write the request");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).await.expect("read /metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
 /// Reads a file and its SQLite WAL and shm companions, for plaintext scans.
 pub fn read_db_files(db: &Path) -> Vec<u8> {
     let mut out = std::fs::read(db).unwrap_or_default();
