@@ -156,7 +156,7 @@ fn send_lines_sends_each_line_as_its_own_message_sealed_together() {
     let a_id = c.setup(&a);
     c.setup(&b);
     c.pair(&a, &b, &w.relay.url());
-    let routed_before = metric(&w.relay.url(), SENDS);
+    let sends_before = metric(&w.relay.url(), SENDS);
     let r = c.run_stdin(
         &b,
         &["send", &a_id, "-", "--lines"],
@@ -173,7 +173,7 @@ fn send_lines_sends_each_line_as_its_own_message_sealed_together() {
         .collect();
     assert_eq!(ids.len(), 3, "blank lines are skipped: {sent}");
     // The relay took one sealed message for the three (a batch), not three.
-    assert_eq!(metric(&w.relay.url(), SENDS) - routed_before, 1);
+    assert_eq!(metric(&w.relay.url(), SENDS) - sends_before, 1);
     let events = c.run(&a, &["listen", "--timeout", "3"]).events();
     let got: Vec<(&str, &str)> = events
         .iter()

@@ -135,34 +135,31 @@ pub(super) fn write_acks(
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox_deferred)")?
         .query_row([], |r| r.get(0))?;
     for (local, relay_seq, at_ms) in acks {
-        tx.prepare_cached(
-            "INSERT OR IGNORE INTO sent (msg_id, peer, relay_seq, acked_at) SELECT msg_id, peer, ?2, ?3 FROM outbox WHERE seq = ?1",
-        )?
-        .execute(params![local, relay_seq as i64, at_ms as i64])?;
-        // A batch row: each later text is sent too.
-        let members: Option<(String, Vec<u8>)> = tx
-            .prepare_cached(
-                "SELECT peer, members FROM outbox WHERE seq = ?1 AND members IS NOT NULL",
-            )?
-            .query_row(params![local], |r| Ok((r.get(0)?, r.get(1)?)))
+        // One statement reads and removes the row; a batch row also names its later texts.
+        let row: Option<(String, String, Option<Vec<u8>>)> = tx
+            .prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING msg_id, peer, members")?
+            .query_row(params![local], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
-        if let Some((peer, members)) = members {
-            for m in members.chunks_exact(16) {
-                let id = MessageId::from_bytes(m.try_into().unwrap_or([0; 16]));
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO sent (msg_id, peer, relay_seq, acked_at) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![id.to_string(), peer, relay_seq as i64, at_ms as i64])?;
-            }
+        let Some((msg_id, peer, members)) = row else {
+            continue;
+        };
+        let later = members.unwrap_or_default();
+        let ids = std::iter::once(msg_id.clone()).chain(
+            later
+                .chunks_exact(16)
+                .filter_map(|m| m.try_into().ok())
+                .map(|m: [u8; 16]| MessageId::from_bytes(m).to_string()),
+        );
+        for id in ids {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO sent (msg_id, peer, relay_seq, acked_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![id, peer, relay_seq as i64, at_ms as i64])?;
         }
         if deferred {
-            tx.prepare_cached(
-                "DELETE FROM outbox_deferred WHERE msg_id IN (SELECT msg_id FROM outbox WHERE seq = ?1)",
-            )?
-            .execute(params![local])?;
+            tx.prepare_cached("DELETE FROM outbox_deferred WHERE msg_id = ?1")?
+                .execute(params![msg_id])?;
         }
-        tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
-            .execute(params![local])?;
     }
     Ok(())
 }
