@@ -68,9 +68,16 @@ pub struct Server<'a> {
     groups: Groups,
     stats: Stats,
     stats_file: Option<PathBuf>,
+    /// When the stats file was last written, and whether the counters changed since.
+    stats_written: Option<Instant>,
+    stats_dirty: bool,
     started: StdInstant,
     disconnected: bool,
 }
+
+/// The stats file (`room status` reads it) is rewritten at most this often, so a busy room does
+/// not write and rename a file for every event on its message path.
+const STATS_EVERY: Duration = Duration::from_millis(250);
 
 impl<'a> Server<'a> {
     /// A server running `command` for each message; `stats_file` receives counters (rooms).
@@ -91,6 +98,8 @@ impl<'a> Server<'a> {
             groups: Groups::default(),
             stats: Stats::default(),
             stats_file,
+            stats_written: None,
+            stats_dirty: false,
             started: StdInstant::now(),
             disconnected: false,
         }
@@ -115,12 +124,14 @@ impl<'a> Server<'a> {
                 break "max_turns";
             }
             let wake = self.next_wake();
+            let stats_due = self.stats_due();
             let step = tokio::select! {
                 biased;
                 _ = &mut shutdown => Step::Stop("signal"),
                 Some(r) = self.jobs.join_next(), if !self.jobs.is_empty() => Step::Job(r),
                 e = self.client.next_event() => Step::Event(e),
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => Step::Wake,
+                _ = tokio::time::sleep_until(stats_due.unwrap_or_else(Instant::now)), if stats_due.is_some() => Step::Wake,
             };
             match step {
                 Step::Stop(r) => break r,
@@ -132,7 +143,7 @@ impl<'a> Server<'a> {
                 }
                 Step::Wake => {}
             }
-            self.write_stats();
+            self.stats_changed();
         };
         self.finish(reason).await
     }
@@ -435,7 +446,32 @@ impl<'a> Server<'a> {
         self.out.print(value, text);
     }
 
-    fn write_stats(&self) {
+    /// Counters may have changed: write them now if the last write is old enough, else later
+    /// (see [`STATS_EVERY`]).
+    fn stats_changed(&mut self) {
+        if self.stats_file.is_none() {
+            return;
+        }
+        self.stats_dirty = true;
+        if self
+            .stats_written
+            .is_none_or(|t| t.elapsed() >= STATS_EVERY)
+        {
+            self.write_stats();
+        }
+    }
+
+    /// When pending counters are due to be written, if any are.
+    fn stats_due(&self) -> Option<Instant> {
+        match (self.stats_dirty, self.stats_written) {
+            (true, Some(t)) => Some(t + STATS_EVERY),
+            _ => None,
+        }
+    }
+
+    fn write_stats(&mut self) {
+        self.stats_dirty = false;
+        self.stats_written = Some(Instant::now());
         let Some(path) = &self.stats_file else { return };
         let s = &self.stats;
         let v = json!({
