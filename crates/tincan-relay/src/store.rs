@@ -718,15 +718,12 @@ impl Worker {
                 respond,
             } => match self.insert_message(sender, id, to, body, now_ms) {
                 Ok(Inserted::New { msg, offered }) => {
-                    Metrics::inc(&self.metrics.messages_stored);
-                    fx.replies
-                        .push((respond, RelayFrame::Sent { req, seq: msg.seq }));
                     // Forwarded at once, before the commit (see the module docs): only `Sent`
                     // waits for durability.
                     if !offered {
                         self.router.deliver(&to, msg.clone());
                     }
-                    fx.deliveries.push((to, msg));
+                    self.written(fx, respond, req, to, msg);
                 }
                 Ok(Inserted::Deferred(msg)) => self.pending.push(pending::Entry {
                     msg,
@@ -1115,22 +1112,28 @@ impl Worker {
         Ok(())
     }
 
+    /// What a message written in this transaction leaves for after the commit: its sender's
+    /// `Sent`, and the delivery a failed commit must hold its path at.
+    fn written(
+        &self,
+        fx: &mut Effects,
+        respond: Responder,
+        req: u32,
+        to: PeerId,
+        msg: Arc<Stored>,
+    ) {
+        Metrics::inc(&self.metrics.messages_stored);
+        fx.replies
+            .push((respond, RelayFrame::Sent { req, seq: msg.seq }));
+        fx.deliveries.push((to, msg));
+    }
+
     /// Writes messages that waited unwritten; each sender's `Sent` follows the commit. One that
     /// cannot be written is refused to its sender (who sends it again) and forgotten here.
     fn write_pending(&mut self, entries: Vec<pending::Entry>, fx: &mut Effects) {
         for e in entries {
             match self.write_row(&e.msg, &e.to) {
-                Ok(()) => {
-                    Metrics::inc(&self.metrics.messages_stored);
-                    fx.replies.push((
-                        e.respond,
-                        RelayFrame::Sent {
-                            req: e.req,
-                            seq: e.msg.seq,
-                        },
-                    ));
-                    fx.deliveries.push((e.to, e.msg));
-                }
+                Ok(()) => self.written(fx, e.respond, e.req, e.to, e.msg),
                 Err(err) => {
                     let err = StoreError::from(err);
                     tracing::error!(error = %err, "cannot write a delivered message; its sender is told to resend");

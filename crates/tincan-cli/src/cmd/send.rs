@@ -64,20 +64,23 @@ pub async fn run(home: Option<PathBuf>, args: SendArgs, out: &Out) -> Result<Exi
     }
     .await;
     let id = ids[0];
-    let id_list: Vec<String> = ids.iter().map(ToString::to_string).collect();
-    match result {
-        Ok(()) if args.lines => {
-            out.print(
-                json!({"ids": id_list, "to": peer.id.to_string(), "status": "sent"}),
-                || format!("sent {} messages to {}", ids.len(), peer.display_name()),
-            );
-            Ok(ExitCode::SUCCESS)
+    // `--lines` answers with every id; a single message with its own.
+    let ids_json = |status: &str| {
+        if args.lines {
+            let list: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            json!({"ids": list, "status": status})
+        } else {
+            json!({"id": id.to_string(), "status": status})
         }
+    };
+    match result {
         Ok(()) => {
-            out.print(
-                json!({"id": id.to_string(), "to": peer.id.to_string(), "status": "sent"}),
-                || format!("sent {id} to {}", peer.display_name()),
-            );
+            let mut v = ids_json("sent");
+            v["to"] = json!(peer.id.to_string());
+            out.print(v, || match ids.len() {
+                1 => format!("sent {id} to {}", peer.display_name()),
+                n => format!("sent {n} messages to {}", peer.display_name()),
+            });
             Ok(ExitCode::SUCCESS)
         }
         Err(
@@ -86,15 +89,9 @@ pub async fn run(home: Option<PathBuf>, args: SendArgs, out: &Out) -> Result<Exi
             | ClientError::Deferred { .. }),
         ) => {
             let err: CliError = e.into();
-            let what = if ids.len() > 1 {
-                format!("the {} messages are queued and go", ids.len())
-            } else {
-                format!("the message is queued ({id}) and goes")
-            };
-            let extra = if args.lines {
-                json!({"ids": id_list, "status": "queued"})
-            } else {
-                json!({"id": id.to_string(), "status": "queued"})
+            let what = match ids.len() {
+                1 => format!("the message is queued ({id}) and goes"),
+                n => format!("the {n} messages are queued and go"),
             };
             Err(CliError::new(
                 &err.code,
@@ -104,7 +101,7 @@ pub async fn run(home: Option<PathBuf>, args: SendArgs, out: &Out) -> Result<Exi
                     err.message
                 ),
             )
-            .with(extra))
+            .with(ids_json("queued")))
         }
         Err(e) => Err(e.into()),
     }
