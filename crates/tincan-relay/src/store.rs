@@ -1129,13 +1129,19 @@ impl Worker {
     }
 
     /// Writes messages that waited unwritten; each sender's `Sent` follows the commit. One that
-    /// cannot be written is refused to its sender (who sends it again) and forgotten here.
+    /// cannot be written is refused to its sender (who sends it again) and forgotten here; if
+    /// SQLite rolled the whole transaction back, the rest are refused too rather than written
+    /// outside it (as `apply_batch` does with the rest of a batch).
     fn write_pending(&mut self, entries: Vec<pending::Entry>, fx: &mut Effects) {
         for e in entries {
-            match self.write_row(&e.msg, &e.to) {
+            let result = if self.conn.is_autocommit() {
+                Err(StoreError::RolledBack)
+            } else {
+                self.write_row(&e.msg, &e.to).map_err(StoreError::from)
+            };
+            match result {
                 Ok(()) => self.written(fx, e.respond, e.req, e.to, e.msg),
                 Err(err) => {
-                    let err = StoreError::from(err);
                     tracing::error!(error = %err, "cannot write a delivered message; its sender is told to resend");
                     Metrics::inc(&self.metrics.store_errors);
                     self.index.remove(e.msg.seq, &e.to, e.msg.from, e.msg.id);
