@@ -555,7 +555,17 @@ impl Worker {
         if !acks.is_empty() || self.pending.len() > 0 {
             self.apply_batch(acks);
         }
-        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+        // The checkpointer stops first (after its last pass), then the writer truncates the WAL
+        // and closes its connection, and only then is `close` answered: once it returns, no
+        // thread of this store touches the database files any more.
+        let Worker {
+            conn,
+            _checkpoints: checkpoints,
+            ..
+        } = self;
+        drop(checkpoints);
+        let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+        drop(conn);
         if let Some(done) = close {
             let _ = done.send(());
         }

@@ -49,6 +49,7 @@ async fn malformed_and_unknown_frames_get_errors_and_the_relay_stays_up() {
         c.recv().await,
         Some(RelayFrame::Pong { nonce: 5 })
     ));
+    r.stop().await;
 }
 
 #[tokio::test]
@@ -75,6 +76,7 @@ async fn oversized_body_is_refused_with_its_request_number() {
         other => panic!("expected too_large, got {other:?}"),
     }
     const { assert!(MAX_BODY > 1000) };
+    r.stop().await;
 }
 
 #[tokio::test]
@@ -133,6 +135,7 @@ async fn requests_before_auth_and_bad_signatures_are_refused() {
             ..
         })
     ));
+    r.stop().await;
 }
 
 #[tokio::test]
@@ -207,6 +210,7 @@ async fn queue_cap_is_enforced_with_a_clear_error_and_duplicates_are_not_stored_
         Some(RelayFrame::Sent { req: 12, .. })
     ));
     assert_eq!(refused(&r.url, "queue_cap").await, 1);
+    r.stop().await;
 }
 
 /// `tincan_refused_total{limit="<limit>"}` from the relay's /metrics.
@@ -294,6 +298,7 @@ async fn the_total_of_queued_messages_is_capped_without_reordering_or_losing_any
             other => panic!("expected deliver, got {other:?}"),
         }
     }
+    r.stop().await;
 }
 
 #[tokio::test]
@@ -330,6 +335,7 @@ async fn unacked_messages_are_redelivered_after_reconnect_and_acked_ones_are_not
         Some(RelayFrame::Deliver { body, .. }) => assert_eq!(body, vec![1]),
         other => panic!("expected redelivery, got {other:?}"),
     }
+    r.stop().await;
 }
 
 #[tokio::test]
@@ -368,6 +374,7 @@ async fn absurd_invite_expiry_is_refused_and_does_not_hurt_the_relay() {
             ..
         })
     ));
+    r.stop().await;
 }
 
 #[tokio::test]
@@ -384,6 +391,7 @@ async fn a_new_receiving_connection_replaces_the_old_one() {
             ..
         })
     ));
+    r.stop().await;
 }
 
 #[tokio::test]
@@ -418,6 +426,7 @@ async fn slow_reader_catches_up_in_order_from_the_store() {
             other => panic!("expected delivery {i}, got {other:?}"),
         }
     }
+    r.stop().await;
 }
 
 /// A refused message holds back the later ones on the same path until it is resent, so a
@@ -497,6 +506,7 @@ async fn a_refused_message_is_never_overtaken_by_later_ones() {
     };
     bodies.push(body[0]);
     assert_eq!(bodies, vec![1, 2, 3]);
+    r.stop().await;
 }
 
 #[tokio::test]
@@ -547,4 +557,5 @@ async fn rate_limited_sends_hold_back_later_ones_until_resent() {
         c.recv().await,
         Some(RelayFrame::Sent { req: 1, .. })
     ));
+    r.stop().await;
 }

@@ -164,6 +164,7 @@ async fn send_long_poll_ack_in_order_exactly_once() {
     assert_eq!(s, 200);
     let (_, none) = api.get("/v1/messages?after=0", Some(&tb)).await;
     assert!(none["messages"].as_array().unwrap().is_empty());
+    r.stop().await;
 }
 
 #[tokio::test]
@@ -220,6 +221,7 @@ async fn tokens_and_challenges_cannot_be_replayed_forged_or_borrowed() {
     let (_d2, r2) = relay(|_| {}).await;
     let other = Api::new(&r2.url).token(&a).await;
     assert_eq!(api.get("/v1/messages", Some(&other)).await.0, 401);
+    r2.stop().await;
 }
 
 #[tokio::test]
@@ -296,6 +298,7 @@ async fn unpaired_oversized_malformed_and_rate_limited_requests_get_clear_errors
             .unwrap()
             .contains("per identity")
     );
+    r.stop().await;
 }
 
 #[tokio::test]
@@ -354,6 +357,7 @@ async fn openapi_health_and_metrics_are_served() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no tincan_store_db_bytes in:\n{text}"));
     assert!(db_bytes > 0, "the database file has a size");
+    r.stop().await;
 }
 
 /// An agent with nothing but curl: every call here is a real `curl` process.
@@ -440,4 +444,5 @@ async fn curl_can_drive_the_http_api() {
         post("/v1/ack", Some(&ta), json!({"seqs": [seq]}))["acked"],
         1
     );
+    r.stop().await;
 }

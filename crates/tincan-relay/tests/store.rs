@@ -87,6 +87,7 @@ async fn a_resend_after_the_ack_is_recognised_and_not_delivered_again() {
     let second = send(&mut c, 3, [2; 16], &b, b"two".to_vec()).await;
     assert!(second > first);
     assert_eq!(take(&mut rb).await, (second, b"two".to_vec()));
+    r.stop().await;
 }
 
 #[tokio::test]
@@ -116,6 +117,7 @@ async fn sequence_numbers_keep_increasing_after_every_message_is_acked_and_the_r
     let mut c = RawConn::authed(&r.url, &a, false).await;
     let next = send(&mut c, 9, [9; 16], &b, vec![9]).await;
     assert!(next > last, "seq {next} reused after {last}");
+    r.stop().await;
 }
 
 #[tokio::test]
@@ -174,6 +176,7 @@ async fn a_first_layout_database_is_migrated_keeping_the_queue_and_its_order() {
         )
         .ok();
     assert!(has_old.is_none(), "the old table is gone");
+    r.stop().await;
 }
 
 #[tokio::test]
@@ -230,6 +233,7 @@ async fn expired_messages_are_never_delivered_and_the_sweep_deletes_them() {
     let mut rb = RawConn::authed(&r.url, &b, true).await;
     assert_eq!(take(&mut rb).await, (fresh, b"fresh".to_vec()));
     quiet(&mut rb, 200).await;
+    r.stop().await;
 }
 
 #[tokio::test]
@@ -271,6 +275,7 @@ async fn acks_remove_only_the_acking_identitys_messages_even_in_bulk() {
         .query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))
         .unwrap();
     assert_eq!(left, 0, "every acked message is deleted");
+    r.stop().await;
 }
 
 #[tokio::test]
@@ -300,6 +305,7 @@ async fn a_resend_of_a_queued_message_is_recognised_after_a_restart() {
     let third = send(&mut c, 5, [3; 16], &b, b"three".to_vec()).await;
     assert!(third > second);
     assert_eq!(take(&mut rb).await, (third, b"three".to_vec()));
+    r.stop().await;
 }
 
 #[tokio::test]
@@ -380,4 +386,31 @@ async fn a_new_database_uses_16_kib_pages() {
         .query_row("PRAGMA page_size", [], |r| r.get(0))
         .unwrap();
     assert_eq!(page, 16_384);
+}
+
+#[tokio::test]
+async fn a_stopped_relay_has_closed_its_database_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.db");
+    let (a, b) = (Identity::generate(), Identity::generate());
+    let r = InProcessRelay::start(Config::new(db.clone())).await;
+    pair(&r.url, &a, &b).await;
+    let mut c = RawConn::authed(&r.url, &a, false).await;
+    send(&mut c, 1, [1; 16], &b, b"queued".to_vec()).await;
+    r.stop().await;
+    // The last connection to close removes the WAL and the shared-memory file; either left
+    // behind means a thread of the store still had the database open after `stop` returned.
+    for suffix in ["-wal", "-shm"] {
+        let mut path = db.clone().into_os_string();
+        path.push(suffix);
+        assert!(
+            !std::path::Path::new(&path).exists(),
+            "{suffix} file still there after the relay stopped"
+        );
+    }
+    let queued: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(queued, 1, "the undelivered message is in the database file");
 }
