@@ -19,15 +19,24 @@ fn main() -> ExitCode {
             let code = if e.use_stderr() { 2 } else { 0 };
             let json = std::env::args().any(|a| a == "--json");
             if json && e.use_stderr() {
+                // The error paragraph (clap puts what is missing on the lines under the first),
+                // without the usage line and the tip that follow it.
                 let msg = e.render().to_string();
-                let first = msg
+                let paragraph: Vec<&str> = msg
                     .lines()
-                    .next()
-                    .unwrap_or("invalid arguments")
-                    .trim_start_matches("error: ");
+                    .take_while(|l| !l.trim().is_empty())
+                    .map(str::trim)
+                    .collect();
+                let message = paragraph.join(" ");
+                let message = message.trim_start_matches("error: ");
+                let message = if message.is_empty() {
+                    "invalid arguments"
+                } else {
+                    message
+                };
                 println!(
                     "{}",
-                    serde_json::json!({"error": {"code": "usage", "message": first}})
+                    serde_json::json!({"error": {"code": "usage", "message": message}})
                 );
             } else {
                 let _ = e.print();
