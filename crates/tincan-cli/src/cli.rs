@@ -56,6 +56,8 @@ pub enum Command {
     /// The local, hash-chained audit log of peer messages and the tool calls that followed.
     #[command(subcommand)]
     Audit(crate::cmd::audit::AuditCmd),
+    /// Erase the text of messages read longer ago than --older-than (unread ones are kept).
+    Prune(crate::cmd::prune::PruneArgs),
     /// Print the version.
     Version,
 }

@@ -7,6 +7,7 @@ pub mod launch;
 pub mod listen;
 pub mod mcp;
 pub mod peers;
+pub mod prune;
 pub mod relay;
 pub mod room;
 pub mod send;
@@ -39,6 +40,7 @@ pub async fn dispatch(cli: Cli, out: &Out) -> Result<ExitCode, CliError> {
         Command::Mcp(a) => mcp::run(home, a, out).await,
         Command::Launch(a) => launch::run(home, a, out).await,
         Command::Audit(c) => audit::run(home, c, out).await,
+        Command::Prune(a) => prune::run(home, a, out),
         Command::Version => {
             version::run(out);
             Ok(ExitCode::SUCCESS)
@@ -88,5 +90,28 @@ pub fn relay_for(home: &Home, flag: Option<String>) -> Result<String, CliError> 
                 "no relay known yet; pass --relay http://HOST:PORT (e.g. from `tincan relay`)",
             )
         }),
+    }
+}
+
+/// A duration in seconds in its largest whole unit: `604800` as `7d`, `5400` as `90m`.
+pub fn human_secs(s: u64) -> String {
+    match s {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_secs;
+
+    #[test]
+    fn durations_print_in_their_largest_whole_unit() {
+        assert_eq!(human_secs(604_800), "7d");
+        assert_eq!(human_secs(5_400), "90m");
+        assert_eq!(human_secs(7_200), "2h");
+        assert_eq!(human_secs(61), "61s");
     }
 }

@@ -37,6 +37,17 @@ impl World {
     }
 }
 
+/// A relay and two homes, B paired with A (B accepted A's invite); returns A's id too.
+fn two_paired() -> (World, Cli, std::path::PathBuf, std::path::PathBuf, String) {
+    let w = World::new();
+    let c = cli();
+    let (a, b) = (w.home("a"), w.home("b"));
+    let a_id = c.setup(&a);
+    c.setup(&b);
+    c.pair(&a, &b, &w.relay.url());
+    (w, c, a, b, a_id)
+}
+
 fn messages(events: &[Value]) -> Vec<String> {
     events
         .iter()
@@ -150,12 +161,7 @@ fn metric(relay_url: &str, name: &str) -> u64 {
 
 #[test]
 fn send_lines_sends_each_line_as_its_own_message_sealed_together() {
-    let w = World::new();
-    let c = cli();
-    let (a, b) = (w.home("a"), w.home("b"));
-    let a_id = c.setup(&a);
-    c.setup(&b);
-    c.pair(&a, &b, &w.relay.url());
+    let (w, c, a, b, a_id) = two_paired();
     let sends_before = metric(&w.relay.url(), SENDS);
     let r = c.run_stdin(
         &b,
@@ -326,12 +332,7 @@ async fn concurrent_claims_of_one_invite_have_one_winner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_invited_identity_cannot_reach_an_agent() {
-    let w = World::new();
-    let c = cli();
-    let (a, b) = (w.home("a"), w.home("b"));
-    let a_id = c.setup(&a);
-    c.setup(&b);
-    c.pair(&a, &b, &w.relay.url());
+    let (w, c, a, _b, a_id) = two_paired();
     // Mallory knows A's id and connects with her own identity: the relay refuses to route.
     let mallory = Identity::generate();
     let mut conn = RawConn::authed(&w.relay.url(), &mallory, false).await;
@@ -635,4 +636,38 @@ fn pairing_again_loses_no_message_in_flight() {
     assert_eq!(c.run(&b, &["send", &a_id, "back"]).code, 0);
     let r = c.run(&a, &["listen", "--once", "--timeout", "10"]);
     assert_eq!(messages(&r.events()), ["back"], "{r:?}");
+}
+
+#[test]
+fn prune_erases_read_text_from_the_home_files_and_keeps_what_is_unread() {
+    let (_w, c, a, b, a_id) = two_paired();
+    let r = c.run(&b, &["send", &a_id, "read this, then forget it"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = c.run(&a, &["listen", "--timeout", "2"]);
+    assert_eq!(messages(&r.events()), ["read this, then forget it"]);
+    let db = a.join("tincan.db");
+    assert!(contains(&read_db_files(&db), b"read this, then forget it"));
+
+    // Nothing is old enough yet; a second later everything A has read is.
+    let r = c.run(&a, &["prune", "--older-than", "1h"]);
+    assert_eq!(r.json()["erased"], 0, "{r:?}");
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = c.run(&b, &["send", &a_id, "not read yet"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = c.run(&a, &["prune", "--older-than", "1s"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let p = r.json();
+    assert_eq!(p["erased"], 1, "{p}");
+    assert_eq!(p["wal_truncated"], true, "{p}");
+    assert!(!contains(&read_db_files(&db), b"read this, then forget"));
+    // What A had not read is still delivered, once.
+    let r = c.run(&a, &["listen", "--timeout", "2"]);
+    assert_eq!(messages(&r.events()), ["not read yet"]);
+
+    // A missing or malformed duration is a usage error that names the argument.
+    let r = c.run(&a, &["prune"]);
+    assert_eq!((r.code, r.error_code().as_str()), (2, "usage"), "{r:?}");
+    assert!(r.stdout.contains("--older-than"), "{r:?}");
+    let r = c.run(&a, &["prune", "--older-than", "soon"]);
+    assert_eq!((r.code, r.error_code().as_str()), (2, "usage"), "{r:?}");
 }

@@ -19,6 +19,7 @@ mod migrate;
 mod peers;
 mod policy;
 mod prior;
+mod retention;
 mod schema;
 mod session_cache;
 
@@ -36,6 +37,7 @@ pub use self::batches::BATCH_BYTES;
 pub use self::messages::{InboxEntry, InboxKind, Incoming, OutboxEntry, Processed, Queued};
 pub use self::peers::PeerRecord;
 pub use self::policy::{PeerPolicy, PeerStanding};
+pub use self::retention::Pruned;
 use crate::error::ClientError;
 
 const KEY_FILE: &str = "identity.key";

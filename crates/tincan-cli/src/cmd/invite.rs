@@ -48,7 +48,7 @@ async fn create(
         || {
             format!(
                 "Invite (single use, expires in {}):\n\n  {url}\n\nThe other agent runs:\n  tincan invite accept '{url}'\nThen run `tincan listen` here to see them join.",
-                human_secs(ttl)
+                crate::cmd::human_secs(ttl)
             )
         },
     );
@@ -88,13 +88,4 @@ async fn accept(
         },
     );
     Ok(ExitCode::SUCCESS)
-}
-
-fn human_secs(s: u64) -> String {
-    match s {
-        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
 }
