@@ -166,13 +166,11 @@ impl Home {
 
     /// A setting stored in the home (e.g. the default relay).
     pub fn setting(&self, key: &str) -> Result<Option<String>, ClientError> {
+        // Cached: the policy reads a setting for every delivery.
         Ok(self
             .conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = ?1",
-                params![format!("setting.{key}")],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row(params![format!("setting.{key}")], |r| r.get(0))
             .optional()?)
     }
 

@@ -353,11 +353,10 @@ impl Home {
 
     /// Number of messages not yet acknowledged by a relay (failed ones excluded).
     pub fn outbox_len(&self) -> Result<u64, ClientError> {
-        let stored = self.conn.query_row(
-            "SELECT COUNT(*) FROM outbox WHERE failed_code IS NULL",
-            [],
-            |r| r.get::<_, i64>(0),
-        )? as u64;
+        let stored = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM outbox WHERE failed_code IS NULL")?
+            .query_row([], |r| r.get::<_, i64>(0))? as u64;
         // Rows acknowledged but not yet written as such are still stored.
         Ok(stored.saturating_sub(self.deferred.acks_pending() as u64))
     }
