@@ -34,10 +34,10 @@ fn main() -> ExitCode {
                 } else {
                     message
                 };
-                println!(
+                crate::output::line(&format!(
                     "{}",
                     serde_json::json!({"error": {"code": "usage", "message": message}})
-                );
+                ));
             } else {
                 let _ = e.print();
             }

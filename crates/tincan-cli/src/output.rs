@@ -77,13 +77,19 @@ impl Out {
         Self { json }
     }
 
-    /// Prints a result: the JSON value under --json, else the text.
+    /// Prints a result: the JSON value under --json, else the text. If whatever reads the
+    /// output has gone (`| head -1`), the process ends quietly, as Unix tools do, instead of
+    /// panicking; commands whose output hands something over use [`Out::try_print`].
     pub fn print(&self, value: Value, text: impl FnOnce() -> String) {
-        if self.json {
-            println!("{value}");
-        } else {
-            println!("{}", text());
+        if let Err(e) = self.try_print(value, text) {
+            output_gone(&e);
         }
+    }
+
+    /// [`Out::print`], returning a write error (a closed pipe included) instead of exiting.
+    pub fn try_print(&self, value: Value, text: impl FnOnce() -> String) -> std::io::Result<()> {
+        let line = if self.json { value.to_string() } else { text() };
+        print_line(&line)
     }
 
     /// Prints an error and returns its exit code.
@@ -95,12 +101,45 @@ impl Out {
                     obj.insert(k.clone(), v.clone());
                 }
             }
-            println!("{}", json!({ "error": err }));
+            let _ = print_line(&json!({ "error": err }).to_string());
         } else {
-            eprintln!("error: {}", terminal_safe(&e.message));
+            eprintln_safe(&format!("error: {}", terminal_safe(&e.message)));
         }
         ExitCode::from(e.exit)
     }
+}
+
+/// Prints one line to stdout, ending the process quietly if the reader has gone (see
+/// [`Out::print`]).
+pub fn line(text: &str) {
+    if let Err(e) = print_line(text) {
+        output_gone(&e);
+    }
+}
+
+/// Ends the process after a failed write to stdout: quietly (exit 0) when the reader closed the
+/// pipe, with a note and exit 1 otherwise.
+fn output_gone(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln_safe(&format!("error: cannot write the output: {e}"));
+    std::process::exit(1)
+}
+
+/// Writes one line to stdout and flushes it; unlike `println!`, a closed pipe is an error, not a
+/// panic.
+pub fn print_line(line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}
+
+/// Writes one line to stderr, ignoring a closed pipe (a note is never worth a panic).
+pub fn eprintln_safe(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// Makes peer text safe to print on a terminal: control characters (escape sequences that

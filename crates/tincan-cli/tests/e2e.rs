@@ -671,3 +671,31 @@ fn prune_erases_read_text_from_the_home_files_and_keeps_what_is_unread() {
     let r = c.run(&a, &["prune", "--older-than", "soon"]);
     assert_eq!((r.code, r.error_code().as_str()), (2, "usage"), "{r:?}");
 }
+
+#[test]
+fn listen_whose_output_is_closed_exits_quietly_and_hands_nothing_over() {
+    let (_w, c, a, b, a_id) = two_paired();
+    for text in ["first", "second"] {
+        let r = c.run(&b, &["send", &a_id, text]);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    // A reader that has gone before the first event: every write fails with a broken pipe.
+    let mut child = std::process::Command::new(&c.bin)
+        .args(["--home"])
+        .arg(&a)
+        .args(["listen", "--timeout", "3"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Nothing was handed over, so the next listen shows the join and both messages.
+    let r = c.run(&a, &["listen", "--timeout", "2"]);
+    let ev = r.events();
+    assert!(ev.iter().any(|e| e["event"] == "peer_joined"), "{r:?}");
+    assert_eq!(messages(&ev), ["first", "second"]);
+}

@@ -163,6 +163,8 @@ pub struct Client {
     /// The last inbox entry returned but not yet marked consumed (marks are batched under load).
     unmarked: Option<i64>,
     unmarked_count: usize,
+    /// What `unmarked` was before the last entry was returned (`give_back_last` restores it).
+    given_back_to: Option<i64>,
 }
 
 /// Most returned-but-unmarked inbox entries before the mark goes to the home.
@@ -230,6 +232,7 @@ impl Client {
             task,
             unmarked: None,
             unmarked_count: 0,
+            given_back_to: None,
         })
     }
 
@@ -467,18 +470,33 @@ impl Client {
             }
         };
         if let Some(seq) = inbox_seq {
-            self.unmarked = Some(seq);
-            self.unmarked_count += 1;
+            // The marks of earlier entries go to the home first, so the entry returned last is
+            // only ever in `unmarked` (see `give_back_last`).
             if self.unmarked_count >= MARK_BATCH {
                 self.defer_marks();
             }
+            self.given_back_to = self.unmarked;
+            self.unmarked = Some(seq);
+            self.unmarked_count += 1;
         }
         Some(event)
+    }
+
+    /// Takes back the message or join that [`Client::next_event`] returned last, for an
+    /// application that could not pass it on (its output was closed): it is not marked as handed
+    /// over, so the next client on this home returns it again. Entries returned before it stay
+    /// handed over. Call it before the next `next_event`; afterwards it does nothing.
+    pub fn give_back_last(&mut self) {
+        if self.unmarked.is_some() {
+            self.unmarked = self.given_back_to.take();
+            self.unmarked_count = self.unmarked_count.saturating_sub(1);
+        }
     }
 
     /// Hands the marks of returned entries to the home, which writes them with its next
     /// transaction.
     fn defer_marks(&mut self) {
+        self.given_back_to = None;
         if let Some(seq) = self.unmarked.take() {
             self.unmarked_count = 0;
             self.shared.home().mark_consumed_later(seq);

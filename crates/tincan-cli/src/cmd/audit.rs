@@ -48,13 +48,13 @@ fn show(home: Option<PathBuf>, args: ShowArgs, out: &Out) -> Result<ExitCode, Cl
     let skip = args.last.map_or(0, |n| entries.len().saturating_sub(n));
     for e in entries.iter().skip(skip) {
         if out.json {
-            println!("{e}");
+            crate::output::line(&format!("{e}"));
         } else {
-            println!("{}", terminal_safe(&human(e)));
+            crate::output::line(&terminal_safe(&human(e)));
         }
     }
     if !out.json && entries.is_empty() {
-        println!("the audit log is empty");
+        crate::output::line("the audit log is empty");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -107,7 +107,7 @@ fn verify(home: Option<PathBuf>, out: &Out) -> Result<ExitCode, CliError> {
 /// stderr and the exit code is 0.
 fn hook(home: Option<PathBuf>) -> ExitCode {
     if let Err(e) = hook_inner(home) {
-        eprintln!("tincan audit hook: {}", e.message);
+        crate::output::eprintln_safe(&format!("tincan audit hook: {}", e.message));
     }
     ExitCode::SUCCESS
 }

@@ -50,12 +50,12 @@ pub async fn run(home: Option<PathBuf>, args: LaunchArgs, out: &Out) -> Result<E
     ];
     argv.extend(args.args);
     if out.json {
-        println!(
+        crate::output::line(&format!(
             "{}",
             json!({"event": "launch", "claude": claude.display().to_string(), "args": argv})
-        );
+        ));
     }
-    eprintln!("{BANNER}\n");
+    crate::output::eprintln_safe(&format!("{BANNER}\n"));
     let mut command = std::process::Command::new(&claude);
     command.args(&argv);
     #[cfg(unix)]

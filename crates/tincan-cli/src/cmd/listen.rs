@@ -19,7 +19,7 @@ pub async fn run(home: Option<PathBuf>, args: ListenArgs, out: &Out) -> Result<E
         .timeout
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     if !out.json {
-        eprintln!("listening on {relay} (Ctrl-C to stop)");
+        crate::output::eprintln_safe(&format!("listening on {relay} (Ctrl-C to stop)"));
     }
     loop {
         let next = async {
@@ -50,18 +50,33 @@ pub async fn run(home: Option<PathBuf>, args: ListenArgs, out: &Out) -> Result<E
             };
             return Err(CliError::new("stopped", 1, reason));
         };
-        let done = print_event(&client, &event, out);
+        let done = match print_event(&client, &event, out) {
+            Ok(done) => done,
+            Err(e) => {
+                // Whatever read the events has gone: this one was not handed over, so the next
+                // `listen` shows it (the ones printed before stay handed over).
+                client.give_back_last();
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                return Err(CliError::new(
+                    "output_failed",
+                    1,
+                    format!("cannot write the event: {e}; it will be shown again"),
+                ));
+            }
+        };
         if args.once && done {
             return Ok(ExitCode::SUCCESS);
         }
     }
 }
 
-/// Prints one event; returns whether it counts for --once.
-fn print_event(client: &Client, event: &Event, out: &Out) -> bool {
-    match event {
+/// Prints one event; returns whether it counts for --once, or the write error.
+fn print_event(client: &Client, event: &Event, out: &Out) -> std::io::Result<bool> {
+    Ok(match event {
         Event::Message(m) => {
-            out.print(
+            out.try_print(
                 json!({
                     "event": "message",
                     "from": m.from.to_string(),
@@ -78,17 +93,17 @@ fn print_event(client: &Client, event: &Event, out: &Out) -> bool {
                         .unwrap_or_else(|| m.from.to_string()[..12].to_string());
                     format!("[{name}] {}", terminal_safe(&m.text))
                 },
-            );
+            )?;
             true
         }
         Event::PeerJoined { peer, fingerprint } => {
-            out.print(json!({"event": "peer_joined", "peer": peer.to_string(), "fingerprint": fingerprint}), || {
+            out.try_print(json!({"event": "peer_joined", "peer": peer.to_string(), "fingerprint": fingerprint}), || {
                 format!("peer joined: {peer}\nfingerprint: {fingerprint}  (compare it with theirs out of band)")
-            });
+            })?;
             true
         }
         Event::Rejected { from, reason } => {
-            out.print(
+            out.try_print(
                 json!({"event": "rejected", "from": from.to_string(), "reason": reason}),
                 || {
                     format!(
@@ -96,7 +111,7 @@ fn print_event(client: &Client, event: &Event, out: &Out) -> bool {
                         terminal_safe(reason)
                     )
                 },
-            );
+            )?;
             false
         }
         Event::SendDeferred {
@@ -105,32 +120,31 @@ fn print_event(client: &Client, event: &Event, out: &Out) -> bool {
             message,
             retry_after_ms,
         } => {
-            out.print(
+            out.try_print(
                 json!({"event": "send_deferred", "id": id.to_string(), "code": code, "message": message, "retry_after_ms": retry_after_ms}),
                 || format!("relay deferred message {id} ({code}); retrying in {retry_after_ms} ms"),
-            );
+            )?;
             false
         }
         Event::SendFailed { id, code, message } => {
-            out.print(json!({"event": "send_failed", "id": id.to_string(), "code": code, "message": message}), || {
+            out.try_print(json!({"event": "send_failed", "id": id.to_string(), "code": code, "message": message}), || {
                 format!("relay refused message {id}: {}", terminal_safe(message))
-            });
+            })?;
             false
         }
         Event::Connected => {
             if out.json {
-                println!(
-                    "{}",
-                    json!({"event": "connected", "relay": client.relay_url()})
-                );
+                crate::output::print_line(
+                    &json!({"event": "connected", "relay": client.relay_url()}).to_string(),
+                )?;
             }
             false
         }
         Event::Disconnected { reason } => {
-            out.print(json!({"event": "disconnected", "reason": reason}), || {
+            out.try_print(json!({"event": "disconnected", "reason": reason}), || {
                 format!("disconnected ({}); reconnecting", terminal_safe(reason))
-            });
+            })?;
             false
         }
-    }
+    })
 }

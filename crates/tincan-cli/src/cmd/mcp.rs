@@ -92,7 +92,9 @@ pub async fn run(home: Option<PathBuf>, args: McpArgs, out: &Out) -> Result<Exit
                 .local_addr()
                 .map_err(|e| CliError::internal(e.to_string()))?;
             // The actual address on stderr, so a caller that asked for port 0 can find it.
-            eprintln!("tincan mcp: Streamable HTTP on http://{local}/mcp");
+            crate::output::eprintln_safe(&format!(
+                "tincan mcp: Streamable HTTP on http://{local}/mcp"
+            ));
             tincan_mcp::serve_http(listener, hub, shutdown_signal())
                 .await
                 .map_err(mcp_err)?;

@@ -55,13 +55,15 @@ pub fn run(home: Option<PathBuf>, args: PeersArgs, out: &Out) -> Result<ExitCode
                         })
                     })
                     .collect();
-                println!("{}", json!({ "peers": list }));
+                crate::output::line(&json!({ "peers": list }).to_string());
             } else if peers.is_empty() {
-                println!("no peers yet: `tincan invite create` or `tincan invite accept '<url>'`");
+                crate::output::line(
+                    "no peers yet: `tincan invite create` or `tincan invite accept '<url>'`",
+                );
             } else {
                 for p in peers {
                     let policy = policies.get(&p.id).copied().unwrap_or_default();
-                    println!(
+                    crate::output::line(&format!(
                         "{}  {}  {}{}",
                         p.id,
                         p.alias.as_deref().unwrap_or("-"),
@@ -70,7 +72,7 @@ pub fn run(home: Option<PathBuf>, args: PeersArgs, out: &Out) -> Result<ExitCode
                             PeerPolicy::Default => String::new(),
                             other => format!("  [{}]", other.as_str()),
                         }
-                    );
+                    ));
                 }
             }
         }
