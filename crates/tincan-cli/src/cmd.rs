@@ -93,6 +93,24 @@ pub fn relay_for(home: &Home, flag: Option<String>) -> Result<String, CliError> 
     }
 }
 
+/// ` --home DIR` for a command line this command suggests, when the user chose the home with
+/// `--home` (not through `TINCAN_HOME`, which the suggested command inherits); else nothing.
+pub fn home_flag(home: &Option<PathBuf>) -> String {
+    match home {
+        Some(dir) if std::env::var_os("TINCAN_HOME").is_none() => {
+            let d = dir.display().to_string();
+            if d.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/._-~".contains(c))
+            {
+                format!(" --home {d}")
+            } else {
+                format!(" --home '{}'", d.replace('\'', "'\\''"))
+            }
+        }
+        _ => String::new(),
+    }
+}
+
 /// A duration in seconds in its largest whole unit: `604800` as `7d`, `5400` as `90m`.
 pub fn human_secs(s: u64) -> String {
     match s {
@@ -106,6 +124,21 @@ pub fn human_secs(s: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::human_secs;
+
+    #[test]
+    fn a_suggested_command_names_the_home_the_user_chose() {
+        if std::env::var_os("TINCAN_HOME").is_some() {
+            return; // the suggestion would rightly leave it out
+        }
+        assert_eq!(super::home_flag(&None), "");
+        let plain = Some(std::path::PathBuf::from("/tmp/agent-b"));
+        assert_eq!(super::home_flag(&plain), " --home /tmp/agent-b");
+        let spaced = Some(std::path::PathBuf::from("/tmp/my agent's home"));
+        assert_eq!(
+            super::home_flag(&spaced),
+            " --home '/tmp/my agent'\\''s home'"
+        );
+    }
 
     #[test]
     fn durations_print_in_their_largest_whole_unit() {

@@ -61,7 +61,31 @@ impl From<ClientError> for CliError {
             },
             _ => 1,
         };
-        Self::new(e.code(), exit, e.to_string())
+        let message = match &e {
+            ClientError::Unreachable { reason, .. } => format!("{e}; {}", unreachable_hint(reason)),
+            _ => e.to_string(),
+        };
+        Self::new(e.code(), exit, message)
+    }
+}
+
+/// What to do about a relay that cannot be reached, from what the attempt reported.
+fn unreachable_hint(reason: &str) -> &'static str {
+    let r = reason.to_ascii_lowercase();
+    if r.contains("refused") {
+        "nothing is listening there: is `tincan relay` running, and are host and port right?"
+    } else if r.contains("invalidcontenttype") || r.contains("corrupt message") {
+        "the relay there does not speak TLS: use an http:// URL"
+    } else if r.contains("http version") || r.contains("httparse") {
+        "the relay there speaks TLS: use an https:// URL"
+    } else if r.contains("certificate") || r.contains("unknownissuer") {
+        "its TLS certificate is not trusted here: point SSL_CERT_FILE at the CA that signed it"
+    } else if r.contains("timed out") {
+        "no answer in time: check the address, and any firewall or proxy in between"
+    } else if r.contains("dns") || r.contains("resolve") || r.contains("lookup") {
+        "the host name does not resolve: check the URL"
+    } else {
+        "check the URL and that a tincan relay runs there"
     }
 }
 
@@ -154,4 +178,30 @@ pub fn terminal_safe(text: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_relay_gets_a_hint_that_fits_what_failed() {
+        let hint = |reason: &str| unreachable_hint(reason);
+        assert!(hint("IO error: Connection refused (os error 111)").contains("tincan relay"));
+        assert!(hint("received corrupt message of type InvalidContentType").contains("http://"));
+        assert!(hint("httparse error: invalid HTTP version").contains("https://"));
+        assert!(hint("invalid peer certificate: UnknownIssuer").contains("SSL_CERT_FILE"));
+        assert!(hint("connect timed out").contains("firewall"));
+        let e = CliError::from(ClientError::Unreachable {
+            url: "http://127.0.0.1:1".into(),
+            reason: "IO error: Connection refused (os error 111)".into(),
+        });
+        assert_eq!((e.code.as_str(), e.exit), ("relay_unreachable", 5));
+        assert_eq!(
+            e.message.matches("cannot reach relay").count(),
+            1,
+            "{}",
+            e.message
+        );
+    }
 }

@@ -200,6 +200,10 @@ fn send_lines_sends_each_line_as_its_own_message_sealed_together() {
     assert_eq!((r.code, r.error_code().as_str()), (2, "usage"), "{r:?}");
     let r = c.run_stdin(&b, &["send", &a_id, "-", "--lines"], Some("\n \n"));
     assert_eq!((r.code, r.error_code().as_str()), (2, "bad_input"), "{r:?}");
+    let r = c.run(&b, &["send", &a_id, ""]);
+    assert_eq!((r.code, r.error_code().as_str()), (2, "bad_input"), "{r:?}");
+    let r = c.run_stdin(&b, &["send", &a_id, "-"], Some("\n"));
+    assert_eq!((r.code, r.error_code().as_str()), (2, "bad_input"), "{r:?}");
     let long = format!("ok\n{}\n", "x".repeat(70_000));
     let r = c.run_stdin(&b, &["send", &a_id, "-", "--lines"], Some(&long));
     assert_eq!((r.code, r.error_code().as_str()), (3, "too_long"), "{r:?}");
@@ -558,12 +562,26 @@ fn errors_are_json_with_codes_and_exit_codes() {
         (3, "unknown_peer"),
         "{r:?}"
     );
+    let started = std::time::Instant::now();
     let r = c.run(&a, &["invite", "create", "--relay", "http://127.0.0.1:1"]);
     assert_eq!(
         (r.code, r.error_code().as_str()),
         (5, "relay_unreachable"),
         "{r:?}"
     );
+    // Said once, with what to do, and without waiting out the whole connect timeout (10 s).
+    assert_eq!(r.stdout.matches("cannot reach relay").count(), 1, "{r:?}");
+    assert!(r.stdout.contains("is `tincan relay` running"), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(8), "{r:?}");
+    // A listen against a relay that is down says so, and fails if it never got through.
+    let r = c.run(
+        &a,
+        &["listen", "--relay", "http://127.0.0.1:1", "--timeout", "1"],
+    );
+    assert_eq!(r.code, 5, "{r:?}");
+    let ev = r.events();
+    assert_eq!(ev[0]["event"], "disconnected", "{r:?}");
+    assert_eq!(ev.last().unwrap()["error"]["code"], "relay_unreachable");
     let r = c.run(&a, &["invite", "create", "--relay", "ftp://x"]);
     assert_eq!(r.code, 5, "{r:?}");
     let r = c.run(&a, &["invite", "create", "--ttl", "soon"]);
@@ -698,4 +716,30 @@ fn listen_whose_output_is_closed_exits_quietly_and_hands_nothing_over() {
     let ev = r.events();
     assert!(ev.iter().any(|e| e["event"] == "peer_joined"), "{r:?}");
     assert_eq!(messages(&ev), ["first", "second"]);
+}
+
+#[test]
+fn relay_log_redirected_to_a_file_has_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("relay.log");
+    let port = tincan_testkit::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tincan"))
+        .args(["relay", "--listen", &format!("127.0.0.1:{port}"), "--db"])
+        .arg(dir.path().join("relay.db"))
+        .env_remove("NO_COLOR")
+        .env_remove("TINCAN_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut log = String::new();
+    while log.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        log = std::fs::read_to_string(&log_path).unwrap();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!log.is_empty(), "the relay logged nothing at startup");
+    assert!(!log.contains("\x1b["), "{log:?}");
 }

@@ -250,8 +250,21 @@ impl Client {
 
     /// Waits until connected.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<(), ClientError> {
+        self.wait_connected_within(timeout, u32::MAX).await
+    }
+
+    /// Like [`Client::wait_connected`], but gives up after `attempts` failed connection attempts
+    /// in a row, for a one-shot command whose user should hear at once that nothing answers
+    /// there (the attempts are 50 ms, 100 ms, 200 ms … apart). The client keeps retrying in the
+    /// background either way.
+    pub async fn wait_connected_within(
+        &self,
+        timeout: Duration,
+        attempts: u32,
+    ) -> Result<(), ClientError> {
         let mut rx = self.shared.state.subscribe();
         let url = self.shared.relay_url.clone();
+        let mut failed = 0u32;
         let wait = async {
             loop {
                 match rx.borrow_and_update().clone() {
@@ -262,7 +275,16 @@ impl Client {
                             reason,
                         });
                     }
-                    ConnState::Connecting(_) => {}
+                    ConnState::Connecting(Some(reason)) => {
+                        failed += 1;
+                        if failed >= attempts {
+                            return Err(ClientError::Unreachable {
+                                url: url.clone(),
+                                reason,
+                            });
+                        }
+                    }
+                    ConnState::Connecting(None) => {}
                 }
                 if rx.changed().await.is_err() {
                     return Err(ClientError::Closed);

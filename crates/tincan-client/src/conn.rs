@@ -72,10 +72,12 @@ pub(crate) async fn run(
         requests: Vec::new(),
     };
     let mut backoff = Duration::from_millis(50);
+    let mut failing = Failing::default();
     loop {
         match connect(&shared, opts.receive).await {
             Ok(ws) => {
                 backoff = Duration::from_millis(50);
+                failing = Failing::default();
                 report_connected(&shared, &events);
                 let end = Session::new(&shared, &events, opts.receive)
                     .run(ws, &mut cmd_rx, &mut pending)
@@ -110,9 +112,11 @@ pub(crate) async fn run(
                 return;
             }
             Err(e) => {
-                shared
-                    .state
-                    .send_replace(ConnState::Connecting(Some(e.to_string())));
+                let reason = match e {
+                    ClientError::Unreachable { reason, .. } => reason,
+                    e => e.to_string(),
+                };
+                failing.report(&shared, &events, reason);
             }
         }
         // Wait out the backoff, still taking requests so none is lost.
@@ -629,6 +633,27 @@ pub(crate) fn open_batch(
 pub(crate) fn report_connected(shared: &Shared, events: &Events) {
     shared.state.send_replace(ConnState::Connected);
     let _ = events.try_send((Event::Connected, None));
+}
+
+/// Failed connection attempts in a row. The application hears of the first, and of each change
+/// of reason, as [`Event::Disconnected`] (so a `listen` against a relay that is down says so
+/// instead of waiting in silence); every attempt updates the state. Shared by both transports.
+#[derive(Default)]
+pub(crate) struct Failing {
+    last: Option<String>,
+}
+
+impl Failing {
+    pub(crate) fn report(&mut self, shared: &Shared, events: &Events, reason: String) {
+        shared
+            .state
+            .send_replace(ConnState::Connecting(Some(reason.clone())));
+        if self.last.as_ref() != Some(&reason) {
+            tracing::info!(reason = %reason, "cannot connect to the relay; retrying");
+            self.last = Some(reason.clone());
+            let _ = events.try_send((Event::Disconnected { reason }, None));
+        }
+    }
 }
 
 /// Records that the connection dropped (the task reconnects) and tells the application.

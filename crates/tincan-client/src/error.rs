@@ -55,7 +55,9 @@ pub enum ClientError {
         reason: String,
     },
     /// The relay URL is not usable.
-    #[error("invalid relay URL '{0}': expected http://host:port or ws://host:port")]
+    #[error(
+        "invalid relay URL '{0}': expected http://host:port, https://host (a TLS relay), ws:// or wss://"
+    )]
     BadRelayUrl(String),
     /// The relay refused a request.
     #[error("relay refused: {message} ({code})")]

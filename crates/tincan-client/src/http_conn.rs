@@ -13,7 +13,7 @@ use tincan_proto::labels;
 use tokio::sync::mpsc;
 
 use crate::client::{Cmd, ConnState, Event, Shared};
-use crate::conn::{emit_unconsumed, open_batch, report_connected, report_lost};
+use crate::conn::{Failing, emit_unconsumed, open_batch, report_connected, report_lost};
 use crate::error::ClientError;
 use crate::home::{Incoming, now_ms};
 
@@ -163,10 +163,12 @@ pub(crate) async fn run(
     };
     let mut backoff = Duration::from_millis(50);
     let mut pending: Vec<Cmd> = Vec::new();
+    let mut failing = Failing::default();
     loop {
         match http.authenticate(&shared).await {
             Ok(()) => {
                 backoff = Duration::from_millis(50);
+                failing = Failing::default();
                 report_connected(&shared, &events);
                 let reason = session(
                     &shared,
@@ -195,12 +197,10 @@ pub(crate) async fn run(
                 return;
             }
             Err(CallError::Relay { message, code, .. }) => {
-                shared
-                    .state
-                    .send_replace(ConnState::Connecting(Some(format!("{message} ({code})"))));
+                failing.report(&shared, &events, format!("{message} ({code})"));
             }
             Err(CallError::Transport(e)) => {
-                shared.state.send_replace(ConnState::Connecting(Some(e)));
+                failing.report(&shared, &events, e);
             }
         }
         let sleep = tokio::time::sleep(backoff);

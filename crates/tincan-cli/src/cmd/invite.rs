@@ -13,6 +13,9 @@ use crate::cmd::{open_home, relay_for};
 use crate::output::{CliError, Out};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Failed connection attempts in a row after which `invite` gives up (about half a second): a
+/// relay that refuses now will not answer within the timeout either, and the user should know.
+const CONNECT_ATTEMPTS: u32 = 4;
 
 pub async fn run(home: Option<PathBuf>, cmd: InviteCmd, out: &Out) -> Result<ExitCode, CliError> {
     match cmd {
@@ -27,11 +30,14 @@ async fn create(
     ttl: u64,
     out: &Out,
 ) -> Result<ExitCode, CliError> {
+    let flag = crate::cmd::home_flag(&home);
     let h = open_home(home)?;
     let relay = relay_for(&h, relay)?;
     // Send-only connection: creating an invite must not take deliveries from a running listener.
-    let client =
-        Client::connect(h, &relay, ClientOptions { receive: false }, CONNECT_TIMEOUT).await?;
+    let client = Client::start(h, &relay, ClientOptions { receive: false })?;
+    client
+        .wait_connected_within(CONNECT_TIMEOUT, CONNECT_ATTEMPTS)
+        .await?;
     let draft = client.create_invite(ttl).await?;
     client.home().set_setting("relay", client.relay_url())?;
     let inv = draft.invite();
@@ -47,7 +53,7 @@ async fn create(
         }),
         || {
             format!(
-                "Invite (single use, expires in {}):\n\n  {url}\n\nThe other agent runs:\n  tincan invite accept '{url}'\nThen run `tincan listen` here to see them join.",
+                "Invite (single use, expires in {}):\n\n  {url}\n\nThe other agent runs:\n  tincan invite accept '{url}'\nThen run `tincan{flag} listen` here to see them join.",
                 crate::cmd::human_secs(ttl)
             )
         },
@@ -61,19 +67,17 @@ async fn accept(
     timeout: u64,
     out: &Out,
 ) -> Result<ExitCode, CliError> {
+    let flag = crate::cmd::home_flag(&home);
     let h = open_home(home)?;
     let invite = Invite::parse(url, now_secs()).map_err(tincan_client::ClientError::from)?;
     if invite.inviter.ed25519 == h.identity()?.peer_id() {
         return Err(tincan_client::ClientError::OwnInvite.into());
     }
     let timeout = Duration::from_secs(timeout);
-    let client = Client::connect(
-        h,
-        &invite.relay_url,
-        ClientOptions { receive: false },
-        timeout,
-    )
-    .await?;
+    let client = Client::start(h, &invite.relay_url, ClientOptions { receive: false })?;
+    client
+        .wait_connected_within(timeout, CONNECT_ATTEMPTS)
+        .await?;
     let peer = client.accept_invite(&invite, timeout).await?;
     client.home().set_setting("relay", client.relay_url())?;
     let fp = peer.fingerprint();
@@ -81,7 +85,7 @@ async fn accept(
         json!({"peer": peer.id.to_string(), "fingerprint": fp, "relay": peer.relay_url}),
         || {
             format!(
-                "Paired with {}\nfingerprint: {fp}  (compare it with theirs out of band)\nSend with: tincan send {} \"hello\"",
+                "Paired with {}\nfingerprint: {fp}  (compare it with theirs out of band)\nSend with: tincan{flag} send {} \"hello\"",
                 peer.id,
                 &peer.id.to_string()[..8]
             )

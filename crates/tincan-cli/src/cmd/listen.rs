@@ -21,6 +21,7 @@ pub async fn run(home: Option<PathBuf>, args: ListenArgs, out: &Out) -> Result<E
     if !out.json {
         crate::output::eprintln_safe(&format!("listening on {relay} (Ctrl-C to stop)"));
     }
+    let mut connected = false;
     loop {
         let next = async {
             match deadline {
@@ -33,7 +34,15 @@ pub async fn run(home: Option<PathBuf>, args: ListenArgs, out: &Out) -> Result<E
             _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
         };
         let Some(event) = event else {
-            // Timed out.
+            // Timed out. Never having reached the relay is the failure to report, not the quiet.
+            if !connected && let tincan_client::ConnState::Connecting(Some(reason)) = client.state()
+            {
+                return Err(tincan_client::ClientError::Unreachable {
+                    url: relay.clone(),
+                    reason,
+                }
+                .into());
+            }
             if args.once {
                 return Err(CliError::new(
                     "timeout",
@@ -50,6 +59,7 @@ pub async fn run(home: Option<PathBuf>, args: ListenArgs, out: &Out) -> Result<E
             };
             return Err(CliError::new("stopped", 1, reason));
         };
+        connected |= matches!(event, Event::Connected);
         let done = match print_event(&client, &event, out) {
             Ok(done) => done,
             Err(e) => {

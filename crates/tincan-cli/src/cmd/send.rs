@@ -48,6 +48,14 @@ pub async fn run(home: Option<PathBuf>, args: SendArgs, out: &Out) -> Result<Exi
             "stdin held no non-empty line: nothing to send".to_string(),
         ));
     }
+    if texts.iter().any(|t| t.trim().is_empty()) {
+        return Err(CliError::new(
+            "bad_input",
+            2,
+            "the message is empty: give the text as an argument, or \"-\" to read it from stdin"
+                .to_string(),
+        ));
+    }
     let peer = h.resolve_peer(&args.peer)?;
     // Sealed and queued before any network: a message is never lost to a relay outage. All or
     // nothing: a text over the size limit fails the command before anything is queued.
