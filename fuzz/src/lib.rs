@@ -32,7 +32,8 @@ pub fn invite(data: &[u8]) -> bool {
     assert_eq!(
         Invite::parse(&text, inv.expires_at),
         Err(InviteError::Expired {
-            expired_at: inv.expires_at
+            expired_at: inv.expires_at,
+            now: inv.expires_at,
         })
     );
     if let Some((_, token)) = text.trim().split_once('#') {

@@ -126,8 +126,11 @@ fn init_logging(cli: &Cli) {
             }
         }
     }
+    // Colour only for a person at a terminal: escape codes in a log file or journal are noise.
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if cli.log_json {
         builder.json().init();

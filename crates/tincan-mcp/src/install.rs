@@ -2,6 +2,7 @@
 //! what is there. Existing entries are kept; a file that does not parse is left untouched and
 //! reported; the previous version of a changed file is kept beside it as `<name>.bak`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
@@ -105,7 +106,11 @@ pub fn plan(
 }
 
 /// Writes the changes (only files that differ), keeping a `.bak` of each replaced file.
-pub fn apply(changes: &[Change]) -> Result<(), InstallError> {
+///
+/// Returns the backups it made, keyed by the file replaced; a file that did not exist before has
+/// none.
+pub fn apply(changes: &[Change]) -> Result<BTreeMap<PathBuf, PathBuf>, InstallError> {
+    let mut backups = BTreeMap::new();
     for c in changes.iter().filter(|c| c.changed) {
         let io = |source| InstallError::Io {
             path: c.path.display().to_string(),
@@ -117,7 +122,9 @@ pub fn apply(changes: &[Change]) -> Result<(), InstallError> {
         if c.path.exists() {
             let mut bak = c.path.clone().into_os_string();
             bak.push(".bak");
-            std::fs::copy(&c.path, PathBuf::from(bak)).map_err(io)?;
+            let bak = PathBuf::from(bak);
+            std::fs::copy(&c.path, &bak).map_err(io)?;
+            backups.insert(c.path.clone(), bak);
         }
         let mut tmp = c.path.clone().into_os_string();
         tmp.push(".tincan-tmp");
@@ -125,7 +132,7 @@ pub fn apply(changes: &[Change]) -> Result<(), InstallError> {
         std::fs::write(&tmp, &c.contents).map_err(io)?;
         std::fs::rename(&tmp, &c.path).map_err(io)?;
     }
-    Ok(())
+    Ok(backups)
 }
 
 fn read_opt(path: &Path) -> Result<Option<String>, InstallError> {
@@ -352,7 +359,7 @@ mod tests {
         )
         .unwrap();
         let changes = plan(ClientKind::Claude, &dirs(t.path()), &cmd()).unwrap();
-        apply(&changes).unwrap();
+        let backups = apply(&changes).unwrap();
         let v: Value =
             serde_json::from_str(&std::fs::read_to_string(t.path().join(".claude.json")).unwrap())
                 .unwrap();
@@ -371,9 +378,24 @@ mod tests {
             "/bin/tincan --home '/h 1' audit hook"
         );
         assert!(t.path().join(".claude.json.bak").exists());
+        assert_eq!(
+            backups.get(&t.path().join(".claude.json")),
+            Some(&t.path().join(".claude.json.bak"))
+        );
         // Again: nothing changes.
         let again = plan(ClientKind::Claude, &dirs(t.path()), &cmd()).unwrap();
         assert!(again.iter().all(|c| !c.changed), "{again:?}");
+    }
+
+    #[test]
+    fn a_fresh_home_gets_no_backups() {
+        let t = tempfile::tempdir().unwrap();
+        let changes = plan(ClientKind::Claude, &dirs(t.path()), &cmd()).unwrap();
+        assert!(changes.iter().all(|c| c.changed), "{changes:?}");
+        let backups = apply(&changes).unwrap();
+        assert!(backups.is_empty(), "{backups:?}");
+        assert!(t.path().join(".claude.json").exists());
+        assert!(!t.path().join(".claude.json.bak").exists());
     }
 
     #[test]

@@ -47,11 +47,48 @@ pub enum InviteError {
     #[error("invite has been tampered with: its signature does not match its content")]
     Tampered,
     /// The expiry has passed.
-    #[error("invite expired at unix time {expired_at}; ask the inviter for a new one")]
+    #[error(
+        "this invite expired {} (at {}); ask the inviter for a new one",
+        ago(.now.saturating_sub(*.expired_at)),
+        utc_minute(*.expired_at)
+    )]
     Expired {
         /// When it expired (unix seconds).
         expired_at: u64,
+        /// The time it was checked at (unix seconds).
+        now: u64,
     },
+}
+
+/// `secs` in the past, coarsely: "just now", "5 min ago", "3 h ago", "2 days ago".
+fn ago(secs: u64) -> String {
+    match secs {
+        0..60 => "just now".into(),
+        60..3600 => format!("{} min ago", secs / 60),
+        3600..172_800 => format!("{} h ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86_400),
+    }
+}
+
+/// A unix time as `YYYY-MM-DD HH:MM UTC`.
+fn utc_minute(unix: u64) -> String {
+    let (days, secs) = (unix / 86_400, unix % 86_400);
+    // Howard Hinnant's civil_from_days, shifted so the era starts on 0000-03-01; unsigned
+    // because times before 1970 cannot occur here. u64::MAX / 86_400 + 719_468 cannot overflow.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        secs / 3600,
+        secs % 3600 / 60
+    )
 }
 
 /// Normalises a relay URL the way invites carry it: trimmed, without a trailing slash.
@@ -226,6 +263,7 @@ impl Invite {
         if now >= invite.expires_at {
             return Err(InviteError::Expired {
                 expired_at: invite.expires_at,
+                now,
             });
         }
         Ok(invite)
@@ -311,9 +349,32 @@ mod tests {
         assert_eq!(
             Invite::parse(&url, NOW + 60),
             Err(InviteError::Expired {
-                expired_at: NOW + 60
+                expired_at: NOW + 60,
+                now: NOW + 60,
             })
         );
+        // 1_800_000_060 is 2027-01-15 08:01 UTC.
+        let err = Invite::parse(&url, NOW + 60 + 3 * 3600 + 59).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "this invite expired 3 h ago (at 2027-01-15 08:01 UTC); ask the inviter for a new one"
+        );
+    }
+
+    #[test]
+    fn expiry_times_read_as_dates() {
+        assert_eq!(utc_minute(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc_minute(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(utc_minute(1_795_469_729), "2026-11-23 21:35 UTC");
+        utc_minute(u64::MAX); // an expiry from the network: must not overflow
+        assert_eq!(utc_minute(4_102_444_799), "2099-12-31 23:59 UTC");
+        assert_eq!(ago(0), "just now");
+        assert_eq!(ago(59), "just now");
+        assert_eq!(ago(60), "1 min ago");
+        assert_eq!(ago(3599), "59 min ago");
+        assert_eq!(ago(3600), "1 h ago");
+        assert_eq!(ago(172_799), "47 h ago");
+        assert_eq!(ago(172_800), "2 days ago");
     }
 
     #[test]

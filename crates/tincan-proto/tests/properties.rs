@@ -188,7 +188,7 @@ proptest! {
         prop_assert_eq!(parsed.inviter.ed25519, inviter.peer_id());
         prop_assert_eq!(
             Invite::parse(&draft.url(), NOW + ttl),
-            Err(InviteError::Expired { expired_at: NOW + ttl })
+            Err(InviteError::Expired { expired_at: NOW + ttl, now: NOW + ttl })
         );
     }
 

@@ -1,11 +1,12 @@
 //! `tincan mcp`: the MCP server, and `tincan mcp install`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
-use tincan_mcp::install::{self, ClientKind, Dirs, ServerCommand};
+use tincan_mcp::install::{self, Change, ClientKind, Dirs, ServerCommand};
 use tincan_mcp::{Hub, HubConfig, McpError, PushLimit};
 
 use crate::cmd::{home_dir, open_home};
@@ -155,25 +156,69 @@ fn install_cmd(home: Option<PathBuf>, args: InstallArgs, out: &Out) -> Result<Ex
     let cmd = server_command(home)?;
     let changes = install::plan(kind, &dirs, &cmd)
         .map_err(|e| CliError::new("config_unusable", 3, e.to_string()))?;
-    if !args.print {
-        install::apply(&changes).map_err(|e| CliError::new("local_store", 1, e.to_string()))?;
-    }
+    let backups = if args.print {
+        BTreeMap::new()
+    } else {
+        install::apply(&changes).map_err(|e| CliError::new("local_store", 1, e.to_string()))?
+    };
     let files: Vec<_> = changes
         .iter()
         .map(|c| json!({"path": c.path.display().to_string(), "changed": c.changed, "snippet": c.snippet}))
         .collect();
     out.print(json!({"client": format!("{kind:?}").to_lowercase(), "written": !args.print, "files": files}), || {
-        let mut s = String::new();
-        for c in &changes {
-            if args.print {
-                s.push_str(&format!("# {} would get:\n{}\n", c.path.display(), c.snippet.trim_end()));
-            } else if c.changed {
-                s.push_str(&format!("updated {} (previous version in .bak)\n", c.path.display()));
-            } else {
-                s.push_str(&format!("{} already up to date\n", c.path.display()));
-            }
-        }
-        s.trim_end().to_string()
+        install_text(&changes, &backups, args.print)
     });
     Ok(ExitCode::SUCCESS)
+}
+
+/// The text report of `mcp install`: a backup is mentioned only where one was written.
+fn install_text(changes: &[Change], backups: &BTreeMap<PathBuf, PathBuf>, print: bool) -> String {
+    let mut s = String::new();
+    for c in changes {
+        let path = c.path.display();
+        if print {
+            s.push_str(&format!("# {path} would get:\n{}\n", c.snippet.trim_end()));
+        } else if !c.changed {
+            s.push_str(&format!("{path} already up to date\n"));
+        } else if let Some(bak) = backups.get(&c.path) {
+            s.push_str(&format!(
+                "updated {path} (previous version in {})\n",
+                bak.display()
+            ));
+        } else {
+            s.push_str(&format!("created {path}\n"));
+        }
+    }
+    s.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(path: &str, changed: bool) -> Change {
+        Change {
+            path: PathBuf::from(path),
+            contents: String::new(),
+            snippet: String::new(),
+            changed,
+        }
+    }
+
+    #[test]
+    fn install_text_mentions_a_backup_only_when_one_was_written() {
+        let changes = [
+            change("/h/new.json", true),
+            change("/h/old.json", true),
+            change("/h/same.json", false),
+        ];
+        let backups = BTreeMap::from([(
+            PathBuf::from("/h/old.json"),
+            PathBuf::from("/h/old.json.bak"),
+        )]);
+        assert_eq!(
+            install_text(&changes, &backups, false),
+            "created /h/new.json\nupdated /h/old.json (previous version in /h/old.json.bak)\n/h/same.json already up to date"
+        );
+    }
 }

@@ -11,7 +11,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use serde_json::json;
+use serde_json::{Value, json};
 use tincan_client::{Client, ClientOptions, Home, now_secs};
 
 use self::state::{RELAY, Room, SERVE, TUNNEL, log_tail, running, stop_process};
@@ -325,28 +325,37 @@ fn status(home: Option<PathBuf>, out: &Out) -> Result<ExitCode, CliError> {
             })
         })
         .collect();
-    out.print(json!({ "rooms": rooms }), || {
-        if rooms.is_empty() {
-            return "no rooms; open one with `tincan room open --on-message CMD`".into();
-        }
-        let mut s = String::new();
-        for r in &rooms {
-            s.push_str(&format!(
-                "port {} · relay pid {} ({}) · {} · up {}s · {} peers · {} received, {} replied{}\n",
-                r["port"],
-                r["relay_pid"],
-                if r["running"] == true { "running" } else { "stopped" },
-                r["public_url"].as_str().unwrap_or(""),
-                r["uptime_secs"],
-                r["peers"],
-                r["received"],
-                r["replied"],
-                if r["serving"] == true { " · serving" } else { "" },
-            ));
-        }
-        s.trim_end().to_string()
-    });
+    out.print(json!({ "rooms": rooms }), || status_text(&rooms));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The text form of `room status`: one line per room, with every counter the JSON has.
+fn status_text(rooms: &[Value]) -> String {
+    if rooms.is_empty() {
+        return "no rooms; open one with `tincan room open --on-message CMD`".into();
+    }
+    let count = |r: &Value, key: &str, word: &str| {
+        let n = r[key].as_u64().unwrap_or(0);
+        format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+    };
+    let mut s = String::new();
+    for r in rooms {
+        s.push_str(&format!(
+            "port {} · relay pid {} ({}) · {} · up {}s · {} · {} received, {} replied, {}, {} dropped{}\n",
+            r["port"],
+            r["relay_pid"],
+            if r["running"] == true { "running" } else { "stopped" },
+            r["public_url"].as_str().unwrap_or(""),
+            r["uptime_secs"],
+            count(r, "peers", "peer"),
+            r["received"],
+            r["replied"],
+            count(r, "handler_errors", "handler error"),
+            r["dropped"],
+            if r["serving"] == true { " · serving" } else { "" },
+        ));
+    }
+    s.trim_end().to_string()
 }
 
 fn stop(home: Option<PathBuf>, args: StopArgs, out: &Out) -> Result<ExitCode, CliError> {
@@ -404,4 +413,27 @@ fn stop(home: Option<PathBuf>, args: StopArgs, out: &Out) -> Result<ExitCode, Cl
 /// Quotes `s` for a POSIX shell.
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_text_counts_in_the_singular_and_shows_every_counter() {
+        let room = |peers: u64, errors: u64| {
+            json!({
+                "port": 8787, "relay_pid": 42, "running": true, "public_url": "http://h:8787",
+                "uptime_secs": 5, "peers": peers, "received": 3, "replied": 2,
+                "handler_errors": errors, "dropped": 1, "serving": true,
+            })
+        };
+        assert_eq!(
+            status_text(&[room(1, 1), room(2, 0)]),
+            "port 8787 · relay pid 42 (running) · http://h:8787 · up 5s · 1 peer · \
+             3 received, 2 replied, 1 handler error, 1 dropped · serving\n\
+             port 8787 · relay pid 42 (running) · http://h:8787 · up 5s · 2 peers · \
+             3 received, 2 replied, 0 handler errors, 1 dropped · serving"
+        );
+    }
 }
