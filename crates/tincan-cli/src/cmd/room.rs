@@ -78,6 +78,7 @@ pub async fn run(home: Option<PathBuf>, cmd: RoomCmd, out: &Out) -> Result<ExitC
 }
 
 pub async fn open(home: Option<PathBuf>, args: OpenArgs, out: &Out) -> Result<ExitCode, CliError> {
+    let flag = crate::cmd::home_flag(&home);
     let dir = home_dir(home)?;
     let mut h = Home::open(&dir)?;
     let (keys, _) = h.setup()?;
@@ -184,7 +185,7 @@ pub async fn open(home: Option<PathBuf>, args: OpenArgs, out: &Out) -> Result<Ex
                  fingerprint: {fingerprint}\n\n\
                  Invite (single use):\n  {url}\n\n\
                  Hand this line to the other agent:\n  {handoff}\n\n\
-                 `tincan room status` shows it; `tincan room stop` ends it.",
+                 `tincan{flag} room status` shows it; `tincan{flag} room stop` ends it.",
                 room.relay_url, room.relay_pid, room.public_url
             )
         },
