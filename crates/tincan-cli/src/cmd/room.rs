@@ -320,7 +320,10 @@ fn status(home: Option<PathBuf>, out: &Out) -> Result<ExitCode, CliError> {
                 "started_at": r.started_at, "uptime_secs": now.saturating_sub(r.started_at),
                 "peers": peers, "received": stats["received"].as_u64().unwrap_or(0),
                 "replied": stats["replied"].as_u64().unwrap_or(0),
+                "no_reply": stats["no_reply"].as_u64().unwrap_or(0),
                 "handler_errors": stats["handler_errors"].as_u64().unwrap_or(0),
+                "send_errors": stats["send_errors"].as_u64().unwrap_or(0),
+                "deferred": stats["deferred"].as_u64().unwrap_or(0),
                 "dropped": stats["dropped"].as_u64().unwrap_or(0),
                 "relay_log": r.relay_log().display().to_string(),
             })
@@ -342,16 +345,19 @@ fn status_text(rooms: &[Value]) -> String {
     let mut s = String::new();
     for r in rooms {
         s.push_str(&format!(
-            "port {} · relay pid {} ({}) · {} · up {}s · {} · {} received, {} replied, {}, {} dropped{}\n",
+            "port {} · relay pid {} ({}) · {} · up {} · {} · {} received, {} replied, {} without reply, {}, {}, {} deferred, {} dropped{}\n",
             r["port"],
             r["relay_pid"],
             if r["running"] == true { "running" } else { "stopped" },
             r["public_url"].as_str().unwrap_or(""),
-            r["uptime_secs"],
+            uptime(r["uptime_secs"].as_u64().unwrap_or(0)),
             count(r, "peers", "peer"),
             r["received"],
             r["replied"],
+            r["no_reply"].as_u64().unwrap_or(0),
             count(r, "handler_errors", "handler error"),
+            count(r, "send_errors", "send error"),
+            r["deferred"].as_u64().unwrap_or(0),
             r["dropped"],
             if r["serving"] == true { " · serving" } else { "" },
         ));
@@ -412,6 +418,17 @@ fn stop(home: Option<PathBuf>, args: StopArgs, out: &Out) -> Result<ExitCode, Cl
 }
 
 /// Quotes `s` for a POSIX shell.
+/// `5s`, `12m 5s`, `3h 2m`, `2d 4h`: the two largest units.
+fn uptime(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
@@ -427,14 +444,25 @@ mod tests {
                 "port": 8787, "relay_pid": 42, "running": true, "public_url": "http://h:8787",
                 "uptime_secs": 5, "peers": peers, "received": 3, "replied": 2,
                 "handler_errors": errors, "dropped": 1, "serving": true,
+                "no_reply": 4, "send_errors": errors, "deferred": 6,
             })
         };
         assert_eq!(
             status_text(&[room(1, 1), room(2, 0)]),
             "port 8787 · relay pid 42 (running) · http://h:8787 · up 5s · 1 peer · \
-             3 received, 2 replied, 1 handler error, 1 dropped · serving\n\
+             3 received, 2 replied, 4 without reply, 1 handler error, 1 send error, 6 deferred, \
+             1 dropped · serving\n\
              port 8787 · relay pid 42 (running) · http://h:8787 · up 5s · 2 peers · \
-             3 received, 2 replied, 0 handler errors, 1 dropped · serving"
+             3 received, 2 replied, 4 without reply, 0 handler errors, 0 send errors, 6 deferred, \
+             1 dropped · serving"
         );
+    }
+
+    #[test]
+    fn uptime_reads_in_its_two_largest_units() {
+        assert_eq!(uptime(5), "5s");
+        assert_eq!(uptime(725), "12m 5s");
+        assert_eq!(uptime(3 * 3600 + 125), "3h 2m");
+        assert_eq!(uptime(2 * 86_400 + 4 * 3600 + 59), "2d 4h");
     }
 }
