@@ -102,15 +102,15 @@ impl Out {
     }
 
     /// Prints a result: the JSON value under --json, else the text. If whatever reads the
-    /// output has gone (`| head -1`), the process ends quietly, as Unix tools do, instead of
-    /// panicking; commands whose output hands something over use [`Out::try_print`].
+    /// output has gone (`| head -1`), the rest of the output is dropped instead of panicking
+    /// (see `output_gone`); commands whose output hands something over use [`Out::try_print`].
     pub fn print(&self, value: Value, text: impl FnOnce() -> String) {
         if let Err(e) = self.try_print(value, text) {
             output_gone(&e);
         }
     }
 
-    /// [`Out::print`], returning a write error (a closed pipe included) instead of exiting.
+    /// [`Out::print`], returning a write error (a closed pipe included).
     pub fn try_print(&self, value: Value, text: impl FnOnce() -> String) -> std::io::Result<()> {
         let line = if self.json { value.to_string() } else { text() };
         print_line(&line)
@@ -133,28 +133,36 @@ impl Out {
     }
 }
 
-/// Prints one line to stdout, ending the process quietly if the reader has gone (see
-/// [`Out::print`]).
+/// Prints one line to stdout, dropping it if the reader has gone (see [`Out::print`]).
 pub fn line(text: &str) {
     if let Err(e) = print_line(text) {
         output_gone(&e);
     }
 }
 
-/// Ends the process after a failed write to stdout: quietly (exit 0) when the reader closed the
-/// pipe, with a note and exit 1 otherwise.
-fn output_gone(e: &std::io::Error) -> ! {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(0);
+/// Set once stdout has failed; later output is dropped.
+static OUTPUT_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// After a failed write to stdout the command goes on without output (quietly when the reader
+/// closed the pipe, with one note otherwise), so it still finishes its work and cleans up (a
+/// `demo` removes its temporary directory, a home writes its deferred marks) instead of dying
+/// halfway.
+fn output_gone(e: &std::io::Error) {
+    let first = !OUTPUT_GONE.swap(true, std::sync::atomic::Ordering::Relaxed);
+    if first && e.kind() != std::io::ErrorKind::BrokenPipe {
+        eprintln_safe(&format!(
+            "error: cannot write the output: {e}; going on without it"
+        ));
     }
-    eprintln_safe(&format!("error: cannot write the output: {e}"));
-    std::process::exit(1)
 }
 
 /// Writes one line to stdout and flushes it; unlike `println!`, a closed pipe is an error, not a
 /// panic.
 pub fn print_line(line: &str) -> std::io::Result<()> {
     use std::io::Write;
+    if OUTPUT_GONE.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(std::io::ErrorKind::BrokenPipe.into());
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")?;
     out.flush()

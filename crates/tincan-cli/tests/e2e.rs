@@ -743,3 +743,22 @@ fn relay_log_redirected_to_a_file_has_no_colour_codes() {
     assert!(!log.is_empty(), "the relay logged nothing at startup");
     assert!(!log.contains("\x1b["), "{log:?}");
 }
+
+#[test]
+fn demo_whose_output_is_closed_still_finishes_and_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tincan"))
+        .args(["demo", "--json"])
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "the demo left {left:?}");
+}
