@@ -106,7 +106,8 @@ pub enum Event {
     },
     /// Connected and authenticated.
     Connected,
-    /// The connection dropped; the client is reconnecting.
+    /// The connection dropped, or an attempt to connect failed (reported for the first failed
+    /// attempt and again only when the reason changes); the client keeps trying.
     Disconnected {
         /// Why.
         reason: String,
