@@ -179,7 +179,7 @@ pub fn eprintln_safe(line: &str) {
 pub fn terminal_safe(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_control() && c != '\n' && c != '\t' {
+        if (c.is_control() && c != '\n' && c != '\t') || invisible_format(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -188,9 +188,42 @@ pub fn terminal_safe(text: &str) -> String {
     out
 }
 
+/// Characters that change how text around them is shown without being visible themselves:
+/// bidirectional overrides and isolates (which can make a line read backwards), zero-width
+/// characters and the byte-order mark.
+fn invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}'
+        | '\u{FEFF}')
+}
+
+/// A peer's text for a terminal, every line under `tag` (e.g. `[alice]`): made safe with
+/// [`terminal_safe`], and a line break in the text cannot start a line that looks like another
+/// peer's message, because each continuation line carries the same tag.
+pub fn tagged_lines(tag: &str, text: &str) -> String {
+    terminal_safe(text)
+        .split('\n')
+        .map(|line| format!("{tag} {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_text_cannot_forge_a_line_or_hide_itself() {
+        let shown = tagged_lines("[b]", "line1\n[a] fake line\u{202E}RTL\u{1b}[31m");
+        assert_eq!(
+            shown, "[b] line1\n[b] [a] fake line\\u{202e}RTL\\u{1b}[31m",
+            "every line is b's, the override and the escape are shown, not obeyed"
+        );
+        for c in ['\u{200B}', '\u{2066}', '\u{FEFF}', '\r', '\u{7}'] {
+            assert!(!terminal_safe(&format!("x{c}y")).contains(c), "{c:?}");
+        }
+        assert_eq!(terminal_safe("tab\tand é ✓"), "tab\tand é ✓");
+    }
 
     #[test]
     fn an_unreachable_relay_gets_a_hint_that_fits_what_failed() {

@@ -101,7 +101,7 @@ fn print_event(client: &Client, event: &Event, out: &Out) -> std::io::Result<boo
                         .from_name
                         .clone()
                         .unwrap_or_else(|| m.from.to_string()[..12].to_string());
-                    format!("[{name}] {}", terminal_safe(&m.text))
+                    crate::output::tagged_lines(&format!("[{name}]"), &m.text)
                 },
             )?;
             true

@@ -156,7 +156,7 @@ impl<'a> Server<'a> {
         let name = display(&peer.id, &peer.alias);
         self.emit(
             json!({"event": "seeded", "to": peer.id.to_string(), "id": id.to_string(), "turn": 1, "text": text}),
-            || format!("-> [{name}] {}", terminal_safe(text)),
+            || crate::output::tagged_lines(&format!("-> [{name}]"), text),
         );
         Ok(())
     }
@@ -234,7 +234,7 @@ impl<'a> Server<'a> {
         let id = m.id.to_string();
         self.emit(
             json!({"event": "received", "from": from, "from_name": m.from_name, "id": id, "turn": turn, "text": m.text, "sent_at": m.sent_at}),
-            || format!("<- [{name}] {}", terminal_safe(&m.text)),
+            || crate::output::tagged_lines(&format!("<- [{name}]"), &m.text),
         );
         let p = self.peer(m.from, None);
         if p.ended || max_turns.is_some_and(|max| turn >= max) {
@@ -380,7 +380,7 @@ impl<'a> Server<'a> {
                 self.stats.replied += 1;
                 self.emit(
                     json!({"event": "replied", "to": from, "id": reply_id.to_string(), "in_reply_to": id, "turn": reply_turn, "text": text, "ms": ms}),
-                    || format!("-> [{name}] {}", terminal_safe(&text)),
+                    || crate::output::tagged_lines(&format!("-> [{name}]"), &text),
                 );
             }
             Err(e) => {
