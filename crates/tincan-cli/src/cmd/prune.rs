@@ -51,7 +51,7 @@ pub fn run(home: Option<PathBuf>, args: PruneArgs, out: &Out) -> Result<ExitCode
             }
             if !p.wal_truncated {
                 lines.push(
-                    "another process has this home open, so the old text may stay in tincan.db-wal until it is reused; run prune again when that process has stopped".into(),
+                    "another process using this home was reading it, so the old text may stay in tincan.db-wal until it is reused; run prune again later".into(),
                 );
             }
             lines.join("\n")

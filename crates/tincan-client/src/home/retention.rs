@@ -47,11 +47,21 @@ impl Home {
         let result = self.prune_rows(before_ms as i64, now_ms as i64);
         self.conn.pragma_update(None, "secure_delete", was)?;
         let mut pruned = result?;
-        // `busy` is 1 when a reader kept the checkpoint from finishing.
-        let busy: i64 = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-        pruned.wal_truncated = busy == 0;
+        // `busy` is 1 when a reader, or this home's own background checkpoint running at that
+        // moment (which SQLite does not wait for), kept the checkpoint from finishing: a few
+        // tries over half a second get past the latter.
+        for attempt in 0..25 {
+            let busy: i64 = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+            pruned.wal_truncated = busy == 0;
+            if pruned.wal_truncated {
+                break;
+            }
+            if attempt < 24 {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
         Ok(pruned)
     }
 
