@@ -762,3 +762,41 @@ fn demo_whose_output_is_closed_still_finishes_and_cleans_up() {
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "the demo left {left:?}");
 }
+
+#[test]
+fn relay_start_problems_get_their_own_codes_and_say_what_to_do() {
+    let w = World::new();
+    let c = cli();
+    let home = w.home("unused");
+    let db = w.dir.path().join("second.db");
+    let db = db.to_str().unwrap();
+    let r = c.run(&home, &["relay", "--listen", "127.0.0.1:99999", "--db", db]);
+    assert_eq!((r.code, r.error_code().as_str()), (2, "usage"), "{r:?}");
+    let missing = w.dir.path().join("no/such/dir/r.db");
+    let r = c.run(
+        &home,
+        &[
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            missing.to_str().unwrap(),
+        ],
+    );
+    assert_eq!((r.code, r.error_code().as_str()), (2, "bad_db"), "{r:?}");
+    assert!(r.stdout.contains("does not exist"), "{r:?}");
+    // The World's relay holds its port and its database.
+    let port = w.relay.url().rsplit(':').next().unwrap().to_string();
+    let busy = format!("127.0.0.1:{port}");
+    let r = c.run(&home, &["relay", "--listen", &busy, "--db", db]);
+    assert_eq!(
+        (r.code, r.error_code().as_str()),
+        (2, "port_in_use"),
+        "{r:?}"
+    );
+    let taken = w.relay.db.to_str().unwrap().to_string();
+    let r = c.run(&home, &["relay", "--listen", "127.0.0.1:0", "--db", &taken]);
+    let err = r.events().last().cloned().unwrap();
+    assert_eq!(err["error"]["code"], "db_in_use", "{r:?}");
+    assert_eq!(r.code, 2, "{r:?}");
+}

@@ -60,6 +60,19 @@ pub enum StoreError {
     /// An earlier command's failure rolled back the batch this command was in.
     #[error("the store transaction was rolled back by an earlier failure")]
     RolledBack,
+    /// Another relay (another process, or another store in this one) has the database open.
+    #[error(
+        "another relay is using {0} (its lock file {0}.lock is held): stop that relay, or give this one another --db"
+    )]
+    InUse(String),
+    /// The lock file next to the database could not be created or locked.
+    #[error("cannot use the lock file {path}: {error}")]
+    LockFile {
+        /// The lock file.
+        path: String,
+        /// What failed.
+        error: std::io::Error,
+    },
     /// The database was written by a newer relay.
     #[error(
         "the relay database has layout {found}, newer than this relay supports ({supported}); upgrade tincan or use another --db"
@@ -159,6 +172,29 @@ pub struct Store {
     tx: std_mpsc::Sender<Cmd>,
 }
 
+/// Takes the exclusive lock that marks `db` as in use by this relay (`<db>.lock`, created if
+/// needed; the lock, not the file, is what counts, so a file left by a crashed relay is no
+/// obstacle).
+fn lock_db(db: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let failed = |error| StoreError::LockFile {
+        path: std::path::Path::new(&name).display().to_string(),
+        error,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&name)
+        .map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse(db.display().to_string())),
+        Err(std::fs::TryLockError::Error(e)) => Err(failed(e)),
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the database and starts the writer thread.
     pub(crate) fn open(
@@ -166,6 +202,9 @@ impl Store {
         router: Arc<Router>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
+        // One relay per database: two writers would each keep their own in-memory index and
+        // sequence counter over the same rows.
+        let lock = lock_db(&config.db_path)?;
         let mut conn = Connection::open(&config.db_path)?;
         // A corrupt or foreign file fails here with SQLite's own words ("file is not a database").
         conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))?;
@@ -211,6 +250,7 @@ impl Store {
             write_behind: config.write_behind,
             closing: false,
             _checkpoints: checkpoints,
+            _lock: lock,
         };
         thread::Builder::new()
             .name("tincan-store".into())
@@ -435,6 +475,8 @@ struct Worker {
     /// The relay is closing: write everything pending with this batch.
     closing: bool,
     _checkpoints: Checkpointer,
+    /// Held (an exclusive advisory lock on `<db>.lock`) for as long as the store is open.
+    _lock: std::fs::File,
 }
 
 /// Most messages, and most body bytes, waiting unwritten at once (their bodies are in memory);
@@ -561,11 +603,13 @@ impl Worker {
         let Worker {
             conn,
             _checkpoints: checkpoints,
+            _lock: lock,
             ..
         } = self;
         drop(checkpoints);
         let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
         drop(conn);
+        drop(lock);
         if let Some(done) = close {
             let _ = done.send(());
         }

@@ -414,3 +414,23 @@ async fn a_stopped_relay_has_closed_its_database_files() {
         .unwrap();
     assert_eq!(queued, 1, "the undelivered message is in the database file");
 }
+
+#[tokio::test]
+async fn a_second_relay_on_the_same_database_is_refused_until_the_first_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.db");
+    let first = InProcessRelay::start(Config::new(db.clone())).await;
+    let (a, b) = (Identity::generate(), Identity::generate());
+    pair(&first.url, &a, &b).await; // the first relay is up and holds the database
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second = tincan_relay::run(listener, Config::new(db.clone()), async {}).await;
+    let err = second.expect_err("two relays on one database").to_string();
+    assert!(err.contains("another relay is using"), "{err}");
+    // The first one still works.
+    let mut c = RawConn::authed(&first.url, &a, false).await;
+    send(&mut c, 1, [1; 16], &b, b"still here".to_vec()).await;
+    first.stop().await;
+    // Stopping it releases the database at once.
+    let again = InProcessRelay::start(Config::new(db)).await;
+    again.stop().await;
+}

@@ -179,16 +179,45 @@ pub async fn run(args: RelayArgs, out: &Out) -> Result<ExitCode, CliError> {
         _ => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    if let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        return Err(CliError::new(
+            "bad_db",
+            2,
+            format!(
+                "the directory for --db {} does not exist: create it, or choose another path",
+                db.display()
+            ),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| {
-        CliError::new(
-            "listen_failed",
-            1,
-            format!("cannot listen on {listen}: {e} (is another relay running on that port?)"),
-        )
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            CliError::new(
+                "port_in_use",
+                2,
+                format!("cannot listen on {listen}: the port is in use (another relay?); stop it or choose another --listen port"),
+            )
+        } else if e.kind() == std::io::ErrorKind::InvalidInput {
+            CliError::new(
+                "usage",
+                2,
+                format!("--listen {listen} is not an address to listen on ({e}); use host:port, e.g. 127.0.0.1:8787"),
+            )
+        } else {
+            CliError::new("listen_failed", 1, format!("cannot listen on {listen}: {e}"))
+        }
     })?;
     let addr = listener
         .local_addr()
         .map_err(|e| CliError::internal(e.to_string()))?;
+    if !addr.ip().is_loopback() && tls.is_none() {
+        crate::output::eprintln_safe(&format!(
+            "warning: listening on {addr} without TLS: messages stay end-to-end encrypted, but \
+             tokens, ids and timing cross the network in the clear; give --tls-cert/--tls-key or \
+             put a TLS proxy in front (README: Running a relay)"
+        ));
+    }
     let limits = json!({
         "max_body": config.max_body,
         "queue_cap": config.queue_cap,
@@ -215,12 +244,18 @@ pub async fn run(args: RelayArgs, out: &Out) -> Result<ExitCode, CliError> {
         json!({"event": "listening", "addr": addr.to_string(), "url": format!("{scheme}://{addr}"), "db": db.display().to_string(), "limits": limits}),
         || format!("tincan relay listening on {scheme}://{addr} (db: {})", db.display()),
     );
-    served.await.map_err(|e| {
-        CliError::new(
+    served.await.map_err(|e| match e {
+        tincan_relay::RelayError::Store(e @ tincan_relay::store::StoreError::InUse(_)) => {
+            CliError::new("db_in_use", 2, e.to_string())
+        }
+        e => CliError::new(
             "relay_failed",
             1,
-            format!("relay stopped: {e}. If the database is locked, another relay uses it; if it is corrupt, move {} aside", db.display()),
-        )
+            format!(
+                "relay stopped: {e}. If the database is corrupt, move {} aside (and its -wal file) and start again",
+                db.display()
+            ),
+        ),
     })?;
     Ok(ExitCode::SUCCESS)
 }
