@@ -800,3 +800,55 @@ fn relay_start_problems_get_their_own_codes_and_say_what_to_do() {
     assert_eq!(err["error"]["code"], "db_in_use", "{r:?}");
     assert_eq!(r.code, 2, "{r:?}");
 }
+
+#[test]
+fn listen_on_a_home_whose_inbox_is_corrupt_stops_and_loses_nothing() {
+    let (_w, c, a, b, a_id) = two_paired();
+    let r = c.run(&a, &["listen", "--timeout", "1"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = c.run(&b, &["send", &a_id, "kept at the relay"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // Overwrite the pages of A's inbox table in place; identity and peers stay readable.
+    let db = a.join("tincan.db");
+    let (pages, page_size) = {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        let size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        let mut stmt = conn
+            .prepare("SELECT pageno FROM dbstat WHERE name = 'inbox'")
+            .unwrap();
+        let pages: Vec<i64> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        (pages, size as usize)
+    };
+    assert!(!pages.is_empty());
+    let backup = std::fs::read(&db).unwrap();
+    let mut bytes = backup.clone();
+    for p in &pages {
+        let at = (*p as usize - 1) * page_size;
+        bytes[at..at + page_size].fill(0xA5);
+    }
+    std::fs::write(&db, &bytes).unwrap();
+
+    let started = std::time::Instant::now();
+    let r = c.run(&a, &["listen", "--timeout", "20"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "it stopped instead of retrying until the timeout: {r:?}"
+    );
+    let last = r.events().last().cloned().unwrap();
+    assert_eq!(last["error"]["code"], "stopped", "{r:?}");
+    let why = last["error"]["message"].as_str().unwrap();
+    assert!(why.contains("cannot store messages"), "{why}");
+    // Nothing was acked: with the database restored, the message arrives.
+    std::fs::write(&db, &backup).unwrap();
+    let r = c.run(&a, &["listen", "--timeout", "2"]);
+    assert_eq!(messages(&r.events()), ["kept at the relay"], "{r:?}");
+}

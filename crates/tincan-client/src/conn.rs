@@ -95,6 +95,12 @@ pub(crate) async fn run(
                         tracing::info!(reason = %reason, "disconnected from relay");
                         report_lost(&shared, &events, reason);
                     }
+                    End::Broken(reason) => {
+                        tracing::error!(reason = %reason, "stopped");
+                        shared.state.send_replace(ConnState::Failed(reason.clone()));
+                        let _ = events.try_send((Event::Disconnected { reason }, None));
+                        return;
+                    }
                 }
             }
             Err(ClientError::Relay {
@@ -231,6 +237,9 @@ async fn next_frame(ws: &mut Ws) -> Result<RelayFrame, ClientError> {
 enum End {
     Stop,
     Lost(String),
+    /// The home cannot go on (its database is corrupt or unwritable): stop instead of
+    /// reconnecting and failing again forever.
+    Broken(String),
     /// Another connection authenticated as this identity to receive: do not fight over it.
     Replaced,
 }
@@ -575,7 +584,13 @@ impl<'a> Session<'a> {
             Err(e) => {
                 // Nothing was stored, nothing is acked: the relay redelivers after reconnect.
                 tracing::error!(error = %e, "cannot store incoming messages");
-                return Err(End::Lost(format!("local store error: {e}")));
+                if e.is_broken_store() {
+                    return Err(End::Broken(format!(
+                        "{e}: this home cannot store messages; nothing was lost (the relay keeps \
+                         them), but the database needs repair or restoring from a backup"
+                    )));
+                }
+                return Err(End::Lost(e.to_string()));
             }
         };
         if self.acks_due.is_some() && self.shared.home().acks_pending() == 0 {

@@ -92,6 +92,23 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether this is the home's database failing in a way that waiting will not cure: the
+    /// file is corrupt, is not a database, or cannot be opened or written. (Busy, locked or full
+    /// databases are worth another try.)
+    pub fn is_broken_store(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        matches!(
+            self,
+            Self::Store(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(
+                    f.code,
+                    C::DatabaseCorrupt | C::NotADatabase | C::CannotOpen | C::ReadOnly | C::PermissionDenied
+                )
+        )
+    }
+}
+
+impl ClientError {
     /// A stable snake_case code for JSON output.
     pub fn code(&self) -> &'static str {
         match self {

@@ -452,7 +452,7 @@ async fn open_rows(
     if seqs.is_empty() {
         return Ok(last);
     }
-    let opened = open_batch(shared, &batch).map_err(|e| format!("local store error: {e}"))?;
+    let opened = open_batch(shared, &batch).map_err(|e| e.to_string())?;
     http.call(
         reqwest::Method::POST,
         "/v1/ack",
