@@ -852,3 +852,38 @@ fn listen_on_a_home_whose_inbox_is_corrupt_stops_and_loses_nothing() {
     let r = c.run(&a, &["listen", "--timeout", "2"]);
     assert_eq!(messages(&r.events()), ["kept at the relay"], "{r:?}");
 }
+
+#[test]
+fn a_send_the_relay_defers_says_when_to_come_back_and_stays_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start_with(
+        Path::new(env!("CARGO_BIN_EXE_tincan")),
+        dir.path(),
+        &["--rate-per-identity", "0.2", "--burst-per-identity", "4"],
+    );
+    let c = cli();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let a_id = c.setup(&a);
+    c.setup(&b);
+    c.pair(&a, &b, &relay.url()); // B: claim + join, two of its four
+    let mut deferred = None;
+    for i in 0..4 {
+        let r = c.run(&b, &["send", &a_id, &format!("m{i}")]);
+        if r.code != 0 {
+            deferred = Some(r);
+            break;
+        }
+    }
+    let r = deferred.expect("a send over the limit is deferred");
+    assert_eq!(
+        (r.code, r.error_code().as_str()),
+        (7, "rate_limited"),
+        "{r:?}"
+    );
+    let err = &r.json()["error"];
+    assert_eq!(err["status"], "queued", "{r:?}");
+    assert!(err["retry_after_ms"].as_u64().unwrap() > 0, "{r:?}");
+    let message = err["message"].as_str().unwrap();
+    assert!(message.contains("accepts in about"), "{message}");
+    assert!(!message.contains("is retried in"), "{message}");
+}

@@ -15,17 +15,25 @@ pub struct RelayProcess {
     pub db: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    /// Further `relay` arguments (limits), kept for restarts.
+    args: Vec<String>,
 }
 
 impl RelayProcess {
     /// Starts `bin relay` on a free port with its database in `dir`.
     pub fn start(bin: &Path, dir: &Path) -> Self {
+        Self::start_with(bin, dir, &[])
+    }
+
+    /// [`RelayProcess::start`] with further `relay` arguments, e.g. `["--rate-per-identity", "1"]`.
+    pub fn start_with(bin: &Path, dir: &Path, args: &[&str]) -> Self {
         let mut r = Self {
             bin: bin.to_path_buf(),
             port: crate::free_port(),
             db: dir.join("relay.db"),
             child: None,
             log: dir.join("relay.log"),
+            args: args.iter().map(ToString::to_string).collect(),
         };
         r.spawn();
         r
@@ -56,6 +64,7 @@ impl RelayProcess {
                 "--db",
             ])
             .arg(&self.db)
+            .args(&self.args)
             .env("TINCAN_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(log)

@@ -96,20 +96,36 @@ pub async fn run(home: Option<PathBuf>, args: SendArgs, out: &Out) -> Result<Exi
             | ClientError::Timeout(_)
             | ClientError::Deferred { .. }),
         ) => {
-            let err: CliError = e.into();
             let what = match ids.len() {
                 1 => format!("the message is queued ({id}) and goes"),
                 n => format!("the {n} messages are queued and go"),
             };
-            Err(CliError::new(
-                &err.code,
-                err.exit,
-                format!(
+            let mut extra = ids_json("queued");
+            // This process ends now, so the client's own retry does not happen here: say when a
+            // next run may succeed instead.
+            let deferred = match &e {
+                ClientError::Deferred {
+                    code,
+                    message,
+                    retry_after_ms,
+                } => Some((code.as_str(), message.clone(), *retry_after_ms)),
+                _ => None,
+            };
+            let err: CliError = e.into();
+            let said = match deferred {
+                Some((code, message, ms)) => {
+                    extra["retry_after_ms"] = json!(ms);
+                    format!(
+                        "relay deferred the message: {message} ({code}); {what} out with the next \
+                         `tincan send` or `tincan listen`, which the relay accepts in about {ms} ms"
+                    )
+                }
+                None => format!(
                     "{}; {what} out with the next `tincan send` or `tincan listen`",
                     err.message
                 ),
-            )
-            .with(ids_json("queued")))
+            };
+            Err(CliError::new(&err.code, err.exit, said).with(extra))
         }
         Err(e) => Err(e.into()),
     }
