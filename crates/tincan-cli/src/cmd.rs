@@ -67,16 +67,41 @@ pub fn home_dir(home: Option<PathBuf>) -> Result<PathBuf, CliError> {
 /// Opens the home, requiring an identity.
 pub fn open_home(home: Option<PathBuf>) -> Result<Home, CliError> {
     let dir = home_dir(home)?;
-    if !dir.join("tincan.db").exists() {
-        return Err(CliError::new(
-            "no_identity",
-            3,
-            format!("no identity in {}; run `tincan setup` first", dir.display()),
-        ));
+    match std::fs::metadata(dir.join("tincan.db")) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CliError::new(
+                "no_identity",
+                3,
+                format!("no identity in {}; run `tincan setup` first", dir.display()),
+            ));
+        }
+        // A home this user cannot enter is not a home without an identity.
+        Err(e) => return Err(home_unusable(&dir, &e)),
     }
-    let home = Home::open(&dir)?;
+    let home = open_dir(&dir)?;
     home.identity()?;
     Ok(home)
+}
+
+/// [`Home::open`], naming the directory when its files cannot be read or written.
+pub fn open_dir(dir: &std::path::Path) -> Result<Home, CliError> {
+    Home::open(dir).map_err(|e| match e {
+        tincan_client::ClientError::Io(io) => home_unusable(dir, &io),
+        e => e.into(),
+    })
+}
+
+fn home_unusable(dir: &std::path::Path, e: &std::io::Error) -> CliError {
+    CliError::new(
+        "home_unusable",
+        3,
+        format!(
+            "cannot use the home {}: {e}; it must be a directory this user owns and can write \
+             (tincan keeps it at mode 0700)",
+            dir.display()
+        ),
+    )
 }
 
 /// The relay to use: the flag, else the home's last relay.

@@ -547,6 +547,19 @@ fn send_while_relay_is_down_is_queued_then_delivered() {
 fn errors_are_json_with_codes_and_exit_codes() {
     let w = World::new();
     let c = cli();
+    // A home path that cannot be a directory is unusable, not a home without an identity; the
+    // error names it.
+    let file = w.home("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    for cmd in ["whoami", "setup"] {
+        let r = c.run(&file, &[cmd]);
+        assert_eq!(
+            (r.code, r.error_code().as_str()),
+            (3, "home_unusable"),
+            "{r:?}"
+        );
+        assert!(r.stdout.contains("a-file"), "{r:?}");
+    }
     let nobody = w.home("nobody");
     let r = c.run(&nobody, &["whoami"]);
     assert_eq!(

@@ -80,7 +80,7 @@ pub async fn run(home: Option<PathBuf>, cmd: RoomCmd, out: &Out) -> Result<ExitC
 pub async fn open(home: Option<PathBuf>, args: OpenArgs, out: &Out) -> Result<ExitCode, CliError> {
     let flag = crate::cmd::home_flag(&home);
     let dir = home_dir(home)?;
-    let mut h = Home::open(&dir)?;
+    let mut h = crate::cmd::open_dir(&dir)?;
     let (keys, _) = h.setup()?;
     let cloudflared = if args.tunnel {
         Some(tunnel::find_cloudflared()?)

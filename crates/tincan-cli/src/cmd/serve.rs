@@ -19,7 +19,7 @@ use clap::Args;
 use serde_json::json;
 use tincan_client::tincan_proto::envelope::MAX_TEXT;
 use tincan_client::tincan_proto::invite::Invite;
-use tincan_client::{Client, ClientError, ClientOptions, Home, now_secs};
+use tincan_client::{Client, ClientError, ClientOptions, now_secs};
 
 use crate::cli::parse_duration;
 use crate::cmd::{home_dir, open_home, relay_for};
@@ -123,7 +123,7 @@ async fn join(
     home: Option<PathBuf>,
     url: &str,
 ) -> Result<(Client, tincan_client::PeerRecord), CliError> {
-    let mut h = Home::open(&home_dir(home)?)?;
+    let mut h = crate::cmd::open_dir(&home_dir(home)?)?;
     h.setup()?;
     let invite = Invite::parse(url, now_secs()).map_err(ClientError::from)?;
     if invite.inviter.ed25519 == h.identity()?.peer_id() {

@@ -4,14 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use serde_json::json;
-use tincan_client::Home;
 
 use crate::cmd::{home_dir, open_home};
 use crate::output::{CliError, Out};
 
 pub fn setup(home: Option<PathBuf>, out: &Out) -> Result<ExitCode, CliError> {
     let dir = home_dir(home)?;
-    let mut h = Home::open(&dir)?;
+    let mut h = crate::cmd::open_dir(&dir)?;
     let (keys, created) = h.setup()?;
     let id = keys.ed25519.to_string();
     let fp = keys.fingerprint();
