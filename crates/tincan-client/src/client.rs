@@ -85,6 +85,8 @@ pub enum Event {
         reason: String,
     },
     /// The relay deferred an outgoing message because of a limit; it is retried automatically.
+    /// Reported once per pause, for the first refused message (the sends in flight behind it
+    /// are refused with it and wait with it).
     SendDeferred {
         /// The message.
         id: MessageId,

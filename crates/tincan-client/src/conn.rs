@@ -485,15 +485,20 @@ impl<'a> Session<'a> {
                             ) {
                                 tracing::error!(error = %e, "cannot record deferral");
                             }
-                            let _ = self.events.try_send((
-                                Event::SendDeferred {
-                                    id,
-                                    code: code.as_str().to_string(),
-                                    message,
-                                    retry_after_ms,
-                                },
-                                None,
-                            ));
+                            // One event per pause: the sends already in flight behind this one
+                            // are refused too (held back so none overtakes it), and an event for
+                            // each would repeat the same news on every round.
+                            if self.paused_until.is_none() {
+                                let _ = self.events.try_send((
+                                    Event::SendDeferred {
+                                        id,
+                                        code: code.as_str().to_string(),
+                                        message,
+                                        retry_after_ms,
+                                    },
+                                    None,
+                                ));
+                            }
                             progress = true;
                             self.last_outbox = self.last_outbox.min(local - 1);
                             let until = tokio::time::Instant::now()

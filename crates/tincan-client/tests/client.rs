@@ -337,3 +337,68 @@ async fn http_transport_pairs_sends_and_receives() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_rate_limited_burst_is_reported_once_per_pause_and_delivered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path().join("relay.db"));
+    config.rate_per_identity = tincan_relay::Rate::new(10.0, 6.0);
+    let relay = InProcessRelay::start(config).await;
+    let mut a = Client::connect(
+        home(&dir, "a").await,
+        &relay.url,
+        ClientOptions::default(),
+        T,
+    )
+    .await
+    .unwrap();
+    let mut b = Client::connect(
+        home(&dir, "b").await,
+        &relay.url,
+        ClientOptions::default(),
+        T,
+    )
+    .await
+    .unwrap();
+    let draft = a.create_invite(60).await.unwrap();
+    let invite = Invite::parse(&draft.url(), now_secs()).unwrap();
+    let peer = b.accept_invite(&invite, T).await.unwrap();
+    next_matching(&mut a, |e| matches!(e, Event::PeerJoined { .. })).await;
+    // Twenty separate sends (each its own envelope) against 10 per second, burst 6: most are
+    // refused at first, each send in flight behind a refused one too.
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(
+            b.send(&peer.id.to_string(), &format!("r{i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut reports = 0;
+    let waited = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if b.home().is_sent(&ids[19]).unwrap() {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(50), b.next_event()).await {
+                Ok(Some(Event::SendDeferred { .. })) => reports += 1,
+                Ok(Some(_)) | Err(_) => {}
+                Ok(None) => panic!("client stopped"),
+            }
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "the burst was not delivered in time");
+    assert!(reports >= 1, "the limit was hit and reported");
+    assert!(
+        reports <= 20,
+        "{reports} deferral reports for 20 messages: one per pause, not one per send in flight"
+    );
+    for i in 0..20 {
+        match next_matching(&mut a, |e| matches!(e, Event::Message(_))).await {
+            Event::Message(m) => assert_eq!(m.text, format!("r{i}")),
+            _ => unreachable!(),
+        }
+    }
+    relay.stop().await;
+}
