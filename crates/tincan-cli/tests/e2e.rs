@@ -48,6 +48,21 @@ fn two_paired() -> (World, Cli, std::path::PathBuf, std::path::PathBuf, String) 
     (w, c, a, b, a_id)
 }
 
+/// Runs `cmd` with its stdout closed before it writes anything (every write fails with a broken
+/// pipe) and checks that it ends quietly: exit 0, no panic.
+fn run_with_stdout_closed(cmd: &mut std::process::Command) {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 fn messages(events: &[Value]) -> Vec<String> {
     events
         .iter()
@@ -711,19 +726,12 @@ fn listen_whose_output_is_closed_exits_quietly_and_hands_nothing_over() {
         assert_eq!(r.code, 0, "{r:?}");
     }
     // A reader that has gone before the first event: every write fails with a broken pipe.
-    let mut child = std::process::Command::new(&c.bin)
-        .args(["--home"])
+    let mut listen = std::process::Command::new(&c.bin);
+    listen
+        .arg("--home")
         .arg(&a)
-        .args(["listen", "--timeout", "3"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+        .args(["listen", "--timeout", "3"]);
+    run_with_stdout_closed(&mut listen);
     // Nothing was handed over, so the next listen shows the join and both messages.
     let r = c.run(&a, &["listen", "--timeout", "2"]);
     let ev = r.events();
@@ -760,18 +768,9 @@ fn relay_log_redirected_to_a_file_has_no_colour_codes() {
 #[test]
 fn demo_whose_output_is_closed_still_finishes_and_cleans_up() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tincan"))
-        .args(["demo", "--json"])
-        .env("TMPDIR", tmp.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_tincan"));
+    demo.args(["demo", "--json"]).env("TMPDIR", tmp.path());
+    run_with_stdout_closed(&mut demo);
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "the demo left {left:?}");
 }

@@ -42,26 +42,20 @@ async fn open_relay(dir: &tempfile::TempDir, pairing: bool) -> InProcessRelay {
     InProcessRelay::start(c).await
 }
 
-#[tokio::test]
-async fn sdk_pairs_sends_and_receives_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let relay = open_relay(&dir, true).await;
-    let mut a = Client::connect(
-        home(&dir, "a").await,
-        &relay.url,
-        ClientOptions::default(),
-        T,
-    )
-    .await
-    .unwrap();
-    let mut b = Client::connect(
-        home(&dir, "b").await,
-        &relay.url,
-        ClientOptions::default(),
-        T,
-    )
-    .await
-    .unwrap();
+/// Clients A and B on `relay_url`, B paired through A's invite; returns A's record of B's id too
+/// (from A's `PeerJoined`) and B's record of A.
+async fn paired_clients(
+    dir: &tempfile::TempDir,
+    relay_url: &str,
+) -> (
+    Client,
+    Client,
+    tincan_client::tincan_proto::ids::PeerId,
+    tincan_client::PeerRecord,
+) {
+    let connect = |h| Client::connect(h, relay_url, ClientOptions::default(), T);
+    let mut a = connect(home(dir, "a").await).await.unwrap();
+    let b = connect(home(dir, "b").await).await.unwrap();
     let draft = a.create_invite(60).await.unwrap();
     let invite = Invite::parse(&draft.url(), now_secs()).unwrap();
     let peer = b.accept_invite(&invite, T).await.unwrap();
@@ -69,6 +63,14 @@ async fn sdk_pairs_sends_and_receives_in_order() {
         Event::PeerJoined { peer, .. } => peer,
         _ => unreachable!(),
     };
+    (a, b, b_id, peer)
+}
+
+#[tokio::test]
+async fn sdk_pairs_sends_and_receives_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = open_relay(&dir, true).await;
+    let (mut a, mut b, b_id, peer) = paired_clients(&dir, &relay.url).await;
     let texts: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     // Fifty short texts to a peer that reads batches travel as one sealed envelope; each keeps
@@ -344,26 +346,7 @@ async fn a_rate_limited_burst_is_reported_once_per_pause_and_delivered_in_order(
     let mut config = Config::new(dir.path().join("relay.db"));
     config.rate_per_identity = tincan_relay::Rate::new(10.0, 6.0);
     let relay = InProcessRelay::start(config).await;
-    let mut a = Client::connect(
-        home(&dir, "a").await,
-        &relay.url,
-        ClientOptions::default(),
-        T,
-    )
-    .await
-    .unwrap();
-    let mut b = Client::connect(
-        home(&dir, "b").await,
-        &relay.url,
-        ClientOptions::default(),
-        T,
-    )
-    .await
-    .unwrap();
-    let draft = a.create_invite(60).await.unwrap();
-    let invite = Invite::parse(&draft.url(), now_secs()).unwrap();
-    let peer = b.accept_invite(&invite, T).await.unwrap();
-    next_matching(&mut a, |e| matches!(e, Event::PeerJoined { .. })).await;
+    let (mut a, mut b, _, peer) = paired_clients(&dir, &relay.url).await;
     // Twenty separate sends (each its own envelope) against 10 per second, burst 6: most are
     // refused at first, each send in flight behind a refused one too.
     let mut ids = Vec::new();
