@@ -300,10 +300,20 @@ fn shutdown_stops_running_handlers_and_lists_what_was_not_answered() {
     let done = &s.events("done")[0];
     assert_eq!(done["reason"], "signal");
     assert_eq!(done["unhandled"], serde_json::json!([first, second]));
+    assert_eq!(done["given_back"], 2);
     let pid: u32 = std::fs::read_to_string(&pid_file)
         .unwrap()
         .trim()
         .parse()
         .unwrap();
     assert!(!alive(pid), "the handler's child outlived serve");
+    // Not answered, so given back: the next reader of the home gets both, in order.
+    let r = cli().run(&w.path("a"), &["listen", "--timeout", "2"]);
+    let texts: Vec<String> = r
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "message")
+        .map(|e| e["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(texts, ["one", "two"], "{r:?}");
 }

@@ -507,6 +507,16 @@ impl Client {
         Some(event)
     }
 
+    /// Gives back messages this client returned that the application then could not deal with
+    /// (sender and id of each): the next client on this home returns them again, in order, and
+    /// the others returned meanwhile stay handed over. Returns how many were found. For an
+    /// application that is stopping: events this client returns afterwards would be handed over
+    /// as usual.
+    pub fn give_back(&mut self, messages: &[(PeerId, MessageId)]) -> Result<usize, ClientError> {
+        self.flush_marks();
+        self.shared.home().give_back(messages)
+    }
+
     /// Takes back the message or join that [`Client::next_event`] returned last, for an
     /// application that could not pass it on (its output was closed): it is not marked as handed
     /// over, so the next client on this home returns it again. Entries returned before it stay

@@ -13,6 +13,7 @@ mod batches;
 mod deferred;
 #[cfg(test)]
 mod fixtures;
+mod give_back;
 mod invites;
 mod messages;
 mod migrate;

@@ -404,17 +404,26 @@ impl<'a> Server<'a> {
     async fn finish(mut self, reason: &str) -> Result<ExitCode, CliError> {
         handler::terminate_all(&self.groups).await;
         // Runs stopped by the shutdown were not answered: list them with the queued ones.
-        let mut unhandled = Vec::new();
+        let mut unhandled: Vec<(PeerId, MessageId)> = Vec::new();
         while let Some(done) = self.jobs.join_next().await {
             if let Ok(done) = done {
-                unhandled.push(done.id.to_string());
+                unhandled.push((done.peer, done.id));
             }
         }
         unhandled.extend(
             self.peers
                 .values()
-                .flat_map(|p| p.queue.iter().map(|(m, _)| m.id.to_string())),
+                .flat_map(|p| p.queue.iter().map(|(m, _)| (m.from, m.id))),
         );
+        // Not answered, so not handled: the next `serve` or `listen` on this home gets them.
+        let given_back = match self.client.give_back(&unhandled) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not give back the unhandled messages");
+                0
+            }
+        };
+        let unhandled: Vec<String> = unhandled.iter().map(|(_, id)| id.to_string()).collect();
         // Replies are in the persisted outbox either way; give them a moment to leave.
         let flushed = self
             .client
@@ -428,7 +437,7 @@ impl<'a> Server<'a> {
             json!({
                 "event": "done", "reason": reason, "turns": turns, "received": s.received,
                 "replied": s.replied, "handler_errors": s.handler_errors, "dropped": s.dropped,
-                "unhandled": unhandled, "outbox_flushed": flushed,
+                "unhandled": unhandled, "given_back": given_back, "outbox_flushed": flushed,
             }),
             || format!("done ({reason}): {turns} turns, {} replies", s.replied),
         );
