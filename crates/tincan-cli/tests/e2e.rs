@@ -287,13 +287,15 @@ fn invite_used_twice_tampered_expired_and_foreign() {
     let short = c
         .run(
             &a,
-            &["invite", "create", "--relay", &w.relay.url(), "--ttl", "1s"],
+            // Not 1s: expiries are whole seconds, and a one-second invite made just before a
+            // second ends is already due when the relay checks it.
+            &["invite", "create", "--relay", &w.relay.url(), "--ttl", "2s"],
         )
         .json()["url"]
         .as_str()
         .unwrap()
         .to_string();
-    std::thread::sleep(Duration::from_millis(2100));
+    std::thread::sleep(Duration::from_millis(3100));
     let r = c.run(&m, &["invite", "accept", &short]);
     assert_eq!(
         (r.code, r.error_code().as_str()),
