@@ -824,31 +824,7 @@ fn listen_on_a_home_whose_inbox_is_corrupt_stops_and_loses_nothing() {
     assert_eq!(r.code, 0, "{r:?}");
     // Overwrite the pages of A's inbox table in place; identity and peers stay readable.
     let db = a.join("tincan.db");
-    let (pages, page_size) = {
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-            .unwrap();
-        let size: i64 = conn
-            .query_row("PRAGMA page_size", [], |r| r.get(0))
-            .unwrap();
-        let mut stmt = conn
-            .prepare("SELECT pageno FROM dbstat WHERE name = 'inbox'")
-            .unwrap();
-        let pages: Vec<i64> = stmt
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        (pages, size as usize)
-    };
-    assert!(!pages.is_empty());
-    let backup = std::fs::read(&db).unwrap();
-    let mut bytes = backup.clone();
-    for p in &pages {
-        let at = (*p as usize - 1) * page_size;
-        bytes[at..at + page_size].fill(0xA5);
-    }
-    std::fs::write(&db, &bytes).unwrap();
+    let backup = tincan_testkit::corrupt_table(&db, "inbox");
 
     let started = std::time::Instant::now();
     let r = c.run(&a, &["listen", "--timeout", "20"]);

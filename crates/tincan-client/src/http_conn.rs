@@ -267,6 +267,7 @@ async fn session(
                 Ok(r) => match open_rows(shared, events, http, r.messages).await {
                     Ok(Some(last)) => cursor = last,
                     Ok(None) => {}
+                    Err(e) if e == BROKEN => return None,
                     Err(e) => return Some(e),
                 },
                 Err(e) => return Some(format!("bad response from relay: {e}")),
@@ -422,6 +423,10 @@ fn deferred(id: MessageId, code: ErrorCode, message: String, retry_after_ms: u32
     }
 }
 
+/// What `open_rows` returns when the home cannot store deliveries at all: the client has
+/// already stopped (state `Failed`), and the session ends for good.
+const BROKEN: &str = "the home cannot store messages";
+
 /// Opens received rows in one transaction, acks them, emits events. Returns the last seq.
 async fn open_rows(
     shared: &Shared,
@@ -452,7 +457,21 @@ async fn open_rows(
     if seqs.is_empty() {
         return Ok(last);
     }
-    let opened = open_batch(shared, &batch).map_err(|e| e.to_string())?;
+    let opened = match open_batch(shared, &batch) {
+        Ok(opened) => opened,
+        // As on the WebSocket (`conn.rs`): nothing was stored or acked, and retrying cannot help.
+        Err(e) if e.is_broken_store() => {
+            let reason = format!(
+                "{e}: this home cannot store messages; nothing was lost (the relay keeps them), \
+                 but the database needs repair or restoring from a backup"
+            );
+            tracing::error!(reason = %reason, "stopped");
+            shared.state.send_replace(ConnState::Failed(reason.clone()));
+            let _ = events.try_send((Event::Disconnected { reason }, None));
+            return Err(BROKEN.into());
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     http.call(
         reqwest::Method::POST,
         "/v1/ack",

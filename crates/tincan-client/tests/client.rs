@@ -385,3 +385,39 @@ async fn a_rate_limited_burst_is_reported_once_per_pause_and_delivered_in_order(
     }
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_a_home_that_cannot_store_deliveries_stops_the_client() {
+    use tincan_client::{ConnState, Transport};
+    let dir = tempfile::tempdir().unwrap();
+    let relay = open_relay(&dir, true).await;
+    let (a, b, b_id, _) = paired_clients(&dir, &relay.url).await;
+    drop(b);
+    let id = a
+        .send(&b_id.to_string(), "waits at the relay")
+        .await
+        .unwrap();
+    a.wait_sent(&id, T).await.unwrap();
+    // Overwrite the pages of B's inbox table in place.
+    tincan_testkit::corrupt_table(&dir.path().join("b").join("tincan.db"), "inbox");
+    let home = Home::open(&dir.path().join("b")).unwrap();
+    let mut b =
+        Client::start_with(home, &relay.url, ClientOptions::default(), Transport::Http).unwrap();
+    let stopped = tokio::time::timeout(T, async {
+        let mut said = None;
+        while let Some(e) = b.next_event().await {
+            if let Event::Disconnected { reason } = e {
+                said = Some(reason);
+            }
+        }
+        said
+    })
+    .await
+    .expect("the client stopped instead of retrying");
+    assert!(
+        stopped.unwrap().contains("cannot store messages"),
+        "the reason is reported"
+    );
+    assert!(matches!(b.state(), ConnState::Failed(_)));
+    relay.stop().await;
+}

@@ -91,6 +91,38 @@ pub fn read_db_files(db: &Path) -> Vec<u8> {
     out
 }
 
+/// Overwrites, in place, every page of `table` in the SQLite database `db` (after emptying its
+/// WAL into it) with garbage, leaving the other tables readable; returns the file as it was, to
+/// restore it with. For tests of what a damaged home does.
+pub fn corrupt_table(db: &Path, table: &str) -> Vec<u8> {
+    let (pages, size) = {
+        let conn = rusqlite::Connection::open(db).expect("open the database");
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .expect("checkpoint");
+        let size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .expect("page size");
+        let mut stmt = conn
+            .prepare("SELECT pageno FROM dbstat WHERE name = ?1")
+            .expect("dbstat");
+        let pages: Vec<i64> = stmt
+            .query_map([table], |r| r.get(0))
+            .expect("pages")
+            .map(|p| p.expect("page number"))
+            .collect();
+        (pages, size as usize)
+    };
+    assert!(!pages.is_empty(), "table {table} has no pages");
+    let before = std::fs::read(db).expect("read the database");
+    let mut bytes = before.clone();
+    for p in pages {
+        let at = (p as usize - 1) * size;
+        bytes[at..at + size].fill(0xA5);
+    }
+    std::fs::write(db, &bytes).expect("write the database");
+    before
+}
+
 /// Whether `needle` occurs in `hay`.
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
