@@ -129,11 +129,16 @@ pub fn home_flag(home: &Option<PathBuf>) -> String {
             {
                 format!(" --home {d}")
             } else {
-                format!(" --home '{}'", d.replace('\'', "'\\''"))
+                format!(" --home {}", shell_quote(&d))
             }
         }
         _ => String::new(),
     }
+}
+
+/// `s` as one single-quoted word for `sh`.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// A duration in seconds in its largest whole unit: `604800` as `7d`, `5400` as `90m`.

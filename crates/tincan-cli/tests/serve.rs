@@ -64,6 +64,15 @@ impl World {
     }
 }
 
+/// The texts of the `message` events a `listen --json` run printed.
+fn message_texts(r: &tincan_testkit::process::Run) -> Vec<String> {
+    r.events()
+        .into_iter()
+        .filter(|e| e["event"] == "message")
+        .map(|e| e["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn ids(events: &[Value], field: &str) -> Vec<String> {
     events
         .iter()
@@ -110,12 +119,7 @@ printf '  echo:%s|%s|%s|%s|%s  \n\n' "$text" "$TINCAN_FROM" "$TINCAN_FROM_NAME" 
 
     // B gets exactly the one reply.
     let r = cli().run(&w.path("b"), &["listen", "--timeout", "2"]);
-    let texts: Vec<_> = r
-        .events()
-        .into_iter()
-        .filter(|e| e["event"] == "message")
-        .map(|e| e["text"].as_str().unwrap().to_string())
-        .collect();
+    let texts = message_texts(&r);
     assert_eq!(texts.len(), 1, "{r:?}");
     assert!(texts[0].starts_with("echo:secret-plaintext-7f3a|"));
 
@@ -309,11 +313,6 @@ fn shutdown_stops_running_handlers_and_lists_what_was_not_answered() {
     assert!(!alive(pid), "the handler's child outlived serve");
     // Not answered, so given back: the next reader of the home gets both, in order.
     let r = cli().run(&w.path("a"), &["listen", "--timeout", "2"]);
-    let texts: Vec<String> = r
-        .events()
-        .into_iter()
-        .filter(|e| e["event"] == "message")
-        .map(|e| e["text"].as_str().unwrap().to_string())
-        .collect();
+    let texts = message_texts(&r);
     assert_eq!(texts, ["one", "two"], "{r:?}");
 }

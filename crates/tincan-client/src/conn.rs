@@ -87,8 +87,7 @@ pub(crate) async fn run(
                     End::Replaced => {
                         let reason = "another process is now receiving for this identity on this relay; stopped".to_string();
                         tracing::warn!("{reason}");
-                        shared.state.send_replace(ConnState::Failed(reason.clone()));
-                        let _ = events.try_send((Event::Disconnected { reason }, None));
+                        report_stopped(&shared, &events, reason);
                         return;
                     }
                     End::Lost(reason) => {
@@ -97,8 +96,7 @@ pub(crate) async fn run(
                     }
                     End::Broken(reason) => {
                         tracing::error!(reason = %reason, "stopped");
-                        shared.state.send_replace(ConnState::Failed(reason.clone()));
-                        let _ = events.try_send((Event::Disconnected { reason }, None));
+                        report_stopped(&shared, &events, reason);
                         return;
                     }
                 }
@@ -590,10 +588,7 @@ impl<'a> Session<'a> {
                 // Nothing was stored, nothing is acked: the relay redelivers after reconnect.
                 tracing::error!(error = %e, "cannot store incoming messages");
                 if e.is_broken_store() {
-                    return Err(End::Broken(format!(
-                        "{e}: this home cannot store messages; nothing was lost (the relay keeps \
-                         them), but the database needs repair or restoring from a backup"
-                    )));
+                    return Err(End::Broken(broken_store(&e)));
                 }
                 return Err(End::Lost(e.to_string()));
             }
@@ -674,6 +669,21 @@ impl Failing {
             let _ = events.try_send((Event::Disconnected { reason }, None));
         }
     }
+}
+
+/// Why the client stops when its home cannot store deliveries (see
+/// [`ClientError::is_broken_store`]). Shared by both transports.
+pub(crate) fn broken_store(e: &ClientError) -> String {
+    format!(
+        "{e}: this home cannot store messages; nothing was lost (the relay keeps them), but the \
+         database needs repair or restoring from a backup"
+    )
+}
+
+/// Records that the client stopped for good and tells the application why.
+pub(crate) fn report_stopped(shared: &Shared, events: &Events, reason: String) {
+    shared.state.send_replace(ConnState::Failed(reason.clone()));
+    let _ = events.try_send((Event::Disconnected { reason }, None));
 }
 
 /// Records that the connection dropped (the task reconnects) and tells the application.

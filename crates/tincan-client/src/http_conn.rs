@@ -13,7 +13,10 @@ use tincan_proto::labels;
 use tokio::sync::mpsc;
 
 use crate::client::{Cmd, ConnState, Event, Shared};
-use crate::conn::{Failing, emit_unconsumed, open_batch, report_connected, report_lost};
+use crate::conn::{
+    Failing, broken_store, emit_unconsumed, open_batch, report_connected, report_lost,
+    report_stopped,
+};
 use crate::error::ClientError;
 use crate::home::{Incoming, now_ms};
 
@@ -461,13 +464,9 @@ async fn open_rows(
         Ok(opened) => opened,
         // As on the WebSocket (`conn.rs`): nothing was stored or acked, and retrying cannot help.
         Err(e) if e.is_broken_store() => {
-            let reason = format!(
-                "{e}: this home cannot store messages; nothing was lost (the relay keeps them), \
-                 but the database needs repair or restoring from a backup"
-            );
+            let reason = broken_store(&e);
             tracing::error!(reason = %reason, "stopped");
-            shared.state.send_replace(ConnState::Failed(reason.clone()));
-            let _ = events.try_send((Event::Disconnected { reason }, None));
+            report_stopped(shared, events, reason);
             return Err(BROKEN.into());
         }
         Err(e) => return Err(e.to_string()),

@@ -73,17 +73,7 @@ fn ago(secs: u64) -> String {
 /// A unix time as `YYYY-MM-DD HH:MM UTC`.
 fn utc_minute(unix: u64) -> String {
     let (days, secs) = (unix / 86_400, unix % 86_400);
-    // Howard Hinnant's civil_from_days, shifted so the era starts on 0000-03-01; unsigned
-    // because times before 1970 cannot occur here. u64::MAX / 86_400 + 719_468 cannot overflow.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
+    let (year, month, day) = crate::civil::date(days);
     format!(
         "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
         secs / 3600,

@@ -32,6 +32,7 @@
 //! assert_eq!(got.body, tincan_proto::envelope::Body::Text("hi".into()));
 //! ```
 
+pub mod civil;
 pub mod codec;
 pub mod envelope;
 pub mod features;

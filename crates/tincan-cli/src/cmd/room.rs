@@ -167,8 +167,8 @@ pub async fn open(home: Option<PathBuf>, args: OpenArgs, out: &Out) -> Result<Ex
         .unwrap_or_else(|| "YOUR_HANDLER".into());
     let handoff = format!(
         "tincan serve --join {} --on-message {} --seed 'Hello!'",
-        shell_quote(&url),
-        shell_quote(&handler)
+        crate::cmd::shell_quote(&url),
+        crate::cmd::shell_quote(&handler)
     );
     let fingerprint = keys.fingerprint();
     out.print(
@@ -427,10 +427,6 @@ fn uptime(secs: u64) -> String {
         (0, _, _) => format!("{h}h {m}m"),
         _ => format!("{d}d {h}h"),
     }
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 #[cfg(test)]
