@@ -810,9 +810,31 @@ fn relay_start_problems_get_their_own_codes_and_say_what_to_do() {
     );
     let taken = w.relay.db.to_str().unwrap().to_string();
     let r = c.run(&home, &["relay", "--listen", "127.0.0.1:0", "--db", &taken]);
-    let err = r.events().last().cloned().unwrap();
-    assert_eq!(err["error"]["code"], "db_in_use", "{r:?}");
+    // Refused before it says it is listening: the error is the only line.
+    let events = r.events();
+    assert_eq!(events.len(), 1, "{r:?}");
+    assert_eq!(events[0]["error"]["code"], "db_in_use", "{r:?}");
     assert_eq!(r.code, 2, "{r:?}");
+    // A file that is not a database: refused before "listening" too, with what to do.
+    let junk = w.dir.path().join("junk.db");
+    std::fs::write(&junk, vec![0x5a; 8192]).unwrap();
+    let r = c.run(
+        &home,
+        &[
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            junk.to_str().unwrap(),
+        ],
+    );
+    let events = r.events();
+    assert_eq!(events.len(), 1, "{r:?}");
+    assert_eq!(events[0]["error"]["code"], "relay_failed", "{r:?}");
+    let message = events[0]["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("cannot start the relay"), "{r:?}");
+    assert!(message.contains("move"), "{r:?}");
+    assert_eq!(r.code, 1, "{r:?}");
 }
 
 #[test]

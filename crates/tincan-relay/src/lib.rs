@@ -3,7 +3,8 @@
 //! A relay authenticates agents by an Ed25519 challenge, stores sealed envelopes in SQLite until
 //! their recipient acknowledges them, and forwards them in order. It never holds a key that could
 //! open an envelope. [`run`] serves one listener until the shutdown future resolves; tests call
-//! it on `127.0.0.1:0`.
+//! it on `127.0.0.1:0`. [`Relay::open`] followed by [`Relay::serve_tcp`] does the same in two
+//! steps, for a caller that must know the store opened before it says the relay is up.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tincan_relay::RelayError> {
@@ -140,11 +141,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RelayError> {
-    // Small frames must leave at once: Nagle's algorithm would hold them for the peer's ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    run_listener(listener, config, shutdown).await
+    Relay::open(config)?.serve_tcp(listener, shutdown).await
 }
 
 /// [`run`] on any listener (the TLS listener in [`tls`] uses this).
@@ -153,48 +150,92 @@ pub async fn run_listener(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RelayError> {
-    let router = Arc::new(Router::default());
-    let metrics = Arc::new(metrics::Metrics::default());
-    let store = Store::open(&config, router.clone(), metrics.clone())?;
-    let tokens = token::TokenKeys::load(&config.db_path, config.token_ttl, now_ms() / 1000)
-        .map_err(store::StoreError::from)?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let shared = Arc::new(Shared {
-        tokens,
-        challenges: api::Challenges::default(),
-        conns: limits::ConnCounter::new(config.max_connections, config.max_connections_per_ip),
-        identity_rate: limits::Buckets::new(config.rate_per_identity),
-        ip_rate: limits::Buckets::new(config.rate_per_ip),
-        config,
-        store: store.clone(),
-        router: router.clone(),
-        shutdown: stop_rx,
-        metrics,
-    });
-    let sweeper = tokio::spawn(sweep_loop(shared.clone()));
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "relay listening");
-    let app = http::app(shared.clone());
-    let stop_for_serve = stop_tx.clone();
-    let graceful = async move {
-        shutdown.await;
-        tracing::info!("relay shutting down");
-        let _ = stop_for_serve.send(true);
-    };
-    // `tap_io` gives any listener (plain TCP or TLS, see `tls`) the peer address as ConnectInfo.
-    axum::serve(
-        axum::serve::ListenerExt::tap_io(listener, |_| ()),
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(graceful)
-    .await?;
-    let _ = stop_tx.send(true);
-    router.wait_idle(Duration::from_secs(5)).await;
-    sweeper.abort();
-    drop(shared);
-    store.close().await;
-    tracing::info!("relay stopped");
-    Ok(())
+    Relay::open(config)?.serve(listener, shutdown).await
+}
+
+/// A relay whose store and token secret are open, not yet serving: [`Relay::open`] fails on a
+/// database another relay holds, a corrupt or unreadable one, before anything listens or says
+/// it is ready.
+pub struct Relay {
+    shared: Arc<Shared>,
+    stop_tx: watch::Sender<bool>,
+}
+
+impl Relay {
+    /// Opens (creating or migrating) the store at `config.db_path` and loads the token secret.
+    pub fn open(config: Config) -> Result<Self, RelayError> {
+        let router = Arc::new(Router::default());
+        let metrics = Arc::new(metrics::Metrics::default());
+        let store = Store::open(&config, router.clone(), metrics.clone())?;
+        let tokens = token::TokenKeys::load(&config.db_path, config.token_ttl, now_ms() / 1000)
+            .map_err(store::StoreError::from)?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            tokens,
+            challenges: api::Challenges::default(),
+            conns: limits::ConnCounter::new(config.max_connections, config.max_connections_per_ip),
+            identity_rate: limits::Buckets::new(config.rate_per_identity),
+            ip_rate: limits::Buckets::new(config.rate_per_ip),
+            config,
+            store,
+            router,
+            shutdown: stop_rx,
+            metrics,
+        });
+        Ok(Self { shared, stop_tx })
+    }
+
+    /// Serves plain WebSocket and HTTP on `listener` until `shutdown` resolves, then closes
+    /// connections cleanly and closes the store.
+    pub async fn serve(
+        self,
+        listener: impl axum::serve::Listener<Addr = std::net::SocketAddr>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), RelayError> {
+        let Self { shared, stop_tx } = self;
+        let (store, router) = (shared.store.clone(), shared.router.clone());
+        let sweeper = tokio::spawn(sweep_loop(shared.clone()));
+        let served = async {
+            let addr = listener.local_addr()?;
+            tracing::info!(%addr, "relay listening");
+            let app = http::app(shared.clone());
+            let stop_for_serve = stop_tx.clone();
+            let graceful = async move {
+                shutdown.await;
+                tracing::info!("relay shutting down");
+                let _ = stop_for_serve.send(true);
+            };
+            // `tap_io` gives any listener (plain TCP or TLS, see `tls`) the peer address as
+            // ConnectInfo.
+            axum::serve(
+                axum::serve::ListenerExt::tap_io(listener, |_| ()),
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(graceful)
+            .await
+        };
+        let result = served.await;
+        let _ = stop_tx.send(true);
+        router.wait_idle(Duration::from_secs(5)).await;
+        sweeper.abort();
+        drop(shared);
+        store.close().await;
+        tracing::info!("relay stopped");
+        result.map_err(RelayError::from)
+    }
+
+    /// [`Relay::serve`] on a TCP listener, with Nagle's algorithm off on every connection.
+    pub async fn serve_tcp(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), RelayError> {
+        // Small frames must leave at once: Nagle's algorithm would hold them for the peer's ACK.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        self.serve(listener, shutdown).await
+    }
 }
 
 async fn sweep_loop(shared: Arc<Shared>) {

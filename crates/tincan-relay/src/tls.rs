@@ -85,8 +85,22 @@ pub async fn run_tls(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RelayError> {
-    let listener = TlsListener::new(listener, TlsAcceptor::from(tls))?;
-    crate::run_listener(listener, config, shutdown).await
+    crate::Relay::open(config)?
+        .serve_tls(listener, tls, shutdown)
+        .await
+}
+
+impl crate::Relay {
+    /// [`crate::Relay::serve`] with TLS terminated here (rustls), on a TCP listener.
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        tls: Arc<ServerConfig>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), RelayError> {
+        let listener = TlsListener::new(listener, TlsAcceptor::from(tls))?;
+        self.serve(listener, shutdown).await
+    }
 }
 
 /// A listener that yields connections whose TLS handshake has completed.

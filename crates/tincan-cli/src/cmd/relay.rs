@@ -234,17 +234,28 @@ pub async fn run(args: RelayArgs, out: &Out) -> Result<ExitCode, CliError> {
         "write_behind_ms": config.write_behind.as_millis() as u64,
         "token_ttl_secs": config.token_ttl.as_secs(),
     });
+    // The store opens before anything says "listening": a database another relay holds, or one
+    // that cannot be opened, is refused first.
+    let relay = tincan_relay::Relay::open(config)
+        .map_err(|e| relay_error(e, &db, "cannot start the relay"))?;
     let served = async move {
         match tls {
-            Some(tls) => tincan_relay::tls::run_tls(listener, tls, config, shutdown_signal()).await,
-            None => tincan_relay::run(listener, config, shutdown_signal()).await,
+            Some(tls) => relay.serve_tls(listener, tls, shutdown_signal()).await,
+            None => relay.serve_tcp(listener, shutdown_signal()).await,
         }
     };
     out.print(
         json!({"event": "listening", "addr": addr.to_string(), "url": format!("{scheme}://{addr}"), "db": db.display().to_string(), "limits": limits}),
         || format!("tincan relay listening on {scheme}://{addr} (db: {})", db.display()),
     );
-    served.await.map_err(|e| match e {
+    served
+        .await
+        .map_err(|e| relay_error(e, &db, "relay stopped"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn relay_error(e: tincan_relay::RelayError, db: &std::path::Path, what: &str) -> CliError {
+    match e {
         tincan_relay::RelayError::Store(e @ tincan_relay::store::StoreError::InUse(_)) => {
             CliError::new("db_in_use", 2, e.to_string())
         }
@@ -252,12 +263,11 @@ pub async fn run(args: RelayArgs, out: &Out) -> Result<ExitCode, CliError> {
             "relay_failed",
             1,
             format!(
-                "relay stopped: {e}. If the database is corrupt, move {} aside (and its -wal file) and start again",
+                "{what}: {e}. If the database is corrupt, move {} aside (and its -wal file) and start again",
                 db.display()
             ),
         ),
-    })?;
-    Ok(ExitCode::SUCCESS)
+    }
 }
 
 async fn shutdown_signal() {
