@@ -70,8 +70,8 @@ pub enum InviteCmd {
         /// Relay URL both agents will use, e.g. http://127.0.0.1:8787 (default: the last relay used).
         #[arg(long)]
         relay: Option<String>,
-        /// How long the invite stays valid: e.g. 90s, 30m, 24h, 7d, or seconds.
-        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        /// How long the invite stays valid: e.g. 90s, 30m, 24h, 7d, or seconds (at most 30d).
+        #[arg(long, default_value = "24h", value_parser = parse_invite_ttl)]
         ttl: u64,
     },
     /// Accept an invite link and pair with its maker.
@@ -225,6 +225,20 @@ pub struct RelayArgs {
 }
 
 /// Parses `90`, `90s`, `30m`, `24h`, `7d` into seconds.
+/// The longest invite lifetime a relay accepts (`tincan_relay::Config::max_invite_ttl`).
+pub const MAX_INVITE_TTL: u64 = 30 * 86_400;
+
+/// `--ttl` of `invite create`: a duration of at most [`MAX_INVITE_TTL`].
+pub fn parse_invite_ttl(s: &str) -> Result<u64, String> {
+    let secs = parse_duration(s)?;
+    if secs > MAX_INVITE_TTL {
+        return Err(
+            "an invite may stay open at most 30d (relays refuse longer); use e.g. --ttl 7d".into(),
+        );
+    }
+    Ok(secs)
+}
+
 pub fn parse_duration(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {
@@ -244,4 +258,20 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
         return Err("duration must be greater than zero".into());
     }
     Ok(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invite_ttl_is_refused_above_what_a_relay_accepts() {
+        let relay_max = tincan_relay::Config::new("unused.db".into()).max_invite_ttl;
+        assert_eq!(MAX_INVITE_TTL, relay_max.as_secs());
+        assert_eq!(parse_invite_ttl("30d"), Ok(MAX_INVITE_TTL));
+        let err = parse_invite_ttl("31d").unwrap_err();
+        assert!(err.contains("at most 30d"), "{err}");
+        assert!(parse_invite_ttl("0").is_err());
+        assert_eq!(parse_invite_ttl("90s"), Ok(90));
+    }
 }

@@ -616,6 +616,10 @@ fn errors_are_json_with_codes_and_exit_codes() {
     assert_eq!(r.code, 5, "{r:?}");
     let r = c.run(&a, &["invite", "create", "--ttl", "soon"]);
     assert_eq!((r.code, r.error_code().as_str()), (2, "usage"), "{r:?}");
+    // Longer than any relay keeps an invite: refused here, before the relay is asked.
+    let r = c.run(&a, &["invite", "create", "--ttl", "31d"]);
+    assert_eq!((r.code, r.error_code().as_str()), (2, "usage"), "{r:?}");
+    assert!(r.stdout.contains("at most 30d"), "{r:?}");
     let r = c.run(&a, &["frobnicate"]);
     assert_eq!(r.code, 2, "{r:?}");
     // Setup is idempotent and keeps the identity.

@@ -401,14 +401,11 @@ async fn register_invite(
     let peer = authenticate(&shared, remote, &headers)?;
     identity_rate(&shared, peer)?;
     let id: InviteId = parse(&req.id, "invite id (32 hex characters)")?;
-    let now = now_ms() / 1000;
-    let max = shared.config.max_invite_ttl.as_secs();
-    if req.expires_at <= now || req.expires_at - now > max {
-        return Err(frame_error(
-            ErrorCode::InviteExpired,
-            0,
-            &format!("invite expiry must be in the future and at most {max} s away"),
-        ));
+    let max = shared.config.max_invite_ttl;
+    if let Some(message) =
+        crate::limits::invite_expiry_refusal(req.expires_at, now_ms() / 1000, max)
+    {
+        return Err(frame_error(ErrorCode::InviteExpired, 0, &message));
     }
     let (tx, rx) = mpsc::unbounded_channel();
     shared

@@ -335,11 +335,10 @@ impl Conn {
                 id,
                 expires_at,
             } => {
-                let now = now_ms() / 1000;
-                let max = self.shared.config.max_invite_ttl.as_secs();
-                if expires_at <= now || expires_at - now > max {
-                    let message =
-                        format!("invite expiry must be in the future and at most {max} s away");
+                let max = self.shared.config.max_invite_ttl;
+                if let Some(message) =
+                    crate::limits::invite_expiry_refusal(expires_at, now_ms() / 1000, max)
+                {
                     let err = RelayFrame::Error {
                         req,
                         code: ErrorCode::InviteExpired,

@@ -22,6 +22,26 @@ impl Rate {
     }
 }
 
+/// Why an invite expiring at `expires_at` (Unix seconds) cannot be registered at `now`, if it
+/// cannot: the expiry must be in the future and at most `max` away.
+pub(crate) fn invite_expiry_refusal(expires_at: u64, now: u64, max: Duration) -> Option<String> {
+    let max = max.as_secs();
+    if expires_at <= now {
+        Some("the invite's expiry is already past; make a new invite".into())
+    } else if expires_at - now > max {
+        Some(format!(
+            "an invite may stay open at most {} on this relay ({max} s); ask for a shorter lifetime",
+            if max % 86_400 == 0 {
+                format!("{} days", max / 86_400)
+            } else {
+                format!("{max} s")
+            }
+        ))
+    } else {
+        None
+    }
+}
+
 struct Bucket {
     tokens: f64,
     at: Instant,
@@ -131,6 +151,19 @@ impl ConnCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_invite_expiry_must_be_ahead_and_within_the_limit() {
+        let max = Duration::from_secs(30 * 86_400);
+        assert_eq!(invite_expiry_refusal(1_001, 1_000, max), None);
+        assert_eq!(invite_expiry_refusal(1_000 + 30 * 86_400, 1_000, max), None);
+        let past = invite_expiry_refusal(1_000, 1_000, max).unwrap();
+        assert!(past.contains("already past"), "{past}");
+        let far = invite_expiry_refusal(1_001 + 30 * 86_400, 1_000, max).unwrap();
+        assert!(far.contains("at most 30 days"), "{far}");
+        let odd = invite_expiry_refusal(100, 1, Duration::from_secs(90)).unwrap();
+        assert!(odd.contains("at most 90 s"), "{odd}");
+    }
 
     #[test]
     fn bucket_allows_burst_then_refills() {
