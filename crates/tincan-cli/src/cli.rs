@@ -8,8 +8,9 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "tincan", version, about, long_about = None)]
 pub struct Cli {
-    /// Home directory holding this agent's identity and state.
-    #[arg(long, global = true, env = "TINCAN_HOME")]
+    /// Home directory holding this agent's identity and state [env: TINCAN_HOME; empty counts as
+    /// unset]
+    #[arg(long, global = true)]
     pub home: Option<PathBuf>,
     /// Machine-readable output: one JSON object per line; errors as {"error": {"code", "message"}}.
     #[arg(long, global = true)]

@@ -24,7 +24,7 @@ use crate::cli::{Cli, Command};
 use crate::output::{CliError, Out};
 
 pub async fn dispatch(cli: Cli, out: &Out) -> Result<ExitCode, CliError> {
-    let home = cli.home.clone();
+    let home = cli.home.clone().or_else(env_home);
     match cli.command {
         Command::Setup => setup::setup(home, out),
         Command::Whoami => setup::whoami(home, out),
@@ -48,7 +48,14 @@ pub async fn dispatch(cli: Cli, out: &Out) -> Result<ExitCode, CliError> {
     }
 }
 
-/// The home directory: --home, else $TINCAN_HOME (clap reads it), else the platform config dir.
+/// `$TINCAN_HOME`, unless it is unset or empty (as `TINCAN_HOME= tincan …` means "the default").
+pub fn env_home() -> Option<PathBuf> {
+    std::env::var_os("TINCAN_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The home directory: --home, else $TINCAN_HOME (see [`env_home`]), else the platform config dir.
 pub fn home_dir(home: Option<PathBuf>) -> Result<PathBuf, CliError> {
     if let Some(h) = home {
         return Ok(h);
@@ -122,7 +129,7 @@ pub fn relay_for(home: &Home, flag: Option<String>) -> Result<String, CliError> 
 /// `--home` (not through `TINCAN_HOME`, which the suggested command inherits); else nothing.
 pub fn home_flag(home: &Option<PathBuf>) -> String {
     match home {
-        Some(dir) if std::env::var_os("TINCAN_HOME").is_none() => {
+        Some(dir) if env_home().is_none() => {
             let d = dir.display().to_string();
             if d.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "/._-~".contains(c))
@@ -157,7 +164,7 @@ mod tests {
 
     #[test]
     fn a_suggested_command_names_the_home_the_user_chose() {
-        if std::env::var_os("TINCAN_HOME").is_some() {
+        if super::env_home().is_some() {
             return; // the suggestion would rightly leave it out
         }
         assert_eq!(super::home_flag(&None), "");

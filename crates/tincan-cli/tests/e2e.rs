@@ -903,3 +903,26 @@ fn a_send_the_relay_defers_says_when_to_come_back_and_stays_queued() {
     assert!(message.contains("accepts in about"), "{message}");
     assert!(!message.contains("is retried in"), "{message}");
 }
+
+#[test]
+fn an_empty_tincan_home_means_the_default_home_and_a_set_one_is_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |home_env: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tincan"))
+            .args(["setup", "--json"])
+            .env("TINCAN_HOME", home_env)
+            .env("HOME", tmp.path())
+            .env_remove("XDG_CONFIG_HOME")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        std::path::PathBuf::from(v["home"].as_str().unwrap())
+    };
+    // Empty: as if unset, so the platform's config dir under $HOME (not a usage error).
+    let default = run("");
+    assert!(default.starts_with(tmp.path()), "{default:?}");
+    assert!(default.join("tincan.db").exists());
+    let chosen = tmp.path().join("chosen");
+    assert_eq!(run(chosen.to_str().unwrap()), chosen);
+}
