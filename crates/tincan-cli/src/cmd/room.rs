@@ -333,7 +333,7 @@ fn status(home: Option<PathBuf>, out: &Out) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The text form of `room status`: one line per room, with every counter the JSON has.
+/// The text form of `room status`: a block per room with every field the JSON has.
 fn status_text(rooms: &[Value]) -> String {
     if rooms.is_empty() {
         return "no rooms; open one with `tincan room open --on-message CMD`".into();
@@ -342,27 +342,63 @@ fn status_text(rooms: &[Value]) -> String {
         let n = r[key].as_u64().unwrap_or(0);
         format!("{n} {word}{}", if n == 1 { "" } else { "s" })
     };
-    let mut s = String::new();
-    for r in rooms {
-        s.push_str(&format!(
-            "port {} · relay pid {} ({}) · {} · up {} · {} · {} received, {} replied, {} without reply, {}, {}, {} deferred, {} dropped{}\n",
-            r["port"],
-            r["relay_pid"],
-            if r["running"] == true { "running" } else { "stopped" },
-            r["public_url"].as_str().unwrap_or(""),
-            uptime(r["uptime_secs"].as_u64().unwrap_or(0)),
-            count(r, "peers", "peer"),
-            r["received"],
-            r["replied"],
-            r["no_reply"].as_u64().unwrap_or(0),
-            count(r, "handler_errors", "handler error"),
-            count(r, "send_errors", "send error"),
-            r["deferred"].as_u64().unwrap_or(0),
-            r["dropped"],
-            if r["serving"] == true { " · serving" } else { "" },
-        ));
-    }
-    s.trim_end().to_string()
+    let state = |on: bool, yes: &str| {
+        if on {
+            yes.to_string()
+        } else {
+            "stopped".to_string()
+        }
+    };
+    let blocks: Vec<String> = rooms
+        .iter()
+        .map(|r| {
+            let public = r["public_url"].as_str().unwrap_or("");
+            let local = r["relay_url"].as_str().unwrap_or("");
+            let mut lines = vec![
+                format!(
+                    "room on port {} · up {} · {}",
+                    r["port"],
+                    uptime(r["uptime_secs"].as_u64().unwrap_or(0)),
+                    count(r, "peers", "peer"),
+                ),
+                format!(
+                    "  relay   pid {} {} · {public}{} · log {}",
+                    r["relay_pid"],
+                    state(r["running"] == true, "running"),
+                    if local.is_empty() || local == public {
+                        String::new()
+                    } else {
+                        format!(" (local {local})")
+                    },
+                    r["relay_log"].as_str().unwrap_or("?"),
+                ),
+                format!(
+                    "  serve   pid {} {}",
+                    r["serve_pid"],
+                    state(r["serving"] == true, "serving"),
+                ),
+            ];
+            if !r["tunnel_pid"].is_null() {
+                lines.push(format!(
+                    "  tunnel  pid {} {}",
+                    r["tunnel_pid"],
+                    state(r["tunnel_running"] == true, "running"),
+                ));
+            }
+            lines.push(format!(
+                "  {} received, {} replied, {} without reply, {}, {}, {} deferred, {} dropped",
+                r["received"],
+                r["replied"],
+                r["no_reply"].as_u64().unwrap_or(0),
+                count(r, "handler_errors", "handler error"),
+                count(r, "send_errors", "send error"),
+                r["deferred"].as_u64().unwrap_or(0),
+                r["dropped"],
+            ));
+            lines.join("\n")
+        })
+        .collect();
+    blocks.join("\n")
 }
 
 fn stop(home: Option<PathBuf>, args: StopArgs, out: &Out) -> Result<ExitCode, CliError> {
@@ -434,23 +470,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_text_counts_in_the_singular_and_shows_every_counter() {
-        let room = |peers: u64, errors: u64| {
+    fn status_text_counts_in_the_singular_and_shows_every_field() {
+        let room = |peers: u64, errors: u64, tunnel: Value| {
             json!({
-                "port": 8787, "relay_pid": 42, "running": true, "public_url": "http://h:8787",
+                "port": 8787, "relay_pid": 42, "running": true, "public_url": "https://t.example",
+                "relay_url": "http://127.0.0.1:8787", "relay_log": "/h/rooms/8787/relay.log",
+                "serve_pid": 43, "tunnel_pid": tunnel, "tunnel_running": false,
                 "uptime_secs": 5, "peers": peers, "received": 3, "replied": 2,
                 "handler_errors": errors, "dropped": 1, "serving": true,
                 "no_reply": 4, "send_errors": errors, "deferred": 6,
             })
         };
         assert_eq!(
-            status_text(&[room(1, 1), room(2, 0)]),
-            "port 8787 · relay pid 42 (running) · http://h:8787 · up 5s · 1 peer · \
-             3 received, 2 replied, 4 without reply, 1 handler error, 1 send error, 6 deferred, \
-             1 dropped · serving\n\
-             port 8787 · relay pid 42 (running) · http://h:8787 · up 5s · 2 peers · \
-             3 received, 2 replied, 4 without reply, 0 handler errors, 0 send errors, 6 deferred, \
-             1 dropped · serving"
+            status_text(&[room(1, 1, json!(44)), room(2, 0, Value::Null)]),
+            "room on port 8787 · up 5s · 1 peer\n\
+             \x20 relay   pid 42 running · https://t.example (local http://127.0.0.1:8787) · log /h/rooms/8787/relay.log\n\
+             \x20 serve   pid 43 serving\n\
+             \x20 tunnel  pid 44 stopped\n\
+             \x20 3 received, 2 replied, 4 without reply, 1 handler error, 1 send error, 6 deferred, 1 dropped\n\
+             room on port 8787 · up 5s · 2 peers\n\
+             \x20 relay   pid 42 running · https://t.example (local http://127.0.0.1:8787) · log /h/rooms/8787/relay.log\n\
+             \x20 serve   pid 43 serving\n\
+             \x20 3 received, 2 replied, 4 without reply, 0 handler errors, 0 send errors, 6 deferred, 1 dropped"
         );
     }
 
