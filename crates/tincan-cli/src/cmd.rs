@@ -143,6 +143,15 @@ pub fn home_flag(home: &Option<PathBuf>) -> String {
     }
 }
 
+/// The error for a client whose event stream ended: why it stopped for good (the relay refused
+/// this identity: `auth_failed`, exit 7; the home cannot store: `home_unusable`, exit 3).
+pub fn stopped_error(client: &tincan_client::Client) -> CliError {
+    match client.state() {
+        tincan_client::ConnState::Failed(why) => tincan_client::ClientError::Stopped(why).into(),
+        _ => CliError::new("stopped", 1, "the client stopped"),
+    }
+}
+
 /// `s` as one single-quoted word for `sh`.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))

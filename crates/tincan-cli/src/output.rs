@@ -53,6 +53,8 @@ impl From<ClientError> for CliError {
             | ClientError::Disconnected => 5,
             ClientError::Timeout(_) => 6,
             ClientError::Deferred { .. } => 7,
+            ClientError::Stopped(tincan_client::Stopped::BrokenStore(_)) => 3,
+            ClientError::Stopped(tincan_client::Stopped::AuthRefused(_)) => 7,
             ClientError::Relay { code, .. } => match code {
                 tincan_proto_codes::InviteUsed
                 | tincan_proto_codes::InviteUnknown

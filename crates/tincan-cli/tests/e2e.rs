@@ -860,7 +860,8 @@ fn listen_on_a_home_whose_inbox_is_corrupt_stops_and_loses_nothing() {
         "it stopped instead of retrying until the timeout: {r:?}"
     );
     let last = r.events().last().cloned().unwrap();
-    assert_eq!(last["error"]["code"], "stopped", "{r:?}");
+    assert_eq!(last["error"]["code"], "home_unusable", "{r:?}");
+    assert_eq!(r.code, 3, "{r:?}");
     let why = last["error"]["message"].as_str().unwrap();
     assert!(why.contains("cannot store messages"), "{why}");
     // Nothing was acked: with the database restored, the message arrives.

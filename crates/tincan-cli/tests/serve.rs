@@ -316,3 +316,31 @@ fn shutdown_stops_running_handlers_and_lists_what_was_not_answered() {
     let texts = message_texts(&r);
     assert_eq!(texts, ["one", "two"], "{r:?}");
 }
+
+#[test]
+fn serve_on_a_home_that_cannot_store_stops_with_home_unusable_and_loses_nothing() {
+    let w = World::new();
+    // A's inbox pages overwritten in place; identity and peers stay readable.
+    let db = w.path("a").join("tincan.db");
+    let backup = tincan_testkit::corrupt_table(&db, "inbox");
+    w.send_from_b("kept at the relay");
+    let mut s = Running::spawn(
+        &w.path("a"),
+        &["serve", "--on-message", "cat"],
+        &[],
+        w.dir.path(),
+    );
+    let status = s.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(3), "{:#?}", s.seen);
+    let last = s.seen.last().cloned().unwrap();
+    assert_eq!(last["error"]["code"], "home_unusable", "{:#?}", s.seen);
+    assert!(
+        s.events("replied").is_empty(),
+        "nothing could be handled: {:#?}",
+        s.seen
+    );
+    // Nothing was acked: with the database restored, the message is still there to read.
+    std::fs::write(&db, &backup).unwrap();
+    let r = cli().run(&w.path("a"), &["listen", "--timeout", "2"]);
+    assert_eq!(message_texts(&r), ["kept at the relay"], "{r:?}");
+}

@@ -123,8 +123,20 @@ pub enum ConnState {
     Connecting(Option<String>),
     /// Authenticated.
     Connected,
-    /// Stopped for good (the relay refused authentication).
-    Failed(String),
+    /// Stopped for good.
+    Failed(Stopped),
+}
+
+/// Why a client stopped for good (it no longer reconnects).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Stopped {
+    /// The relay refused this identity's authentication or protocol version.
+    #[error("{0}")]
+    AuthRefused(String),
+    /// The home cannot store deliveries (corrupt, unreadable or read-only database). Nothing
+    /// was lost: the relay keeps what it could not deliver.
+    #[error("{0}")]
+    BrokenStore(String),
 }
 
 /// Builds a request frame once its request number is known.
@@ -272,12 +284,7 @@ impl Client {
             loop {
                 match rx.borrow_and_update().clone() {
                     ConnState::Connected => return Ok(()),
-                    ConnState::Failed(reason) => {
-                        return Err(ClientError::Unreachable {
-                            url: url.clone(),
-                            reason,
-                        });
-                    }
+                    ConnState::Failed(why) => return Err(ClientError::Stopped(why)),
                     ConnState::Connecting(Some(reason)) => {
                         failed += 1;
                         if failed >= attempts {

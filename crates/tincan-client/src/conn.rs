@@ -10,7 +10,7 @@ use tincan_proto::{PROTOCOL_VERSION, labels};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{Cmd, ConnState, Event, Reply, RequestFrame, Shared, entry_events};
+use crate::client::{Cmd, ConnState, Event, Reply, RequestFrame, Shared, Stopped, entry_events};
 use crate::error::ClientError;
 use crate::home::{Incoming, OutboxEntry, Processed, Queued, now_ms};
 
@@ -87,7 +87,7 @@ pub(crate) async fn run(
                     End::Replaced => {
                         let reason = "another process is now receiving for this identity on this relay; stopped".to_string();
                         tracing::warn!("{reason}");
-                        report_stopped(&shared, &events, reason);
+                        report_stopped(&shared, &events, Stopped::BrokenStore(reason));
                         return;
                     }
                     End::Lost(reason) => {
@@ -96,7 +96,7 @@ pub(crate) async fn run(
                     }
                     End::Broken(reason) => {
                         tracing::error!(reason = %reason, "stopped");
-                        report_stopped(&shared, &events, reason);
+                        report_stopped(&shared, &events, Stopped::BrokenStore(reason));
                         return;
                     }
                 }
@@ -106,7 +106,9 @@ pub(crate) async fn run(
                 message,
             }) => {
                 let reason = format!("relay refused authentication: {message} ({code})");
-                shared.state.send_replace(ConnState::Failed(reason.clone()));
+                shared
+                    .state
+                    .send_replace(ConnState::Failed(Stopped::AuthRefused(reason.clone())));
                 for (_, reply) in pending.requests.drain(..) {
                     let _ = reply.send(Err(ClientError::Relay {
                         code,
@@ -681,8 +683,9 @@ pub(crate) fn broken_store(e: &ClientError) -> String {
 }
 
 /// Records that the client stopped for good and tells the application why.
-pub(crate) fn report_stopped(shared: &Shared, events: &Events, reason: String) {
-    shared.state.send_replace(ConnState::Failed(reason.clone()));
+pub(crate) fn report_stopped(shared: &Shared, events: &Events, why: Stopped) {
+    let reason = why.to_string();
+    shared.state.send_replace(ConnState::Failed(why));
     let _ = events.try_send((Event::Disconnected { reason }, None));
 }
 

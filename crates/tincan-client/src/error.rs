@@ -89,6 +89,9 @@ pub enum ClientError {
     /// The client has shut down.
     #[error("client is closed")]
     Closed,
+    /// The client stopped for good: the relay refused this identity, or the home cannot store.
+    #[error(transparent)]
+    Stopped(crate::Stopped),
 }
 
 impl ClientError {
@@ -134,6 +137,8 @@ impl ClientError {
             Self::Disconnected => "disconnected",
             Self::Timeout(_) => "timeout",
             Self::Closed => "closed",
+            Self::Stopped(crate::Stopped::AuthRefused(_)) => "auth_failed",
+            Self::Stopped(crate::Stopped::BrokenStore(_)) => "home_unusable",
         }
     }
 }

@@ -12,7 +12,7 @@ use tincan_proto::ids::MessageId;
 use tincan_proto::labels;
 use tokio::sync::mpsc;
 
-use crate::client::{Cmd, ConnState, Event, Shared};
+use crate::client::{Cmd, ConnState, Event, Shared, Stopped};
 use crate::conn::{
     Failing, broken_store, emit_unconsumed, open_batch, report_connected, report_lost,
     report_stopped,
@@ -194,9 +194,11 @@ pub(crate) async fn run(
                 message,
                 ..
             }) => {
-                shared.state.send_replace(ConnState::Failed(format!(
-                    "relay refused authentication: {message} ({code})"
-                )));
+                shared
+                    .state
+                    .send_replace(ConnState::Failed(Stopped::AuthRefused(format!(
+                        "relay refused authentication: {message} ({code})"
+                    ))));
                 return;
             }
             Err(CallError::Relay { message, code, .. }) => {
@@ -270,8 +272,8 @@ async fn session(
                 Ok(r) => match open_rows(shared, events, http, r.messages).await {
                     Ok(Some(last)) => cursor = last,
                     Ok(None) => {}
-                    Err(e) if e == BROKEN => return None,
-                    Err(e) => return Some(e),
+                    Err(RowsError::Broken) => return None,
+                    Err(RowsError::Lost(e)) => return Some(e),
                 },
                 Err(e) => return Some(format!("bad response from relay: {e}")),
             },
@@ -426,9 +428,20 @@ fn deferred(id: MessageId, code: ErrorCode, message: String, retry_after_ms: u32
     }
 }
 
-/// What `open_rows` returns when the home cannot store deliveries at all: the client has
-/// already stopped (state `Failed`), and the session ends for good.
-const BROKEN: &str = "the home cannot store messages";
+/// Why `open_rows` did not finish.
+enum RowsError {
+    /// The home cannot store deliveries at all: the client has already stopped (state
+    /// `Failed`), and the session ends for good.
+    Broken,
+    /// The session ends and the client reconnects.
+    Lost(String),
+}
+
+impl From<String> for RowsError {
+    fn from(reason: String) -> Self {
+        Self::Lost(reason)
+    }
+}
 
 /// Opens received rows in one transaction, acks them, emits events. Returns the last seq.
 async fn open_rows(
@@ -436,7 +449,7 @@ async fn open_rows(
     events: &Events,
     http: &mut Http,
     rows: Vec<ReceivedRow>,
-) -> Result<Option<u64>, String> {
+) -> Result<Option<u64>, RowsError> {
     let mut batch = Vec::with_capacity(rows.len());
     let mut seqs = Vec::with_capacity(rows.len());
     for r in rows {
@@ -466,10 +479,10 @@ async fn open_rows(
         Err(e) if e.is_broken_store() => {
             let reason = broken_store(&e);
             tracing::error!(reason = %reason, "stopped");
-            report_stopped(shared, events, reason);
-            return Err(BROKEN.into());
+            report_stopped(shared, events, Stopped::BrokenStore(reason));
+            return Err(RowsError::Broken);
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(RowsError::Lost(e.to_string())),
     };
     http.call(
         reqwest::Method::POST,
@@ -485,7 +498,7 @@ async fn open_rows(
         if let Some(event) = event
             && events.send((event, Some(seq))).await.is_err()
         {
-            return Err("client closed".into());
+            return Err(RowsError::Lost("client closed".into()));
         }
     }
     Ok(last)

@@ -51,7 +51,7 @@ mod error;
 pub mod home;
 mod http_conn;
 
-pub use client::{Client, ClientOptions, ConnState, Event, ReceivedMessage, Transport};
+pub use client::{Client, ClientOptions, ConnState, Event, ReceivedMessage, Stopped, Transport};
 pub use error::ClientError;
 pub use home::{AgentMessage, AuditVerdict, Home, PeerPolicy, PeerRecord, now_ms, now_secs};
 pub use tincan_proto;

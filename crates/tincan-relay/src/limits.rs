@@ -31,7 +31,7 @@ pub(crate) fn invite_expiry_refusal(expires_at: u64, now: u64, max: Duration) ->
     } else if expires_at - now > max {
         Some(format!(
             "an invite may stay open at most {} on this relay ({max} s); ask for a shorter lifetime",
-            if max % 86_400 == 0 {
+            if max.is_multiple_of(86_400) {
                 format!("{} days", max / 86_400)
             } else {
                 format!("{max} s")

@@ -53,11 +53,7 @@ pub async fn run(home: Option<PathBuf>, args: ListenArgs, out: &Out) -> Result<E
             return Ok(ExitCode::SUCCESS);
         };
         let Some(event) = event else {
-            let reason = match client.state() {
-                tincan_client::ConnState::Failed(r) => r,
-                _ => "the client stopped".into(),
-            };
-            return Err(CliError::new("stopped", 1, reason));
+            return Err(crate::cmd::stopped_error(&client));
         };
         connected |= matches!(event, Event::Connected);
         let done = match print_event(&client, &event, out) {

@@ -442,11 +442,7 @@ impl<'a> Server<'a> {
             || format!("done ({reason}): {turns} turns, {} replies", s.replied),
         );
         if reason == "client_stopped" {
-            return Err(CliError::new(
-                "stopped",
-                5,
-                format!("the connection stopped for good: {:?}", self.client.state()),
-            ));
+            return Err(crate::cmd::stopped_error(&self.client));
         }
         Ok(ExitCode::SUCCESS)
     }
