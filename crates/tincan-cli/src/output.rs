@@ -53,7 +53,9 @@ impl From<ClientError> for CliError {
             | ClientError::Disconnected => 5,
             ClientError::Timeout(_) => 6,
             ClientError::Deferred { .. } => 7,
-            ClientError::Stopped(tincan_client::Stopped::BrokenStore(_)) => 3,
+            ClientError::Stopped(
+                tincan_client::Stopped::BrokenStore(_) | tincan_client::Stopped::Replaced(_),
+            ) => 3,
             ClientError::Stopped(tincan_client::Stopped::AuthRefused(_)) => 7,
             ClientError::Relay { code, .. } => match code {
                 tincan_proto_codes::InviteUsed

@@ -529,3 +529,79 @@ fn no_log_level_shows_peer_text_or_invite_secrets_through_the_mcp_library() {
         );
     }
 }
+
+#[test]
+fn a_listen_on_the_mcp_servers_home_gets_replaced_and_the_server_keeps_receiving() {
+    use std::io::{BufRead, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(Path::new(bin()), dir.path());
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let c = Cli::new(bin());
+    let a_id = c.setup(&a);
+    c.setup(&b);
+    c.pair(&a, &b, &relay.url());
+    let mut server = Kill(
+        Command::new(bin())
+            .arg("--home")
+            .arg(&a)
+            .args(["mcp", "--retake-after", "1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = server.0.stdin.take().unwrap();
+    let mut lines = std::io::BufReader::new(server.0.stdout.take().unwrap()).lines();
+    let init = rpc(
+        &mut stdin,
+        &mut lines,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "retake-test", "version": "1"}}}),
+    );
+    assert!(init["result"].is_object(), "{init}");
+    writeln!(
+        stdin,
+        "{}",
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    )
+    .unwrap();
+    // The server is receiving once a message sent now reaches it.
+    assert_eq!(c.run(&b, &["send", &a_id, "before"]).code, 0);
+    let first = rpc(
+        &mut stdin,
+        &mut lines,
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "check_messages", "arguments": {"wait_seconds": 15}}}),
+    );
+    assert!(first.to_string().contains("before"), "{first}");
+
+    // A listen on the same home takes the receiving connection; a second later the server takes
+    // it back, and the listen stops with `replaced` instead of fighting over it.
+    let started = Instant::now();
+    let r = c.run(&a, &["listen", "--timeout", "20"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    let last = r.events().last().cloned().unwrap();
+    assert_eq!(last["error"]["code"], "replaced", "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(15), "{r:?}");
+    let connects = r
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "connected")
+        .count();
+    assert_eq!(
+        connects, 1,
+        "it stopped, it did not reconnect and flap: {r:?}"
+    );
+
+    // And the server receives again.
+    assert_eq!(c.run(&b, &["send", &a_id, "after"]).code, 0);
+    let second = rpc(
+        &mut stdin,
+        &mut lines,
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+            "name": "check_messages", "arguments": {"wait_seconds": 15}}}),
+    );
+    assert!(second.to_string().contains("after"), "{second}");
+}

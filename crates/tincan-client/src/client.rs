@@ -137,6 +137,11 @@ pub enum Stopped {
     /// was lost: the relay keeps what it could not deliver.
     #[error("{0}")]
     BrokenStore(String),
+    /// Another connection authenticated as this identity to receive on this relay (another
+    /// `listen` or `serve` on this home, or a copy of the identity elsewhere): the newest one
+    /// receives, and this one stops instead of fighting over it.
+    #[error("{0}")]
+    Replaced(String),
 }
 
 /// Builds a request frame once its request number is known.

@@ -85,9 +85,9 @@ pub(crate) async fn run(
                 match end {
                     End::Stop => return,
                     End::Replaced => {
-                        let reason = "another process is now receiving for this identity on this relay; stopped".to_string();
+                        let reason = "another process (listen, serve or an MCP server on this home, or a copy of this identity) is now receiving for this identity on this relay; the newest one receives, so this one stopped".to_string();
                         tracing::warn!("{reason}");
-                        report_stopped(&shared, &events, Stopped::BrokenStore(reason));
+                        report_stopped(&shared, &events, Stopped::Replaced(reason));
                         return;
                     }
                     End::Lost(reason) => {
@@ -340,18 +340,27 @@ impl<'a> Session<'a> {
                         Err(e) => return End::Lost(e),
                     }
                     // Take whatever else is already here, so one transaction covers the burst.
+                    // A close after frames still gets them handled first: the relay's last
+                    // word (`replaced`, `shutting_down`) comes just before it.
+                    let mut closed = None;
                     while frames.len() < MAX_DRAIN {
                         match ws.next().now_or_never() {
                             Some(msg) => match read(msg) {
                                 Ok(Some(f)) => frames.push(f),
                                 Ok(None) => {}
-                                Err(e) => return End::Lost(e),
+                                Err(e) => {
+                                    closed = Some(e);
+                                    break;
+                                }
                             },
                             None => break,
                         }
                     }
                     if let Err(e) = self.handle(ws, frames).await {
                         return e;
+                    }
+                    if let Some(e) = closed {
+                        return End::Lost(e);
                     }
                 }
                 _ = sleep_until_opt(self.acks_due) => self.write_deferred(),

@@ -139,6 +139,7 @@ impl ClientError {
             Self::Closed => "closed",
             Self::Stopped(crate::Stopped::AuthRefused(_)) => "auth_failed",
             Self::Stopped(crate::Stopped::BrokenStore(_)) => "home_unusable",
+            Self::Stopped(crate::Stopped::Replaced(_)) => "replaced",
         }
     }
 }

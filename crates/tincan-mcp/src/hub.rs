@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use tincan_client::tincan_proto::ids::PeerId;
 use tincan_client::tincan_proto::invite::Invite;
 use tincan_client::{
-    AgentMessage, Client, ClientError, ClientOptions, Event, Home, PeerRecord, ReceivedMessage,
-    now_ms,
+    AgentMessage, Client, ClientError, ClientOptions, ConnState, Event, Home, PeerRecord,
+    ReceivedMessage, Stopped, now_ms,
 };
 use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
@@ -36,6 +36,9 @@ pub struct HubConfig {
     pub relay: Option<String>,
     /// Push flood control.
     pub push_limit: PushLimit,
+    /// How long the pump leaves the relay's receiving connection to another process (a
+    /// `tincan listen` on this home) before it takes it back.
+    pub retake_after: Duration,
 }
 
 struct Link {
@@ -53,6 +56,7 @@ impl Drop for Link {
 /// Shared state of one server process.
 pub struct Hub {
     home_dir: PathBuf,
+    retake_after: Duration,
     home: Mutex<Home>,
     link: tokio::sync::Mutex<Option<Link>>,
     pushes: broadcast::Sender<Arc<Value>>,
@@ -82,6 +86,7 @@ impl Hub {
         let (sessions, _) = watch::channel(0);
         let hub = Arc::new(Self {
             home_dir: config.home_dir,
+            retake_after: config.retake_after,
             home: Mutex::new(home),
             link: tokio::sync::Mutex::new(None),
             pushes,
@@ -118,7 +123,7 @@ impl Hub {
         )?;
         let receiver = Client::start(Home::open(&self.home_dir)?, relay, ClientOptions::default())?;
         let relay = sender.relay_url().to_string();
-        let pump = tokio::spawn(pump(Arc::downgrade(self), receiver));
+        let pump = tokio::spawn(pump(Arc::downgrade(self), receiver, relay.to_string()));
         *link = Some(Link {
             relay,
             sender: Arc::new(sender),
@@ -373,7 +378,7 @@ impl From<ClientError> for ToolFailure {
     }
 }
 
-async fn pump(hub: std::sync::Weak<Hub>, mut receiver: Client) {
+async fn pump(hub: std::sync::Weak<Hub>, mut receiver: Client, relay: String) {
     // Read nothing until a session can take pushes (see the module docs).
     let mut sessions = match hub.upgrade() {
         Some(h) => h.sessions.subscribe(),
@@ -386,7 +391,33 @@ async fn pump(hub: std::sync::Weak<Hub>, mut receiver: Client) {
     loop {
         tokio::select! {
             event = receiver.next_event() => {
-                let Some(event) = event else { return };
+                let Some(event) = event else {
+                    // Stopped for good. Another process took the receiving connection (the
+                    // relay keeps the newest): the agent's inbox must not die with it, so take
+                    // it back after a while. Any other reason stays stopped.
+                    if !matches!(receiver.state(), ConnState::Failed(Stopped::Replaced(_))) {
+                        tracing::error!(state = ?receiver.state(), "receiving stopped");
+                        return;
+                    }
+                    let Some(wait) = hub.upgrade().map(|h| h.retake_after) else { return };
+                    tracing::warn!(
+                        "another process is receiving for this home; taking the connection back in {}s",
+                        wait.as_secs()
+                    );
+                    tokio::time::sleep(wait).await;
+                    let Some(hub) = hub.upgrade() else { return };
+                    let restarted = Home::open(&hub.home_dir).map_err(ClientError::from).and_then(
+                        |home| Client::start(home, &relay, ClientOptions::default()),
+                    );
+                    match restarted {
+                        Ok(r) => receiver = r,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot restart receiving");
+                            return;
+                        }
+                    }
+                    continue;
+                };
                 let Some(hub) = hub.upgrade() else { return };
                 match event {
                     Event::Message(m) => hub.on_message(&m).await,

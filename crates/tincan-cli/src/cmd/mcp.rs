@@ -30,6 +30,10 @@ pub struct McpArgs {
     /// Sustained pushes per peer per minute.
     #[arg(long, default_value_t = 10)]
     pub push_per_minute: u32,
+    /// When another process (a `tincan listen` on this home) takes the relay's receiving
+    /// connection, take it back after this many seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retake_after: u64,
     /// Install into an MCP client instead of serving.
     #[command(subcommand)]
     pub action: Option<McpAction>,
@@ -77,6 +81,7 @@ pub async fn run(home: Option<PathBuf>, args: McpArgs, out: &Out) -> Result<Exit
             burst: args.push_burst.max(1),
             per_minute: args.push_per_minute.max(1),
         },
+        retake_after: std::time::Duration::from_secs(args.retake_after),
     };
     let http = match &args.http {
         Some(spec) => Some(tincan_mcp::http_addr(spec, args.allow_remote).map_err(mcp_err)?),
