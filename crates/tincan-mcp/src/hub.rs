@@ -406,7 +406,7 @@ async fn pump(hub: std::sync::Weak<Hub>, mut receiver: Client, relay: String) {
                     );
                     tokio::time::sleep(wait).await;
                     let Some(hub) = hub.upgrade() else { return };
-                    let restarted = Home::open(&hub.home_dir).map_err(ClientError::from).and_then(
+                    let restarted = Home::open(&hub.home_dir).and_then(
                         |home| Client::start(home, &relay, ClientOptions::default()),
                     );
                     match restarted {
