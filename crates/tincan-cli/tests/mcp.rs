@@ -531,7 +531,8 @@ fn no_log_level_shows_peer_text_or_invite_secrets_through_the_mcp_library() {
 }
 
 #[test]
-fn a_listen_on_the_mcp_servers_home_gets_replaced_and_the_server_keeps_receiving() {
+fn a_second_receiver_is_refused_and_a_copy_elsewhere_is_replaced_while_the_server_keeps_receiving()
+{
     use std::io::{BufRead, Write};
     let dir = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(Path::new(bin()), dir.path());
@@ -540,6 +541,13 @@ fn a_listen_on_the_mcp_servers_home_gets_replaced_and_the_server_keeps_receiving
     let a_id = c.setup(&a);
     c.setup(&b);
     c.pair(&a, &b, &relay.url());
+    // A copy of A's home: the same identity, as if restored on another machine.
+    let copy = dir.path().join("a-copy");
+    std::fs::create_dir(&copy).unwrap();
+    for f in std::fs::read_dir(&a).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), copy.join(f.file_name())).unwrap();
+    }
     let mut server = Kill(
         Command::new(bin())
             .arg("--home")
@@ -577,10 +585,18 @@ fn a_listen_on_the_mcp_servers_home_gets_replaced_and_the_server_keeps_receiving
     );
     assert!(first.to_string().contains("before"), "{first}");
 
-    // A listen on the same home takes the receiving connection; a second later the server takes
+    // A listen on the server's home would take its messages: refused at once, naming the pid.
+    let r = c.run(&a, &["listen", "--timeout", "20"]);
+    assert_eq!((r.code, r.error_code().as_str()), (3, "home_busy"), "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("pid {}", server.0.id())),
+        "{r:?}"
+    );
+
+    // The copy's listen takes the relay's receiving connection; a second later the server takes
     // it back, and the listen stops with `replaced` instead of fighting over it.
     let started = Instant::now();
-    let r = c.run(&a, &["listen", "--timeout", "20"]);
+    let r = c.run(&copy, &["listen", "--timeout", "20"]);
     assert_eq!(r.code, 3, "{r:?}");
     let last = r.events().last().cloned().unwrap();
     assert_eq!(last["error"]["code"], "replaced", "{r:?}");

@@ -185,6 +185,8 @@ pub struct Client {
     unmarked_count: usize,
     /// What `unmarked` was before the last entry was returned (`give_back_last` restores it).
     given_back_to: Option<i64>,
+    /// The home's receiving lock, for a receiving client.
+    _receiving: Option<crate::receiving::ReceivingLock>,
 }
 
 /// Most returned-but-unmarked inbox entries before the mark goes to the home.
@@ -224,6 +226,11 @@ impl Client {
         home.identity()?;
         let relay_url = normalize_relay_url(relay_url);
         crate::conn::ws_url(&relay_url)?;
+        let receiving = if opts.receive {
+            Some(crate::receiving::ReceivingLock::take(home.dir())?)
+        } else {
+            None
+        };
         let (state, _) = watch::channel(ConnState::Connecting(None));
         let (progress, _) = watch::channel(0);
         let shared = Arc::new(Shared {
@@ -253,6 +260,7 @@ impl Client {
             unmarked: None,
             unmarked_count: 0,
             given_back_to: None,
+            _receiving: receiving,
         })
     }
 

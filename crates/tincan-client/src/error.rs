@@ -89,6 +89,15 @@ pub enum ClientError {
     /// The client has shut down.
     #[error("client is closed")]
     Closed,
+    /// Another process already receives for this home (`receiving.lock`).
+    #[error(
+        "another process{} is already receiving for this home (a `listen`, `serve` or MCP server); a second receiver would take its messages: stop that one first, or read with `tincan room status` / the MCP tools",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    HomeBusy {
+        /// The holder's process id, if it wrote one.
+        pid: Option<u32>,
+    },
     /// The client stopped for good: the relay refused this identity, or the home cannot store.
     #[error(transparent)]
     Stopped(crate::Stopped),
@@ -137,6 +146,7 @@ impl ClientError {
             Self::Disconnected => "disconnected",
             Self::Timeout(_) => "timeout",
             Self::Closed => "closed",
+            Self::HomeBusy { .. } => "home_busy",
             Self::Stopped(crate::Stopped::AuthRefused(_)) => "auth_failed",
             Self::Stopped(crate::Stopped::BrokenStore(_)) => "home_unusable",
             Self::Stopped(crate::Stopped::Replaced(_)) => "replaced",

@@ -50,6 +50,7 @@ mod conn;
 mod error;
 pub mod home;
 mod http_conn;
+mod receiving;
 
 pub use client::{Client, ClientOptions, ConnState, Event, ReceivedMessage, Stopped, Transport};
 pub use error::ClientError;

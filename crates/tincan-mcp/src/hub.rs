@@ -378,7 +378,7 @@ impl From<ClientError> for ToolFailure {
     }
 }
 
-async fn pump(hub: std::sync::Weak<Hub>, mut receiver: Client, relay: String) {
+async fn pump(hub: std::sync::Weak<Hub>, receiver: Client, relay: String) {
     // Read nothing until a session can take pushes (see the module docs).
     let mut sessions = match hub.upgrade() {
         Some(h) => h.sessions.subscribe(),
@@ -387,38 +387,51 @@ async fn pump(hub: std::sync::Weak<Hub>, mut receiver: Client, relay: String) {
     if sessions.wait_for(|n| *n > 0).await.is_err() {
         return;
     }
+    let mut receiver = receiver;
+    loop {
+        // Stopped for good. Another connection took the receiving connection (the relay keeps
+        // the newest; on this machine the home's receiving lock keeps a second `listen` out, so
+        // this is a copy of the identity elsewhere): the agent's inbox must not die with it, so
+        // take it back after a while. Any other reason stays stopped.
+        let stopped = pump_events(&hub, &mut receiver).await;
+        if !matches!(stopped, Some(ConnState::Failed(Stopped::Replaced(_)))) {
+            if let Some(state) = stopped {
+                tracing::error!(state = ?state, "receiving stopped");
+            }
+            return;
+        }
+        let Some(wait) = hub.upgrade().map(|h| h.retake_after) else {
+            return;
+        };
+        tracing::warn!(
+            "another connection is receiving for this identity; taking it back in {}s",
+            wait.as_secs()
+        );
+        // The old client holds the home's receiving lock until it is dropped.
+        drop(receiver);
+        tokio::time::sleep(wait).await;
+        let Some(hub) = hub.upgrade() else { return };
+        let restarted = Home::open(&hub.home_dir)
+            .and_then(|home| Client::start(home, &relay, ClientOptions::default()));
+        receiver = match restarted {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot restart receiving");
+                return;
+            }
+        };
+    }
+}
+
+/// Turns `receiver`'s events into pushes until its stream ends; returns its state then, or
+/// `None` when the hub is gone.
+async fn pump_events(hub: &std::sync::Weak<Hub>, receiver: &mut Client) -> Option<ConnState> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             event = receiver.next_event() => {
-                let Some(event) = event else {
-                    // Stopped for good. Another process took the receiving connection (the
-                    // relay keeps the newest): the agent's inbox must not die with it, so take
-                    // it back after a while. Any other reason stays stopped.
-                    if !matches!(receiver.state(), ConnState::Failed(Stopped::Replaced(_))) {
-                        tracing::error!(state = ?receiver.state(), "receiving stopped");
-                        return;
-                    }
-                    let Some(wait) = hub.upgrade().map(|h| h.retake_after) else { return };
-                    tracing::warn!(
-                        "another process is receiving for this home; taking the connection back in {}s",
-                        wait.as_secs()
-                    );
-                    tokio::time::sleep(wait).await;
-                    let Some(hub) = hub.upgrade() else { return };
-                    let restarted = Home::open(&hub.home_dir).and_then(
-                        |home| Client::start(home, &relay, ClientOptions::default()),
-                    );
-                    match restarted {
-                        Ok(r) => receiver = r,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot restart receiving");
-                            return;
-                        }
-                    }
-                    continue;
-                };
-                let Some(hub) = hub.upgrade() else { return };
+                let Some(event) = event else { return Some(receiver.state()) };
+                let hub = hub.upgrade()?;
                 match event {
                     Event::Message(m) => hub.on_message(&m).await,
                     Event::PeerJoined { peer, .. } => {
@@ -434,7 +447,7 @@ async fn pump(hub: std::sync::Weak<Hub>, mut receiver: Client, relay: String) {
                 }
             }
             _ = tick.tick() => {
-                let Some(hub) = hub.upgrade() else { return };
+                let hub = hub.upgrade()?;
                 hub.report_deferred();
             }
         }
