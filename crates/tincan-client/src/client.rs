@@ -211,7 +211,9 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Starts a client in the background; it keeps (re)connecting until dropped.
+    /// Starts a client in the background; it keeps (re)connecting until dropped. A receiving
+    /// client (`opts.receive`) holds the home's receiving lock while it lives, so a second one
+    /// on the same home fails with [`ClientError::HomeBusy`].
     pub fn start(home: Home, relay_url: &str, opts: ClientOptions) -> Result<Self, ClientError> {
         Self::start_with(home, relay_url, opts, Transport::WebSocket)
     }
