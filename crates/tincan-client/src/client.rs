@@ -11,9 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::ClientError;
-use crate::home::{
-    Home, InboxEntry, InboxKind, PeerPolicy, PeerRecord, PeerStanding, now_ms, now_secs,
-};
+use crate::home::{Home, InboxEntry, InboxKind, PeerPolicy, PeerRecord, PeerStanding, now_ms};
 
 /// How a client connects.
 #[derive(Clone, Debug)]
@@ -457,10 +455,12 @@ impl Client {
     ) -> Result<InviteDraft, ClientError> {
         let relay_url = normalize_relay_url(relay_url);
         crate::conn::ws_url(&relay_url)?;
-        let draft = self
-            .shared
-            .home()
-            .create_invite(&relay_url, ttl_secs, now_secs())?;
+        // From the next whole second: an invite lives at least `ttl_secs` (a 1 s invite made late
+        // in a second is not already due when the relay checks it).
+        let draft =
+            self.shared
+                .home()
+                .create_invite(&relay_url, ttl_secs, now_ms().div_ceil(1000))?;
         let id = draft.invite().id;
         let expires_at = draft.invite().expires_at;
         match self
