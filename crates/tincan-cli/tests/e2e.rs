@@ -463,12 +463,9 @@ fn relay_sigkilled_under_traffic_delivers_every_acked_message_exactly_once() {
         let url = w.relay.url();
         let a_peer = a_id.clone();
         rt.spawn(async move {
-            let client = Client::start(
-                Home::open(&home).unwrap(),
-                &url,
-                ClientOptions { receive: false },
-            )
-            .unwrap();
+            let client =
+                Client::start(Home::open(&home).unwrap(), &url, ClientOptions::send_only())
+                    .unwrap();
             for burst in 0..40 {
                 let texts: Vec<String> = (0..20)
                     .map(|i| format!("{tag}-{:04}", burst * 20 + i))

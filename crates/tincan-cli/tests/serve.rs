@@ -344,3 +344,47 @@ fn serve_on_a_home_that_cannot_store_stops_with_home_unusable_and_loses_nothing(
     let r = cli().run(&w.path("a"), &["listen", "--timeout", "2"]);
     assert_eq!(message_texts(&r), ["kept at the relay"], "{r:?}");
 }
+
+#[test]
+fn a_killed_serve_leaves_what_it_had_not_handled_to_the_next_one_and_answers_each_once() {
+    let w = World::new();
+    // The first serve's handler never finishes: every message it takes is still unhandled
+    // when it is SIGKILLed (no shutdown, no give-back).
+    let mut s = w.serve_a("cat > /dev/null; sleep 60", &[]);
+    let sent: Vec<String> = ["a1", "a2", "a3"]
+        .iter()
+        .map(|t| w.send_from_b(t))
+        .collect();
+    let last = sent[2].clone();
+    s.wait_for(WAIT, "all received", |e| {
+        e["event"] == "received" && e["id"] == last.as_str()
+    });
+    // Let any mark that could be written be written.
+    std::thread::sleep(Duration::from_millis(300));
+    s.kill();
+
+    // The next serve handles all three, in order, and answers each once.
+    let mut s = w.serve_a("cat", &[]);
+    let deadline = Instant::now() + WAIT;
+    while s.events("replied").len() < 3 {
+        assert!(Instant::now() < deadline, "{:#?}", s.seen);
+        std::thread::sleep(Duration::from_millis(50));
+        s.poll();
+    }
+    let handled: Vec<String> = s
+        .events("replied")
+        .iter()
+        .map(|e| e["in_reply_to"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(handled, sent, "{:#?}", s.seen);
+    // B gets exactly the three replies.
+    let r = cli().run(&w.path("b"), &["listen", "--timeout", "2"]);
+    assert_eq!(message_texts(&r), ["a1", "a2", "a3"], "{r:?}");
+    // Handled now: a third serve has nothing to do.
+    s.terminate();
+    assert!(s.wait_exit(WAIT).success());
+    let mut s = w.serve_a("cat", &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    s.poll();
+    assert!(s.events("received").is_empty(), "{:#?}", s.seen);
+}

@@ -14,16 +14,35 @@ use crate::error::ClientError;
 use crate::home::{Home, InboxEntry, InboxKind, PeerPolicy, PeerRecord, PeerStanding, now_ms};
 
 /// How a client connects.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct ClientOptions {
     /// Take deliveries on this connection. Off for a one-shot sender, so it does not take
     /// messages away from a running listener of the same home.
     pub receive: bool,
+    /// Mark each message as handed over when [`Client::next_event`] returns it (the default).
+    /// Off for an application that deals with messages later or out of order and says so with
+    /// [`Client::handled`] (`serve`): a message it took but never finished, because it crashed,
+    /// is returned again by the next client on this home. Joins are marked when returned either
+    /// way.
+    pub mark_on_return: bool,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self { receive: true }
+        Self {
+            receive: true,
+            mark_on_return: true,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// A connection that only sends (see [`ClientOptions::receive`]).
+    pub fn send_only() -> Self {
+        Self {
+            receive: false,
+            ..Self::default()
+        }
     }
 }
 
@@ -185,6 +204,9 @@ pub struct Client {
     given_back_to: Option<i64>,
     /// The home's receiving lock, for a receiving client.
     _receiving: Option<crate::receiving::ReceivingLock>,
+    /// Without [`ClientOptions::mark_on_return`]: messages returned and not yet
+    /// [`Client::handled`], by sender and id, with their inbox seqs.
+    held: Option<HashMap<(PeerId, MessageId), i64>>,
 }
 
 /// Most returned-but-unmarked inbox entries before the mark goes to the home.
@@ -226,6 +248,7 @@ impl Client {
         home.identity()?;
         let relay_url = normalize_relay_url(relay_url);
         crate::conn::ws_url(&relay_url)?;
+        let held = (!opts.mark_on_return).then(HashMap::new);
         let receiving = if opts.receive {
             Some(crate::receiving::ReceivingLock::take(home.dir())?)
         } else {
@@ -261,6 +284,7 @@ impl Client {
             unmarked_count: 0,
             given_back_to: None,
             _receiving: receiving,
+            held,
         })
     }
 
@@ -516,6 +540,15 @@ impl Client {
                 self.recv_writing_marks().await?
             }
         };
+        if let (Some(seq), Some(held)) = (inbox_seq, self.held.as_mut()) {
+            match &event {
+                Event::Message(m) => {
+                    held.insert((m.from, m.id), seq);
+                }
+                _ => self.shared.home().mark_handled_later(seq),
+            }
+            return Some(event);
+        }
         if let Some(seq) = inbox_seq {
             // The marks of earlier entries go to the home first, so the entry returned last is
             // only ever in `unmarked` (see `give_back_last`).
@@ -537,6 +570,18 @@ impl Client {
     pub fn give_back(&mut self, messages: &[(PeerId, MessageId)]) -> Result<usize, ClientError> {
         self.flush_marks();
         self.shared.home().give_back(messages)
+    }
+
+    /// Says that the application has dealt with a message [`Client::next_event`] returned (for
+    /// a client without [`ClientOptions::mark_on_return`]): it is not returned again. The mark
+    /// rides along with the home's next transaction, so marking a message just before sending
+    /// its reply commits both together. Returns whether the message was held.
+    pub fn handled(&mut self, from: &PeerId, id: &MessageId) -> bool {
+        let Some(seq) = self.held.as_mut().and_then(|h| h.remove(&(*from, *id))) else {
+            return false;
+        };
+        self.shared.home().mark_handled_later(seq);
+        true
     }
 
     /// Takes back the message or join that [`Client::next_event`] returned last, for an

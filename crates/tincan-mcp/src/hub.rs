@@ -119,7 +119,7 @@ impl Hub {
         let sender = Client::start(
             Home::open(&self.home_dir)?,
             relay,
-            ClientOptions { receive: false },
+            ClientOptions::send_only(),
         )?;
         let receiver = Client::start(Home::open(&self.home_dir)?, relay, ClientOptions::default())?;
         let relay = sender.relay_url().to_string();
@@ -180,7 +180,7 @@ impl Hub {
             let client = Client::connect(
                 Home::open(&self.home_dir)?,
                 &invite.relay_url,
-                ClientOptions { receive: false },
+                ClientOptions::send_only(),
                 CONNECT_WAIT,
             )
             .await?;

@@ -90,7 +90,7 @@ pub async fn run(out: &Out) -> Result<ExitCode, CliError> {
     let again = Client::connect(
         Home::open(&tmp.path().join("mallory")).and_then(|mut h| h.setup().map(|_| h))?,
         &relay_url,
-        ClientOptions { receive: false },
+        ClientOptions::send_only(),
         WAIT,
     )
     .await?;

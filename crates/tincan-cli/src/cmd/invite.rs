@@ -34,7 +34,7 @@ async fn create(
     let h = open_home(home)?;
     let relay = relay_for(&h, relay)?;
     // Send-only connection: creating an invite must not take deliveries from a running listener.
-    let client = Client::start(h, &relay, ClientOptions { receive: false })?;
+    let client = Client::start(h, &relay, ClientOptions::send_only())?;
     client
         .wait_connected_within(CONNECT_TIMEOUT, CONNECT_ATTEMPTS)
         .await?;
@@ -74,7 +74,7 @@ async fn accept(
         return Err(tincan_client::ClientError::OwnInvite.into());
     }
     let timeout = Duration::from_secs(timeout);
-    let client = Client::start(h, &invite.relay_url, ClientOptions { receive: false })?;
+    let client = Client::start(h, &invite.relay_url, ClientOptions::send_only())?;
     client
         .wait_connected_within(timeout, CONNECT_ATTEMPTS)
         .await?;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
-use tincan_client::{Client, ClientOptions, Home, now_secs};
+use tincan_client::{Client, Home, now_secs};
 
 use self::state::{RELAY, Room, SERVE, TUNNEL, log_tail, running, stop_process};
 use crate::cli::parse_duration;
@@ -145,7 +145,7 @@ pub async fn open(home: Option<PathBuf>, args: OpenArgs, out: &Out) -> Result<Ex
         let client = Client::connect(
             h,
             &room.relay_url,
-            ClientOptions::default(),
+            crate::cmd::serve::serve_options(),
             Duration::from_secs(10),
         )
         .await?;

@@ -62,7 +62,7 @@ pub async fn run(home: Option<PathBuf>, args: SendArgs, out: &Out) -> Result<Exi
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let ids = h.queue_texts(&peer.id, &refs, now_ms())?;
     let timeout = Duration::from_secs(args.timeout);
-    let client = Client::start(h, &peer.relay_url, ClientOptions { receive: false })?;
+    let client = Client::start(h, &peer.relay_url, ClientOptions::send_only())?;
     let result = async {
         client.wait_connected(timeout).await?;
         for id in &ids {

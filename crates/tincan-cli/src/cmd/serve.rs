@@ -104,8 +104,7 @@ pub async fn run(home: Option<PathBuf>, args: ServeArgs, out: &Out) -> Result<Ex
                 (None, Some(to)) => h.resolve_peer(to)?.relay_url,
                 (None, None) => relay_for(&h, None)?,
             };
-            let client =
-                Client::connect(h, &relay, ClientOptions::default(), CONNECT_TIMEOUT).await?;
+            let client = Client::connect(h, &relay, serve_options(), CONNECT_TIMEOUT).await?;
             (client, args.to)
         }
     };
@@ -116,6 +115,16 @@ pub async fn run(home: Option<PathBuf>, args: ServeArgs, out: &Out) -> Result<Ex
     Server::new(client, args.on_message, args.limits, out, None)
         .run(seed)
         .await
+}
+
+/// How `serve` connects: a message is marked handed over only once it is dealt with
+/// ([`Client::handled`]: replied to, or reported as not answered), so one whose handler never
+/// finished because `serve` was killed is handled again by the next `serve` on this home.
+pub(crate) fn serve_options() -> ClientOptions {
+    ClientOptions {
+        mark_on_return: false,
+        ..ClientOptions::default()
+    }
 }
 
 /// Opens (or creates) the home and accepts the invite at `url`.
@@ -129,13 +138,7 @@ async fn join(
     if invite.inviter.ed25519 == h.identity()?.peer_id() {
         return Err(ClientError::OwnInvite.into());
     }
-    let client = Client::connect(
-        h,
-        &invite.relay_url,
-        ClientOptions::default(),
-        CONNECT_TIMEOUT,
-    )
-    .await?;
+    let client = Client::connect(h, &invite.relay_url, serve_options(), CONNECT_TIMEOUT).await?;
     let peer = client.accept_invite(&invite, CONNECT_TIMEOUT).await?;
     client.home().set_setting("relay", client.relay_url())?;
     Ok((client, peer))

@@ -138,6 +138,12 @@ impl Running {
             .status();
     }
 
+    /// SIGKILL, as a crash or the OOM killer would: no cleanup at all.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

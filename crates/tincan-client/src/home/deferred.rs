@@ -34,6 +34,8 @@ pub(super) struct Ack {
 #[derive(Debug, Default)]
 pub(super) struct Deferred {
     consumed: Option<i64>,
+    /// Single entries the application has dealt with, out of order (see [`write_handled`]).
+    handled: Vec<i64>,
     acks: Vec<Ack>,
 }
 
@@ -41,6 +43,7 @@ pub(super) struct Deferred {
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Carried {
     consumed: Option<i64>,
+    handled: usize,
     acks: usize,
 }
 
@@ -49,12 +52,16 @@ impl Deferred {
         self.consumed = Some(self.consumed.map_or(seq, |p| p.max(seq)));
     }
 
+    pub(super) fn mark_handled(&mut self, seq: i64) {
+        self.handled.push(seq);
+    }
+
     pub(super) fn push_acks(&mut self, acks: impl IntoIterator<Item = Ack>) {
         self.acks.extend(acks);
     }
 
     pub(super) fn consumed_pending(&self) -> bool {
-        self.consumed.is_some()
+        self.consumed.is_some() || !self.handled.is_empty()
     }
 
     pub(super) fn acks_pending(&self) -> usize {
@@ -62,7 +69,7 @@ impl Deferred {
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.consumed.is_none() && self.acks.is_empty()
+        self.consumed.is_none() && self.handled.is_empty() && self.acks.is_empty()
     }
 
     /// Whether an unwritten ack covers message `id`.
@@ -97,8 +104,12 @@ impl Deferred {
         if let Some(seq) = self.consumed {
             write_consumed(tx, seq)?;
         }
+        if !self.handled.is_empty() {
+            write_handled(tx, &self.handled)?;
+        }
         Ok(Carried {
             consumed: self.consumed,
+            handled: self.handled.len(),
             acks: 0,
         })
     }
@@ -108,6 +119,7 @@ impl Deferred {
         if c.consumed.is_some() && self.consumed == c.consumed {
             self.consumed = None;
         }
+        self.handled.drain(..c.handled.min(self.handled.len()));
         self.acks.drain(..c.acks.min(self.acks.len()));
     }
 }
@@ -121,6 +133,31 @@ pub(super) fn write_consumed(conn: &rusqlite::Connection, seq: i64) -> Result<()
          SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
     )?
     .execute(params![seq])?;
+    Ok(())
+}
+
+/// Marks single inbox entries as dealt with, in any order (an application that handles
+/// messages concurrently, `serve`): each gets its `consumed` flag, and the watermark moves up to
+/// just below the oldest entry above it still unflagged, so it never passes one that is not
+/// dealt with yet, and the flags above it stay few.
+pub(super) fn write_handled(conn: &rusqlite::Connection, seqs: &[i64]) -> Result<(), ClientError> {
+    for seq in seqs {
+        conn.prepare_cached("UPDATE inbox SET consumed = 1 WHERE seq = ?1")?
+            .execute(params![seq])?;
+    }
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('consumed_through', 0) ON CONFLICT (key) DO NOTHING",
+    )?
+    .execute([])?;
+    conn.prepare_cached(
+        "UPDATE meta SET value = COALESCE(
+             (SELECT MIN(seq) - 1 FROM inbox
+               WHERE seq > CAST(meta.value AS INTEGER) AND consumed = 0),
+             (SELECT MAX(seq) FROM inbox),
+             value)
+         WHERE key = 'consumed_through'",
+    )?
+    .execute([])?;
     Ok(())
 }
 
@@ -180,6 +217,49 @@ mod tests {
         let mut rows = t.b.outbox(RELAY, 0, 10).unwrap();
         assert_eq!(rows.len(), 1);
         (t.a_id, t.b, rows.remove(0))
+    }
+
+    #[test]
+    fn entries_handled_out_of_order_are_hidden_and_the_watermark_waits_for_the_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = paired(dir.path());
+        t.a.queue_texts(&t.b_id, &["one", "two", "three", "four"], now_ms())
+            .unwrap();
+        let rows = take(&mut t.a);
+        kinds(&mut t.b, t.a_id, &rows);
+        let seqs: Vec<i64> = t.b.unconsumed(10).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs.len(), 4);
+        let watermark = |h: &Home| -> i64 {
+            h.conn
+                .query_row(
+                    "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'consumed_through'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        let shown =
+            |h: &Home| -> Vec<i64> { h.unconsumed(10).unwrap().iter().map(|e| e.seq).collect() };
+        let start = watermark(&t.b);
+        // "three" first: hidden, but the watermark may not pass "one" and "two".
+        t.b.mark_handled_later(seqs[2]);
+        assert!(t.b.consumed_pending());
+        t.b.flush_deferred().unwrap();
+        assert_eq!(shown(&t.b), [seqs[0], seqs[1], seqs[3]]);
+        assert_eq!(watermark(&t.b), start);
+        t.b.mark_handled_later(seqs[0]);
+        t.b.flush_deferred().unwrap();
+        assert_eq!(watermark(&t.b), seqs[0]);
+        // "two" closes the gap: the watermark moves over "three" too, up to "four".
+        t.b.mark_handled_later(seqs[1]);
+        t.b.flush_deferred().unwrap();
+        assert_eq!(watermark(&t.b), seqs[2]);
+        assert_eq!(shown(&t.b), [seqs[3]]);
+        // Not written before a crash: shown again.
+        t.b.mark_handled_later(seqs[3]);
+        std::mem::forget(t.b);
+        let b = Home::open(&dir.path().join("b")).unwrap();
+        assert_eq!(shown(&b), [seqs[3]]);
     }
 
     #[test]

@@ -717,6 +717,13 @@ impl Home {
         self.deferred.mark_consumed(seq);
     }
 
+    /// Marks one inbox entry as dealt with (not the ones before it), written with the next
+    /// transaction like [`Home::mark_consumed_later`]: for an application that finishes entries
+    /// out of order. The watermark moves up to the oldest entry not yet dealt with.
+    pub fn mark_handled_later(&mut self, seq: i64) {
+        self.deferred.mark_handled(seq);
+    }
+
     /// Whether a mark from [`Home::mark_consumed_later`] is still unwritten.
     pub fn consumed_pending(&self) -> bool {
         self.deferred.consumed_pending()

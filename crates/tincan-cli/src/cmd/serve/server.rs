@@ -240,6 +240,7 @@ impl<'a> Server<'a> {
         if p.ended || max_turns.is_some_and(|max| turn >= max) {
             // The last turn is read, not answered: an answer would be one turn too many.
             p.ended = true;
+            self.client.handled(&m.from, &m.id);
             self.stats.no_reply += 1;
             self.emit(
                 json!({"event": "no_reply", "from": from, "id": id, "turn": turn, "reason": "max_turns"}),
@@ -249,6 +250,8 @@ impl<'a> Server<'a> {
         }
         if p.queue.len() >= queue_cap {
             let queued = p.queue.len();
+            // Reported as dropped, so dealt with: a restart does not replay the flood.
+            self.client.handled(&m.from, &m.id);
             self.stats.dropped += 1;
             self.emit(
                 json!({"event": "dropped", "from": from, "id": id, "turn": turn, "reason": "queue_full", "queued": queued}),
@@ -324,6 +327,9 @@ impl<'a> Server<'a> {
     }
 
     async fn on_done(&mut self, done: Done) {
+        // Dealt with whatever the outcome; the mark rides along with the reply's own commit (the
+        // send below), so a crash leaves either both or neither.
+        self.client.handled(&done.peer, &done.id);
         let max_turns = self.limits.max_turns;
         let p = self.peer(done.peer, None);
         p.running = false;
@@ -415,14 +421,9 @@ impl<'a> Server<'a> {
                 .values()
                 .flat_map(|p| p.queue.iter().map(|(m, _)| (m.from, m.id))),
         );
-        // Not answered, so not handled: the next `serve` or `listen` on this home gets them.
-        let given_back = match self.client.give_back(&unhandled) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not give back the unhandled messages");
-                0
-            }
-        };
+        // Not answered, so never marked handled (`serve_options`): the next `serve` or `listen`
+        // on this home gets them, as it would after a crash.
+        let given_back = unhandled.len();
         let unhandled: Vec<String> = unhandled.iter().map(|(_, id)| id.to_string()).collect();
         // Replies are in the persisted outbox either way; give them a moment to leave.
         let flushed = self
