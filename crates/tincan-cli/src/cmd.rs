@@ -115,7 +115,7 @@ fn home_unusable(dir: &std::path::Path, e: &std::io::Error) -> CliError {
 pub fn relay_for(home: &Home, flag: Option<String>) -> Result<String, CliError> {
     match flag {
         Some(r) => Ok(r),
-        None => home.setting("relay")?.ok_or_else(|| {
+        None => home.default_relay()?.ok_or_else(|| {
             CliError::new(
                 "no_relay",
                 2,

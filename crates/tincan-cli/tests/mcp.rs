@@ -621,3 +621,49 @@ fn a_second_receiver_is_refused_and_a_copy_elsewhere_is_replaced_while_the_serve
     );
     assert!(second.to_string().contains("after"), "{second}");
 }
+
+#[test]
+fn a_relay_given_to_the_mcp_server_is_remembered_for_its_next_start() {
+    use std::io::{BufRead, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(Path::new(bin()), dir.path());
+    let a = dir.path().join("a");
+    let c = Cli::new(bin());
+    c.setup(&a);
+    // A fresh home knows no relay.
+    let r = c.run(&a, &["listen", "--timeout", "1"]);
+    assert_eq!((r.code, r.error_code().as_str()), (2, "no_relay"), "{r:?}");
+    let mut server = Kill(
+        Command::new(bin())
+            .arg("--home")
+            .arg(&a)
+            .args(["mcp", "--relay", &relay.url()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = server.0.stdin.take().unwrap();
+    let mut lines = std::io::BufReader::new(server.0.stdout.take().unwrap()).lines();
+    let init = rpc(
+        &mut stdin,
+        &mut lines,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "relay-test", "version": "1"}}}),
+    );
+    assert!(init["result"].is_object(), "{init}");
+    writeln!(
+        stdin,
+        "{}",
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    )
+    .unwrap();
+    drop(stdin);
+    let _ = server.0.wait();
+    // What `mcp install` and `launch` run next has no --relay: the home remembers it.
+    let r = c.run(&a, &["listen", "--timeout", "1"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.events()[0]["relay"], relay.url().as_str(), "{r:?}");
+}

@@ -80,7 +80,7 @@ impl Hub {
         home.identity()?;
         let relay = match config.relay {
             Some(r) => Some(r),
-            None => home.setting("relay")?,
+            None => home.default_relay()?,
         };
         let (pushes, _) = broadcast::channel(256);
         let (sessions, _) = watch::channel(0);
@@ -123,6 +123,9 @@ impl Hub {
         )?;
         let receiver = Client::start(Home::open(&self.home_dir)?, relay, ClientOptions::default())?;
         let relay = sender.relay_url().to_string();
+        // Remembered, as `tincan invite create` does: the next start without `--relay` (what
+        // `mcp install` and `launch` write) links to the same relay.
+        sender.home().set_setting("relay", &relay)?;
         let pump = tokio::spawn(pump(Arc::downgrade(self), receiver, relay.to_string()));
         *link = Some(Link {
             relay,

@@ -68,6 +68,15 @@ impl Home {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The relay to use when none is named: the one this home used last (setting `relay`),
+    /// else the relay of the peer paired most recently.
+    pub fn default_relay(&self) -> Result<Option<String>, ClientError> {
+        if let Some(r) = self.setting("relay")? {
+            return Ok(Some(r));
+        }
+        Ok(self.peers()?.pop().map(|p| p.relay_url))
+    }
+
     /// One peer by id.
     pub fn peer(&self, id: &PeerId) -> Result<Option<PeerRecord>, ClientError> {
         Ok(self
@@ -201,4 +210,29 @@ pub(super) fn upsert_peer(
         ],
     )?;
     Ok(rev)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::super::fixtures::{RELAY, paired};
+
+    #[test]
+    fn the_default_relay_is_the_last_used_else_the_newest_peers() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = paired(dir.path());
+        // Paired through the fixtures' relay, never told "relay": the peer's relay it is.
+        assert_eq!(t.b.setting("relay").unwrap(), None);
+        assert_eq!(t.b.default_relay().unwrap().as_deref(), Some(RELAY));
+        t.b.set_setting("relay", "http://127.0.0.1:9").unwrap();
+        assert_eq!(
+            t.b.default_relay().unwrap().as_deref(),
+            Some("http://127.0.0.1:9")
+        );
+        let lone = tempfile::tempdir().unwrap();
+        let mut h = super::Home::open(lone.path()).unwrap();
+        h.setup().unwrap();
+        assert_eq!(h.default_relay().unwrap(), None);
+    }
 }
