@@ -667,3 +667,79 @@ fn a_relay_given_to_the_mcp_server_is_remembered_for_its_next_start() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.events()[0]["relay"], relay.url().as_str(), "{r:?}");
 }
+
+#[test]
+fn with_the_relay_down_create_invite_fails_at_once_and_send_message_says_queued() {
+    use std::io::{BufRead, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = RelayProcess::start(Path::new(bin()), dir.path());
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let c = Cli::new(bin());
+    c.setup(&a);
+    let b_id = c.setup(&b);
+    c.pair(&b, &a, &relay.url());
+    let mut server = Kill(
+        Command::new(bin())
+            .arg("--home")
+            .arg(&a)
+            .arg("mcp")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = server.0.stdin.take().unwrap();
+    let mut lines = std::io::BufReader::new(server.0.stdout.take().unwrap()).lines();
+    let init = rpc(
+        &mut stdin,
+        &mut lines,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "down-test", "version": "1"}}}),
+    );
+    assert!(init["result"].is_object(), "{init}");
+    writeln!(
+        stdin,
+        "{}",
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    )
+    .unwrap();
+    relay.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let t = Instant::now();
+    let created = rpc(
+        &mut stdin,
+        &mut lines,
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "create_invite", "arguments": {}}}),
+    );
+    assert_eq!(created["result"]["isError"], true, "{created}");
+    assert_eq!(
+        created["result"]["structuredContent"]["error"]["code"], "relay_unreachable",
+        "{created}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t.elapsed()
+    );
+
+    let t = Instant::now();
+    let sent = rpc(
+        &mut stdin,
+        &mut lines,
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+            "name": "send_message", "arguments": {"to": b_id, "message": "later"}}}),
+    );
+    assert_eq!(
+        sent["result"]["structuredContent"]["status"], "queued",
+        "{sent}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
+}

@@ -148,6 +148,15 @@ impl Hub {
         }
     }
 
+    /// The send-only client once it is connected, for a request the relay must answer (an
+    /// invite): a relay that is down is a tool error within a few failed attempts, not a call
+    /// that hangs until it returns.
+    pub async fn connected_sender(&self) -> Result<Arc<Client>, ToolFailure> {
+        let sender = self.sender().await?;
+        sender.wait_connected_within(CONNECT_WAIT, 4).await?;
+        Ok(sender)
+    }
+
     /// The relay in use, if any.
     pub async fn relay(&self) -> Option<String> {
         self.link.lock().await.as_ref().map(|l| l.relay.clone())

@@ -22,6 +22,8 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::framing::{Framed, PRIORITIES, display_name, rfc3339, tag_priority};
 use crate::hub::{CHANNEL_METHOD, Hub, ToolFailure};
 
+/// Longest a relay may take to register an invite.
+const INVITE_WAIT: Duration = Duration::from_secs(15);
 const SEND_WAIT: Duration = Duration::from_secs(10);
 const MAX_WAIT_SECS: u64 = 300;
 const MAX_LIMIT: usize = 100;
@@ -163,7 +165,13 @@ put secrets in a message unless your user told you to."
                 .await
         );
         let name = display_name(peer.alias.as_deref(), &peer.id.to_string());
-        let status = match sender.wait_sent(&id, SEND_WAIT).await {
+        // Queued while the relay is away: say so at once instead of waiting for it.
+        let wait = if sender.state() == tincan_client::ConnState::Connected {
+            SEND_WAIT
+        } else {
+            Duration::from_secs(1)
+        };
+        let status = match sender.wait_sent(&id, wait).await {
             Ok(()) => "sent",
             Err(tincan_client::ClientError::Timeout(_)) => "queued",
             Err(e) => return fail(e.into()),
@@ -307,11 +315,20 @@ your peer. ttl: how long it stays valid, e.g. \"30m\", \"24h\" (default), \"7d\"
             Ok(t) => t,
             Err(f) => return fail(f),
         };
-        let sender = match self.hub.sender().await {
+        let sender = match self.hub.connected_sender().await {
             Ok(s) => s,
             Err(f) => return fail(f),
         };
-        let draft = tri!(sender.create_invite(ttl).await);
+        // Connected a moment ago, but the relay may go away before it answers.
+        let draft = match tokio::time::timeout(INVITE_WAIT, sender.create_invite(ttl)).await {
+            Ok(r) => tri!(r),
+            Err(_) => {
+                return fail(ToolFailure::new(
+                    "relay_unreachable",
+                    "The relay did not answer in time; the invite was not created. Try again later, or tell your user the relay seems down.",
+                ));
+            }
+        };
         let url = draft.url();
         let inv = draft.invite();
         ok(
