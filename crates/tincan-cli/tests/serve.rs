@@ -270,6 +270,21 @@ fn seed_needs_a_peer_and_serve_needs_an_identity() {
         &["serve", "--on-message", "cat", "--seed", "hi"],
     );
     assert_eq!((r.code, r.error_code().as_str()), (2, "usage"), "{r:?}");
+    // Flags that would make serve useless are refused before it starts.
+    for bad in [
+        &["serve", "--on-message", " "][..],
+        &["serve", "--on-message", "cat", "--to", "someone"],
+        &["serve", "--on-message", "cat", "--max-output", "0"],
+        &["serve", "--on-message", "cat", "--max-output", "1000000"],
+        &["room", "open", "--on-message", ""],
+    ] {
+        let r = c.run(&dir.path().join("x"), bad);
+        assert_eq!(
+            (r.code, r.error_code().as_str()),
+            (2, "usage"),
+            "{bad:?}: {r:?}"
+        );
+    }
 }
 
 #[test]

@@ -39,7 +39,7 @@ pub enum RoomCmd {
 pub struct OpenArgs {
     /// Command run through `sh -c` for each incoming message (as in `tincan serve`). Without it,
     /// the room opens and this command exits; use `tincan listen` to read.
-    #[arg(long, value_name = "CMD")]
+    #[arg(long, value_name = "CMD", value_parser = crate::cmd::serve::parse_command)]
     pub on_message: Option<String>,
     /// Where the relay listens.
     #[arg(long, default_value = "127.0.0.1:8787")]
@@ -165,8 +165,14 @@ pub async fn open(home: Option<PathBuf>, args: OpenArgs, out: &Out) -> Result<Ex
         .on_message
         .clone()
         .unwrap_or_else(|| "YOUR_HANDLER".into());
+    // The guest's serve stops with ours when both count to the same --max-turns.
+    let max_turns = args
+        .limits
+        .max_turns
+        .map(|n| format!(" --max-turns {n}"))
+        .unwrap_or_default();
     let handoff = format!(
-        "tincan serve --join {} --on-message {} --seed 'Hello!'",
+        "tincan serve --join {} --on-message {} --seed 'Hello!'{max_turns}",
         crate::cmd::shell_quote(&url),
         crate::cmd::shell_quote(&handler)
     );

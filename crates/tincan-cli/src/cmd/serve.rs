@@ -34,13 +34,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ServeArgs {
     /// Command run through `sh -c` for each incoming message: the text on stdin, metadata in
     /// TINCAN_FROM, TINCAN_FROM_NAME, TINCAN_MESSAGE_ID, TINCAN_TURN; trimmed stdout is the reply.
-    #[arg(long, value_name = "CMD")]
+    #[arg(long, value_name = "CMD", value_parser = parse_command)]
     pub on_message: String,
     /// Open the conversation by sending this text first (to --to, or to the peer of --join).
     #[arg(long)]
     pub seed: Option<String>,
     /// The peer the seed goes to: id, unique prefix or alias.
-    #[arg(long, value_name = "PEER")]
+    #[arg(long, value_name = "PEER", requires = "seed")]
     pub to: Option<String>,
     /// Accept this invite first (making an identity if there is none), then serve.
     #[arg(long, value_name = "INVITE_URL")]
@@ -76,7 +76,7 @@ pub struct ServeLimits {
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_cap: u32,
     /// Most bytes of handler output accepted; a handler writing more is stopped.
-    #[arg(long, value_name = "BYTES", default_value_t = MAX_TEXT)]
+    #[arg(long, value_name = "BYTES", default_value_t = MAX_TEXT, value_parser = parse_max_output)]
     pub max_output: usize,
 }
 
@@ -115,6 +115,27 @@ pub async fn run(home: Option<PathBuf>, args: ServeArgs, out: &Out) -> Result<Ex
     Server::new(client, args.on_message, args.limits, out, None)
         .run(seed)
         .await
+}
+
+/// `--on-message`: a command with something in it (an empty one would answer nothing, ever).
+pub(crate) fn parse_command(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("the handler command is empty; give a command, e.g. --on-message cat".into());
+    }
+    Ok(s.to_string())
+}
+
+/// `--max-output`: 1 byte up to the longest text a message can carry.
+fn parse_max_output(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of bytes"))?;
+    if n == 0 || n > MAX_TEXT {
+        return Err(format!(
+            "must be 1 to {MAX_TEXT} bytes (the longest text a message carries)"
+        ));
+    }
+    Ok(n)
 }
 
 /// How `serve` connects: a message is marked handed over only once it is dealt with
