@@ -182,24 +182,7 @@ pub fn eprintln_safe(line: &str) {
 /// Makes peer text safe to print on a terminal: control characters (escape sequences that
 /// could rewrite the screen) are shown escaped. Newlines and tabs are kept.
 pub fn terminal_safe(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if (c.is_control() && c != '\n' && c != '\t') || invisible_format(c) {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Characters that change how text around them is shown without being visible themselves:
-/// bidirectional overrides and isolates (which can make a line read backwards), zero-width
-/// characters and the byte-order mark.
-fn invisible_format(c: char) -> bool {
-    matches!(c,
-        '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}'
-        | '\u{FEFF}')
+    tincan_client::display::escape_untrusted(text)
 }
 
 /// A peer's text for a terminal, every line under `tag` (e.g. `[alice]`): made safe with

@@ -47,6 +47,7 @@
 
 mod client;
 mod conn;
+pub mod display;
 mod error;
 pub mod home;
 mod http_conn;
