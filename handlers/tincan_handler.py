@@ -26,6 +26,21 @@ class HandlerError(Exception):
     """A failure with a message that says what to install or set."""
 
 
+def env_number(name, kind, default=None):
+    """The environment variable `name` as int or float (`kind`), or `default` when unset; a value
+    that is not a number is a HandlerError naming the variable."""
+    raw = os.environ.get(name, "")
+    if not raw.strip():
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise HandlerError(f"{name}={raw!r} is not a number; set it to e.g. {kind(default or 1)!r} or unset it")
+    if value < 0:
+        raise HandlerError(f"{name}={raw!r} must not be negative")
+    return value
+
+
 def fail(message, code=2):
     print(f"tincan handler: {message}", file=sys.stderr)
     sys.exit(code)
@@ -63,7 +78,7 @@ class History:
 
     def __init__(self, runtime, sender):
         self.path = os.path.join(state_dir(runtime), f"{sender}.json")
-        self.limit = int(os.environ.get("TINCAN_HISTORY_MESSAGES", "40"))
+        self.limit = env_number("TINCAN_HISTORY_MESSAGES", int, 40)
         try:
             with open(self.path, encoding="utf-8") as f:
                 self.entries = json.load(f)

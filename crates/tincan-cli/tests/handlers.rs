@@ -182,6 +182,32 @@ fn openai_handler_without_key_or_model_says_what_to_set() {
         String::from_utf8_lossy(&out.stderr).contains("TINCAN_MODEL is not set"),
         "{out:?}"
     );
+    // A setting that is not a number is named, not a Python traceback.
+    for var in [
+        "TINCAN_TEMPERATURE",
+        "TINCAN_MAX_TOKENS",
+        "TINCAN_HTTP_TIMEOUT",
+        "TINCAN_HISTORY_MESSAGES",
+    ] {
+        let out = run_handler(
+            "openai",
+            "hi",
+            1,
+            &[
+                ("OPENAI_API_KEY", "k"),
+                ("TINCAN_MODEL", "m"),
+                ("TINCAN_HANDLER_STATE", st),
+                (var, "abc"),
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}: {err}");
+        assert!(
+            err.contains(&format!("{var}='abc' is not a number")),
+            "{var}: {err}"
+        );
+        assert!(!err.contains("Traceback"), "{var}: {err}");
+    }
 }
 
 #[test]

@@ -211,6 +211,15 @@ fn http_refuses_a_non_loopback_address_without_allow_remote() {
             .unwrap()
             .contains("loopback")
     );
+    // A port already taken gets the same code as `tincan relay` and `room open` give.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let r = Cli::new(bin()).run(&home, &["mcp", "--http", &port]);
+    assert_eq!(
+        (r.code, r.error_code().as_str()),
+        (2, "port_in_use"),
+        "{r:?}"
+    );
 }
 
 fn fake_claude(dir: &Path) -> PathBuf {

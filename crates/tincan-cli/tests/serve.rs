@@ -403,3 +403,20 @@ fn a_killed_serve_leaves_what_it_had_not_handled_to_the_next_one_and_answers_eac
     s.poll();
     assert!(s.events("received").is_empty(), "{:#?}", s.seen);
 }
+
+#[test]
+fn a_handler_that_does_not_exist_is_reported_as_not_found() {
+    let w = World::new();
+    let mut s = w.serve_a("tincan-no-such-handler-7f3a", &[]);
+    let id = w.send_from_b("anyone there?");
+    let err = s.wait_event("handler_error", WAIT);
+    assert_eq!(err["id"], id.as_str());
+    assert_eq!(
+        (err["code"].as_str(), err["exit_code"].as_i64()),
+        (Some("exit"), Some(127))
+    );
+    let message = err["message"].as_str().unwrap();
+    assert!(message.contains("command not found"), "{err}");
+    s.terminate();
+    assert!(s.wait_exit(WAIT).success());
+}

@@ -369,8 +369,17 @@ impl ToolFailure {
 
 impl From<ClientError> for ToolFailure {
     fn from(e: ClientError) -> Self {
+        // The client's own text points at the CLI (`tincan peers`); an agent has tools instead.
+        if let ClientError::UnknownPeer(name) = &e {
+            return Self::new(
+                e.code(),
+                format!(
+                    "No peer matches '{name}'. Call list_peers and pass a peer's id or alias as `to`/`from`."
+                ),
+            );
+        }
         let hint = match &e {
-            ClientError::UnknownPeer(_) | ClientError::AmbiguousPeer(_) => {
+            ClientError::AmbiguousPeer(_) => {
                 " Call list_peers and pass a peer's id or alias as `to`/`from`."
             }
             ClientError::TooLong { .. } => " Split the text into several messages.",

@@ -189,7 +189,17 @@ async fn drive(child: &mut Child, text: String, limits: Limits) -> Outcome {
     if !status.success() {
         use std::os::unix::process::ExitStatusExt;
         let (code, message) = match (status.code(), status.signal()) {
-            (Some(c), _) => ("exit", format!("the handler exited with status {c}")),
+            (Some(c), _) => (
+                "exit",
+                format!(
+                    "the handler exited with status {c}{}",
+                    match c {
+                        127 => " (command not found: check --on-message and PATH)",
+                        126 => " (found but not executable: check its permissions)",
+                        _ => "",
+                    }
+                ),
+            ),
             (None, Some(s)) => ("signal", format!("the handler was killed by signal {s}")),
             _ => ("exit", "the handler failed".to_string()),
         };
