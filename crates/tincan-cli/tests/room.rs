@@ -271,6 +271,23 @@ fn without_cloudflared_the_error_says_how_to_install_it_and_public_url_is_used_a
     );
     assert!(!port_open(port), "no relay may be left behind");
 
+    // A cloudflared that fails: the room is undone, down to its directory.
+    let broken = dir.path().join("broken-cloudflared");
+    script(&broken, "echo 'failed to connect' >&2\nexit 1\n");
+    let mut h = Running::spawn(
+        &home,
+        &["room", "open", "--listen", &listen, "--tunnel"],
+        &[("TINCAN_CLOUDFLARED", broken.to_str().unwrap())],
+        dir.path(),
+    );
+    assert_ne!(h.wait_exit(WAIT).code(), Some(0));
+    assert_eq!(h.seen[0]["error"]["code"], "tunnel_failed", "{:?}", h.seen);
+    assert!(!port_open(port), "no relay may be left behind");
+    assert!(
+        !home.join(format!("rooms/{port}")).exists(),
+        "the failed room left its directory"
+    );
+
     // Behind a reverse proxy: the invite carries the public URL.
     let r = cli().run(
         &home,

@@ -97,6 +97,9 @@ pub async fn open(home: Option<PathBuf>, args: OpenArgs, out: &Out) -> Result<Ex
     };
     ensure_port_free(&dir, listen)?;
     let room_dir = Room::dir_for(&dir, port);
+    // A room that fails to open leaves nothing behind, unless its directory (an earlier room's
+    // relay database) was there before.
+    let fresh = !room_dir.exists();
     std::fs::create_dir_all(&room_dir).map_err(|e| {
         CliError::new(
             "io",
@@ -123,6 +126,9 @@ pub async fn open(home: Option<PathBuf>, args: OpenArgs, out: &Out) -> Result<Ex
         }
         stop_process(room.relay_pid, RELAY, true, STOP_GRACE);
         room.remove();
+        if fresh {
+            let _ = std::fs::remove_dir_all(&room.dir);
+        }
     };
     if let Some(bin) = &cloudflared {
         match tunnel::start(bin, &local.to_string(), &room_dir.join("tunnel.log")) {

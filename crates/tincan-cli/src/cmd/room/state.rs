@@ -183,6 +183,11 @@ pub fn stop_process(pid: u32, needles: &[&str], group: bool, grace: Duration) ->
         std::thread::sleep(Duration::from_millis(25));
     }
     signal(Signal::SIGKILL);
+    // Not clean, but gone before we answer: its port and database are free once we return.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while running(pid, needles) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     false
 }
 
