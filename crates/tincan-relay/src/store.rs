@@ -849,11 +849,12 @@ impl Worker {
             } => {
                 let open: rusqlite::Result<i64> = self
                     .conn
-                    .prepare_cached(
-                        "SELECT COUNT(*) FROM invites WHERE inviter = ?1 AND claimed_by IS NULL AND expires_at > ?2",
-                    )
+                    .prepare_cached(schema::OPEN_INVITES)
                     .and_then(|mut s| {
-                        s.query_row(params![inviter.as_bytes(), (crate::now_ms() / 1000) as i64], |r| r.get(0))
+                        s.query_row(
+                            params![inviter.as_bytes(), (crate::now_ms() / 1000) as i64],
+                            |r| r.get(0),
+                        )
                     });
                 if let Ok(n) = open
                     && n >= i64::from(self.max_open_invites)
@@ -931,7 +932,7 @@ impl Worker {
             Cmd::Sweep { now_ms } => {
                 let r = self.sweep_queue(now_ms).and_then(|n| {
                     let m = self.conn.execute(
-                        "DELETE FROM invites WHERE expires_at <= ?1 AND claimed_by IS NULL",
+                        "DELETE FROM invites WHERE expires_at <= ?1",
                         params![(now_ms / 1000) as i64],
                     )?;
                     Ok((n, m))
@@ -1388,11 +1389,20 @@ impl Worker {
                 "you cannot accept your own invite",
             )));
         }
-        self.conn
+        let claimed = self
+            .conn
             .prepare_cached(
                 "UPDATE invites SET claimed_by = ?1 WHERE id = ?2 AND claimed_by IS NULL",
             )?
             .execute(params![claimer.as_bytes(), id.as_bytes()])?;
+        // The check above and this update run in the one writer, so this cannot lose a race
+        // today; it is what makes the claim single-use on its own if that ever changes.
+        if claimed != 1 {
+            return Ok(Err((
+                ErrorCode::InviteUsed,
+                "invite already used; ask the inviter for a new one",
+            )));
+        }
         let (a, b) = pair_key(inviter, claimer);
         self.conn
             .prepare_cached("INSERT OR IGNORE INTO pairs (a, b) VALUES (?1, ?2)")?

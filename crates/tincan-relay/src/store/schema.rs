@@ -28,6 +28,11 @@ pub(super) const VERSION: i64 = 3;
 /// applies it only to a database that has no tables yet.
 pub(super) const PAGE_SIZE: i64 = 16_384;
 
+/// How many invites one inviter (`?1`) has open at `?2` (unix seconds); served by the
+/// `invites_open` index.
+pub(super) const OPEN_INVITES: &str = "SELECT COUNT(*) FROM invites
+    WHERE inviter = ?1 AND claimed_by IS NULL AND expires_at > ?2";
+
 /// The queue table of layout 3.
 pub(super) const QUEUE_TABLE: &str = "
 CREATE TABLE IF NOT EXISTS queue (
@@ -51,6 +56,9 @@ CREATE TABLE IF NOT EXISTS invites (
     expires_at INTEGER NOT NULL,
     claimed_by BLOB
 );
+-- The open-invite count of one inviter (max_open_invites), asked on every RegisterInvite: without
+-- it that count scanned every invite ever registered, inside the single writer.
+CREATE INDEX IF NOT EXISTS invites_open ON invites (inviter, expires_at) WHERE claimed_by IS NULL;
 CREATE TABLE IF NOT EXISTS pairs (
     a BLOB NOT NULL,
     b BLOB NOT NULL,
@@ -144,4 +152,26 @@ pub(super) fn record_seq(conn: &Connection, seq: u64) -> rusqlite::Result<()> {
     )?
     .execute(params![seq as i64])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    #[test]
+    fn the_open_invite_count_uses_its_index_not_a_scan() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        prepare(&mut conn).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {OPEN_INVITES}"))
+            .unwrap()
+            .query_map(params![vec![0u8; 32], 0i64], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|step| step.contains("invites_open")),
+            "{plan:?}"
+        );
+    }
 }
