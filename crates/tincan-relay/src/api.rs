@@ -40,6 +40,9 @@ const CHALLENGE_TTL: Duration = Duration::from_secs(60);
 const MAX_CHALLENGES: usize = 100_000;
 /// Longest long-poll wait.
 const MAX_WAIT_SECS: u64 = 60;
+/// Long-polls one identity may have waiting at once (each can hold a response of up to
+/// `store::FETCH_MAX_BYTES`).
+const MAX_POLLS_PER_IDENTITY: usize = 4;
 
 /// Outstanding HTTP challenges: single use, short-lived.
 #[derive(Default)]
@@ -314,6 +317,19 @@ async fn receive(
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT_SECS));
     let notify = shared.router.waiter(peer);
+    // The map holds one reference; each poll of this identity holds another.
+    if Arc::strong_count(&notify) - 1 > MAX_POLLS_PER_IDENTITY {
+        drop(notify);
+        shared.router.drop_waiter(&peer);
+        Metrics::inc(&shared.metrics.rate_limited_identity);
+        return Err(frame_error(
+            ErrorCode::RateLimited,
+            1000,
+            &format!(
+                "at most {MAX_POLLS_PER_IDENTITY} long-polls at once per identity; wait for one to return"
+            ),
+        ));
+    }
     let mut shutdown = shared.shutdown.clone();
     let rows = loop {
         let notified = notify.notified();
@@ -323,6 +339,7 @@ async fn receive(
             .store
             .fetch(peer, after, limit, now_ms())
             .await
+            .map(|f| f.rows)
             .map_err(|e| {
                 frame_error(
                     ErrorCode::Internal,

@@ -206,27 +206,26 @@ impl Conn {
     /// Re-reads undelivered messages from the store, after `last_seq`, until none are left.
     async fn catch_up(&mut self, peer: PeerId, last_seq: &mut u64, lagging: &AtomicBool) -> bool {
         loop {
-            let rows = match self
+            let fetched = match self
                 .shared
                 .store
                 .fetch(peer, *last_seq, FETCH_BATCH, now_ms())
                 .await
             {
-                Ok(rows) => rows,
+                Ok(f) => f,
                 Err(e) => {
                     tracing::error!(error = %e, "catch-up read failed");
                     lagging.store(true, Ordering::SeqCst);
                     return false;
                 }
             };
-            let n = rows.len();
-            for row in rows {
+            for row in fetched.rows {
                 *last_seq = (*last_seq).max(row.seq);
                 if !self.feed_delivery(&row).await {
                     return false;
                 }
             }
-            if n < FETCH_BATCH {
+            if !fetched.more {
                 if self.unflushed > 0 {
                     self.unflushed = 0;
                     return self.sink.flush().await.is_ok();

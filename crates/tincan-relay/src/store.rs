@@ -85,6 +85,18 @@ pub enum StoreError {
     },
 }
 
+/// Most body bytes one fetch returns (it returns at least one row): a long-poll's response and a
+/// catch-up batch stay small however large the queued messages are.
+pub(crate) const FETCH_MAX_BYTES: usize = 1 << 20;
+
+/// What one fetch read.
+pub(crate) struct Fetched {
+    /// Rows in `seq` order.
+    pub rows: Vec<Stored>,
+    /// Whether more rows were left for the next fetch (the row or byte limit was reached).
+    pub more: bool,
+}
+
 /// A stored message on its way to its recipient.
 pub struct Stored {
     /// Relay sequence number.
@@ -128,7 +140,7 @@ enum Cmd {
         after: u64,
         limit: usize,
         now_ms: u64,
-        reply: oneshot::Sender<Vec<Stored>>,
+        reply: oneshot::Sender<Fetched>,
     },
     RegisterInvite {
         inviter: PeerId,
@@ -290,7 +302,7 @@ impl Store {
         after: u64,
         limit: usize,
         now_ms: u64,
-    ) -> Result<Vec<Stored>, StoreError> {
+    ) -> Result<Fetched, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Fetch {
@@ -440,7 +452,7 @@ struct Effects {
     replies: Vec<(Responder, RelayFrame)>,
     deliveries: Vec<(PeerId, Arc<Stored>)>,
     new_pairs: Vec<(PeerId, PeerId)>,
-    fetches: Vec<(oneshot::Sender<Vec<Stored>>, Vec<Stored>)>,
+    fetches: Vec<(oneshot::Sender<Fetched>, Fetched)>,
     /// Messages acked in this batch: (sender, id, seq), remembered once the batch commits.
     acked: Vec<(PeerId, MessageId, u64)>,
 }
@@ -1311,13 +1323,16 @@ impl Worker {
         after: u64,
         limit: usize,
         now_ms: u64,
-    ) -> Result<Vec<Stored>, StoreError> {
+    ) -> Result<Fetched, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT sender, client_id, body, stored_at FROM queue WHERE seq = ?1 AND expires_at > ?2",
         )?;
         let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = false;
         for seq in self.index.after(&recipient, after) {
-            if out.len() >= limit {
+            if out.len() >= limit || bytes >= FETCH_MAX_BYTES {
+                more = true;
                 break;
             }
             let row = stmt
@@ -1338,6 +1353,7 @@ impl Worker {
                 tracing::warn!(seq, "skipping malformed stored row");
                 continue;
             };
+            bytes += body.len();
             out.push(Stored {
                 seq,
                 from,
@@ -1346,7 +1362,7 @@ impl Worker {
                 body,
             });
         }
-        Ok(out)
+        Ok(Fetched { rows: out, more })
     }
 
     fn claim(

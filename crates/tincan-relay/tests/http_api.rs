@@ -446,3 +446,88 @@ async fn curl_can_drive_the_http_api() {
     );
     r.stop().await;
 }
+
+#[tokio::test]
+async fn a_poll_returns_only_the_callers_own_queue_in_bounded_pages_and_polls_are_capped() {
+    let (_d, r) = relay(|c| {
+        c.rate_per_identity = tincan_relay::Rate::new(0.0, 0.0);
+        c.rate_per_ip = tincan_relay::Rate::new(0.0, 0.0);
+    })
+    .await;
+    let api = Api::new(&r.url);
+    let (a, b, c) = (
+        Identity::generate(),
+        Identity::generate(),
+        Identity::generate(),
+    );
+    let (ta, tb, tc) = (
+        api.token(&a).await,
+        api.token(&b).await,
+        api.token(&c).await,
+    );
+    let (s, _) = api.pair(&ta, &tb, &"cd".repeat(16)).await;
+    assert_eq!(s, 200);
+    // 20 bodies of 60 KB for B: 1.2 MB, more than one response carries.
+    for i in 0..20u8 {
+        let body = json!({"to": b.peer_id().to_string(), "id": format!("{:032x}", i), "body": BASE64URL_NOPAD.encode(&vec![i; 60_000])});
+        let (s, v) = api.post("/v1/messages", Some(&ta), body).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    // Only B's own queue: the sender sees none of it, and its ack of B's seqs acks nothing.
+    let (s, mine) = api.get("/v1/messages?after=0&limit=1000", Some(&ta)).await;
+    assert_eq!(s, 200);
+    assert!(mine["messages"].as_array().unwrap().is_empty(), "{mine}");
+    let (_, first) = api.get("/v1/messages?after=0&limit=1000", Some(&tb)).await;
+    let page: Vec<u64> = first["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    let (s, _) = api.post("/v1/ack", Some(&ta), json!({"seqs": page})).await;
+    assert!(s == 200 || s == 400, "{s}");
+    // A page stops at about 1 MiB of bodies however high the limit; the cursor gets the rest.
+    assert!(
+        !page.is_empty() && page.len() < 20,
+        "one page held {} of 20 bodies of 60 KB",
+        page.len()
+    );
+    let mut seen = page.len();
+    let mut cursor = first["cursor"].as_u64().unwrap();
+    while seen < 20 {
+        let (_, next) = api
+            .get(
+                &format!("/v1/messages?after={cursor}&limit=1000"),
+                Some(&tb),
+            )
+            .await;
+        let n = next["messages"].as_array().unwrap().len();
+        assert!(
+            n > 0,
+            "B's messages are all still there after A's ack: {seen}"
+        );
+        seen += n;
+        cursor = next["cursor"].as_u64().unwrap();
+    }
+    assert_eq!(seen, 20);
+
+    // At most four long-polls wait at once for one identity; a fifth is refused with a retry.
+    let mut polls = Vec::new();
+    for _ in 0..4 {
+        let api = Api::new(&r.url);
+        let tc = tc.clone();
+        polls.push(tokio::spawn(async move {
+            api.get("/v1/messages?after=0&wait=3", Some(&tc)).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (s, v) = api.get("/v1/messages?after=0&wait=3", Some(&tc)).await;
+    assert_eq!(s, 429, "{v}");
+    assert_eq!(v["error"]["code"], "rate_limited", "{v}");
+    for p in polls {
+        assert_eq!(p.await.unwrap().0, 200);
+    }
+    let (s, _) = api.get("/v1/messages?after=0", Some(&tc)).await;
+    assert_eq!(s, 200, "a poll is allowed again once the others returned");
+    r.stop().await;
+}
