@@ -36,7 +36,7 @@ use crate::{Shared, now_ms};
 
 /// How long a challenge nonce can be answered.
 const CHALLENGE_TTL: Duration = Duration::from_secs(60);
-/// Most outstanding challenges kept; beyond that the oldest are dropped.
+/// Most outstanding challenges kept; beyond that the oldest is dropped for each new one.
 const MAX_CHALLENGES: usize = 100_000;
 /// Longest long-poll wait.
 const MAX_WAIT_SECS: u64 = 60;
@@ -45,31 +45,80 @@ const MAX_WAIT_SECS: u64 = 60;
 const MAX_POLLS_PER_IDENTITY: usize = 4;
 
 /// Outstanding HTTP challenges: single use, short-lived.
-#[derive(Default)]
+/// Outstanding HTTP challenges: single use, short-lived, at most `cap`; when full, the oldest is
+/// dropped for a new one. (Refusing to store new ones instead let a flood of challenge requests
+/// fill the table and lock every HTTP client out of logging in; dropping the oldest means a
+/// flood would have to issue `cap` challenges in the moment between a client's challenge and its
+/// answer.)
 pub(crate) struct Challenges {
-    map: Mutex<HashMap<[u8; 32], Instant>>,
+    cap: usize,
+    inner: Mutex<ChallengeTable>,
+}
+
+#[derive(Default)]
+struct ChallengeTable {
+    issued: HashMap<[u8; 32], Instant>,
+    /// Issue order, oldest first; may name nonces already redeemed.
+    order: std::collections::VecDeque<[u8; 32]>,
+}
+
+impl Default for Challenges {
+    fn default() -> Self {
+        Self::with_cap(MAX_CHALLENGES)
+    }
 }
 
 impl Challenges {
+    fn with_cap(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            inner: Mutex::default(),
+        }
+    }
+
     fn issue(&self) -> [u8; 32] {
         let mut nonce = [0u8; 32];
         rand::rng().fill_bytes(&mut nonce);
-        let now = Instant::now();
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_CHALLENGES {
-            map.retain(|_, t| now.duration_since(*t) < CHALLENGE_TTL);
+        let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        while t.order.len() >= self.cap {
+            if let Some(old) = t.order.pop_front() {
+                t.issued.remove(&old);
+            }
         }
-        if map.len() < MAX_CHALLENGES {
-            map.insert(nonce, now);
-        }
+        t.issued.insert(nonce, Instant::now());
+        t.order.push_back(nonce);
         nonce
     }
 
     /// Removes the nonce; true if it was outstanding and fresh.
     fn redeem(&self, nonce: &[u8; 32]) -> bool {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(nonce)
-            .is_some_and(|t| t.elapsed() < CHALLENGE_TTL)
+        let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        t.issued
+            .remove(nonce)
+            .is_some_and(|at| at.elapsed() < CHALLENGE_TTL)
+    }
+}
+
+#[cfg(test)]
+mod challenge_tests {
+    use super::Challenges;
+
+    #[test]
+    fn a_full_table_drops_the_oldest_and_keeps_issuing_redeemable_challenges() {
+        let c = Challenges::with_cap(3);
+        let first = c.issue();
+        let kept: Vec<_> = (0..3).map(|_| c.issue()).collect();
+        assert!(!c.redeem(&first), "the oldest made room");
+        for n in &kept {
+            assert!(c.redeem(n), "every newer one is still good");
+            assert!(!c.redeem(n), "and single use");
+        }
+        // A flood never locks a fresh challenge out.
+        for _ in 0..100 {
+            c.issue();
+        }
+        let fresh = c.issue();
+        assert!(c.redeem(&fresh));
     }
 }
 
