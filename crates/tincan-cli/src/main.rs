@@ -100,41 +100,59 @@ const QUIET_LIBRARIES: &[&str] = &[
 const QUIETER_LIBRARIES: &[&str] = &["rmcp"];
 
 fn init_logging(cli: &Cli) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, Layer};
     let default = if matches!(cli.command, Command::Relay(_)) {
         "info"
     } else {
         "warn"
     };
-    let mut filter =
-        EnvFilter::try_from_env("TINCAN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = EnvFilter::try_from_env("TINCAN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     // At `trace` these libraries log whole frames and headers (ciphertext, bearer tokens), and
-    // rmcp logs tool arguments and results at `debug`. Cap each below the level that leaks
-    // whenever TINCAN_LOG enables that level anywhere, so no setting can leak them. (Only then:
-    // a `lib=debug` directive would otherwise make them *more* verbose than a `warn` default.)
-    use tracing_subscriber::filter::LevelFilter;
-    let enabled = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
-    for (libs, leaks_at, cap) in [
-        (QUIET_LIBRARIES, LevelFilter::TRACE, "debug"),
-        (QUIETER_LIBRARIES, LevelFilter::DEBUG, "info"),
-    ] {
-        if enabled >= leaks_at {
-            for lib in libs {
-                if let Ok(d) = format!("{lib}={cap}").parse() {
-                    filter = filter.add_directive(d);
-                }
-            }
-        }
-    }
+    // rmcp logs tool arguments and results at `debug`. A filter of its own drops those events
+    // whatever TINCAN_LOG says: as directives in TINCAN_LOG's filter, a more specific one
+    // (`tungstenite::protocol::frame=trace`) won over the cap.
+    let cap = tracing_subscriber::filter::filter_fn(|meta| !leaks(meta.target(), *meta.level()));
     // Colour only for a person at a terminal: escape codes in a log file or journal are noise.
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    if cli.log_json {
-        builder.json().init();
+    let fmt = if cli.log_json {
+        fmt.json().with_filter(cap).boxed()
     } else {
-        builder.init();
+        fmt.with_filter(cap).boxed()
+    };
+    tracing_subscriber::registry().with(filter).with(fmt).init();
+}
+
+/// Whether an event at `level` from `target` is one that can carry payloads or credentials.
+fn leaks(target: &str, level: tracing::Level) -> bool {
+    let from = |libs: &[&str]| {
+        libs.iter().any(|lib| {
+            target == *lib
+                || target
+                    .strip_prefix(lib)
+                    .is_some_and(|rest| rest.starts_with("::"))
+        })
+    };
+    (level == tracing::Level::TRACE && from(QUIET_LIBRARIES))
+        || (level >= tracing::Level::DEBUG && from(QUIETER_LIBRARIES))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::leaks;
+    use tracing::Level;
+
+    #[test]
+    fn payload_carrying_events_are_dropped_whatever_the_directive() {
+        assert!(leaks("tungstenite::protocol::frame", Level::TRACE));
+        assert!(leaks("tokio_tungstenite", Level::TRACE));
+        assert!(!leaks("tungstenite::protocol", Level::DEBUG));
+        assert!(leaks("rmcp::service", Level::DEBUG));
+        assert!(!leaks("rmcp", Level::INFO));
+        assert!(!leaks("tincan_relay", Level::TRACE));
+        assert!(!leaks("hyperion", Level::TRACE), "a prefix is not a module");
     }
 }

@@ -149,8 +149,9 @@ fn corrupt_database_gives_a_clear_error_and_is_left_alone() {
     );
 }
 
-/// Every log line of a full run (relay at debug level, clients at trace level) is free of
-/// plaintext, invite URLs and tokens, and key material.
+/// Every log line of a full run (relay at debug level, clients at trace level, including
+/// per-target directives for the libraries that log payloads) is free of plaintext, invite URLs
+/// and tokens, key material and ciphertext.
 #[test]
 fn no_secret_reaches_any_log_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -162,7 +163,12 @@ fn no_secret_reaches_any_log_line() {
             .arg(home)
             .args(["--json", "--log-json"])
             .args(args)
-            .env("TINCAN_LOG", "trace")
+            // Every level, and the per-target directives that used to outrank the cap on the
+            // libraries that log whole frames (ciphertext) and tool arguments.
+            .env(
+                "TINCAN_LOG",
+                "trace,tungstenite::protocol::frame=trace,tokio_tungstenite=trace,rmcp::service=trace",
+            )
             .output()
             .unwrap();
         (
