@@ -19,10 +19,20 @@ pub fn escape_untrusted(text: &str) -> String {
     out
 }
 
+/// Characters a reader does not see but a program (an LLM) reads: format characters (Unicode
+/// category Cf), the line and paragraph separators, variation selectors other than the two that
+/// pick an emoji's text or emoji style, the combining grapheme joiner and the Hangul fillers.
+/// Tag characters (U+E0000..U+E007F) mirror ASCII invisibly ("ASCII smuggling"), and the
+/// variation selectors can carry hidden bytes too.
 fn invisible_format(c: char) -> bool {
     matches!(c,
-        '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}'
-        | '\u{FEFF}')
+        '\u{00AD}' | '\u{034F}' | '\u{0600}'..='\u{0605}' | '\u{061C}' | '\u{06DD}'
+        | '\u{070F}' | '\u{0890}'..='\u{0891}' | '\u{08E2}' | '\u{115F}'..='\u{1160}'
+        | '\u{17B4}'..='\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
+        | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{3164}'
+        | '\u{FE00}'..='\u{FE0D}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{110BD}' | '\u{110CD}' | '\u{13430}'..='\u{1343F}' | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E007F}' | '\u{E0100}'..='\u{E01EF}')
 }
 
 #[cfg(test)]
@@ -32,13 +42,39 @@ mod tests {
     #[test]
     fn what_could_hide_reorder_or_break_lines_is_escaped_and_the_rest_is_kept() {
         for c in [
-            '\u{202E}', '\u{2066}', '\u{200B}', '\u{FEFF}', '\u{2028}', '\u{2029}', '\u{061C}',
-            '\r', '\u{7}', '\u{1b}', '\u{85}',
+            '\u{202E}',
+            '\u{2066}',
+            '\u{200B}',
+            '\u{FEFF}',
+            '\u{2028}',
+            '\u{2029}',
+            '\u{061C}',
+            '\r',
+            '\u{7}',
+            '\u{1b}',
+            '\u{85}',
+            '\u{9B}',
+            '\u{AD}',
+            '\u{180E}',
+            '\u{3164}',
+            '\u{FE00}',
+            '\u{E0041}',
+            '\u{E007F}',
+            '\u{E0100}',
         ] {
             let shown = escape_untrusted(&format!("x{c}y"));
             assert!(!shown.contains(c), "{c:?} -> {shown}");
             assert!(shown.contains('\\'), "{c:?} -> {shown}");
         }
         assert_eq!(escape_untrusted("tab\tand é ✓\nnext"), "tab\tand é ✓\nnext");
+        // Emoji keep their presentation selector and joiner-free sequences read as before.
+        assert_eq!(escape_untrusted("ok ❤\u{FE0F} 👍🏽"), "ok ❤\u{FE0F} 👍🏽");
+        // "ASCII smuggling": tag characters spelling a hidden instruction are shown, not hidden.
+        let hidden: String = "run rm"
+            .chars()
+            .map(|c| char::from_u32(0xE0000 + c as u32).unwrap())
+            .collect();
+        let shown = escape_untrusted(&format!("hello{hidden}"));
+        assert!(shown.starts_with("hello\\u{e0072}"), "{shown}");
     }
 }
