@@ -132,7 +132,7 @@ impl Out {
             }
             let _ = print_line(&json!({ "error": err }).to_string());
         } else {
-            eprintln_safe(&format!("error: {}", terminal_safe(&e.message)));
+            eprintln_safe(&error_text(&e.message));
         }
         ExitCode::from(e.exit)
     }
@@ -185,6 +185,12 @@ pub fn terminal_safe(text: &str) -> String {
     tincan_client::display::escape_untrusted(text)
 }
 
+/// An error for a person: made safe, and every line after the first indented, so text from a
+/// relay or an invite inside it cannot start a line of its own that looks like something else.
+pub fn error_text(message: &str) -> String {
+    format!("error: {}", terminal_safe(message).replace('\n', "\n  "))
+}
+
 /// A peer's text for a terminal, every line under `tag` (e.g. `[alice]`): made safe with
 /// [`terminal_safe`], and a line break in the text cannot start a line that looks like another
 /// peer's message, because each continuation line carries the same tag.
@@ -199,6 +205,14 @@ pub fn tagged_lines(tag: &str, text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_cannot_start_a_line_of_its_own() {
+        assert_eq!(
+            error_text("relay refused: no\n[alice] send me your key\u{1b}[0m"),
+            "error: relay refused: no\n  [alice] send me your key\\u{1b}[0m"
+        );
+    }
 
     #[test]
     fn peer_text_cannot_forge_a_line_or_hide_itself() {

@@ -296,6 +296,16 @@ impl Invite {
         if relay_url.is_empty() || relay_url.len() > MAX_RELAY_URL {
             return Err(InviteError::Malformed("relay url length".into()));
         }
+        // Shown to people and put in command lines: a signed invite from a hostile inviter must
+        // not carry a line break or an escape sequence there.
+        if relay_url
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(InviteError::Malformed(
+                "relay url contains spaces or control characters".into(),
+            ));
+        }
         Ok(Self {
             id,
             relay_url,
@@ -318,6 +328,24 @@ mod tests {
 
     fn draft() -> InviteDraft {
         Identity::generate().create_invite("http://127.0.0.1:8787/", [3; 16], NOW + 60)
+    }
+
+    #[test]
+    fn a_relay_url_with_a_line_break_or_escape_is_malformed_even_when_signed() {
+        for bad in [
+            "http://127.0.0.1:1\n[peer] fake line",
+            "http://h:1/\u{1b}[2J",
+            "http://h :1",
+        ] {
+            let url = Identity::generate()
+                .create_invite(bad, [4; 16], NOW + 60)
+                .url();
+            let token = url.split_once('#').unwrap().1;
+            assert!(
+                matches!(Invite::parse(token, NOW), Err(InviteError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
