@@ -46,6 +46,7 @@ impl From<ClientError> for CliError {
             | ClientError::AmbiguousPeer(_)
             | ClientError::BadAlias(_)
             | ClientError::BadKeyFile
+            | ClientError::MissingKeyFile(_)
             | ClientError::HomeBusy { .. }
             | ClientError::TooLong { .. } => 3,
             ClientError::Invite(_) | ClientError::OwnInvite => 4,

@@ -924,3 +924,33 @@ fn an_empty_tincan_home_means_the_default_home_and_a_set_one_is_used() {
     let chosen = tmp.path().join("chosen");
     assert_eq!(run(chosen.to_str().unwrap()), chosen);
 }
+
+#[test]
+fn a_missing_key_file_is_named_and_never_replaced_and_a_loose_one_is_tightened() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let c = cli();
+    let home = dir.path().join("a");
+    let id = c.setup(&home);
+    let key = home.join("identity.key");
+    let original = std::fs::read(&key).unwrap();
+    // Readable by others: tightened back to 0600 on the next open.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(c.run(&home, &["whoami"]).code, 0);
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // Gone: a clear error, and no new key that could never open the identity.
+    std::fs::remove_file(&key).unwrap();
+    let r = c.run(&home, &["whoami"]);
+    assert_eq!(
+        (r.code, r.error_code().as_str()),
+        (3, "missing_key_file"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("restore identity.key"), "{r:?}");
+    assert!(!key.exists(), "a key was made up in its place");
+    // Restored from the backup: the same identity again.
+    std::fs::write(&key, &original).unwrap();
+    let r = c.run(&home, &["whoami"]);
+    assert_eq!(r.json()["id"], id.as_str(), "{r:?}");
+}

@@ -20,6 +20,11 @@ pub enum ClientError {
     /// The identity key file and the database do not match.
     #[error("stored identity cannot be decrypted: the key file does not match the database")]
     BadKeyFile,
+    /// The key file is missing while the database holds an identity it encrypted.
+    #[error(
+        "{0} is missing, and this home's tincan.db holds an identity only that key opens: restore identity.key from your backup (a new key cannot open it), or start over in a new home"
+    )]
+    MissingKeyFile(String),
     /// No peer matches the given name.
     #[error("no peer matches '{0}'; run `tincan peers` to list them")]
     UnknownPeer(String),
@@ -127,6 +132,7 @@ impl ClientError {
             Self::NoIdentity => "no_identity",
             Self::Store(_) | Self::Io(_) => "local_store",
             Self::BadKeyFile => "bad_key_file",
+            Self::MissingKeyFile(_) => "missing_key_file",
             Self::UnknownPeer(_) => "unknown_peer",
             Self::AmbiguousPeer(_) => "ambiguous_peer",
             Self::BadAlias(_) => "bad_alias",

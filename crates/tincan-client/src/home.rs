@@ -86,7 +86,8 @@ impl Home {
     /// Opens (creating if needed) the home at `dir`: directory mode 0700, key file mode 0600.
     pub fn open(dir: &Path) -> Result<Self, ClientError> {
         create_private_dir(dir)?;
-        let key = load_or_create_key(&dir.join(KEY_FILE))?;
+        let key_path = dir.join(KEY_FILE);
+        let key_was_there = key_path.exists();
         let mut conn = Connection::open(dir.join(DB_FILE))?;
         restrict(&dir.join(DB_FILE))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -97,6 +98,21 @@ impl Home {
         tincan_sqlite::limit_wal(&conn, WAL_LIMIT)?;
         conn.execute_batch(schema::SCHEMA)?;
         migrate::migrate(&mut conn)?;
+        // A database with an identity and no key file: a new key could never open it, and
+        // writing one would leave the user a key that looks right and is not. Say what is
+        // missing and create nothing.
+        if !key_was_there {
+            let has_identity: bool = conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'identity')",
+                [],
+                |r| r.get(0),
+            )?;
+            if has_identity {
+                return Err(ClientError::MissingKeyFile(key_path.display().to_string()));
+            }
+        }
+        let key = load_or_create_key(&key_path)?;
+        restrict(&key_path)?;
         let checkpoints = tincan_sqlite::Checkpointer::start::<ClientError>(
             &dir.join(DB_FILE),
             "tincan-home-checkpoint",
