@@ -20,6 +20,7 @@ mod http;
 mod limits;
 mod metrics;
 mod router;
+mod sockets;
 pub mod store;
 pub mod tls;
 mod token;
@@ -128,6 +129,8 @@ pub(crate) struct Shared {
     pub shutdown: watch::Receiver<bool>,
     pub metrics: Arc<metrics::Metrics>,
     pub conns: limits::ConnCounter,
+    /// Every accepted socket (`sockets.rs`).
+    pub sockets: Arc<limits::ConnCounter>,
     pub identity_rate: limits::Buckets<tincan_proto::ids::PeerId>,
     pub ip_rate: limits::Buckets<std::net::IpAddr>,
     pub tokens: token::TokenKeys,
@@ -174,6 +177,11 @@ impl Relay {
             tokens,
             challenges: api::Challenges::default(),
             conns: limits::ConnCounter::new(config.max_connections, config.max_connections_per_ip),
+            sockets: {
+                let (total, per_ip) =
+                    sockets::caps(config.max_connections, config.max_connections_per_ip);
+                Arc::new(limits::ConnCounter::new(total, per_ip))
+            },
             identity_rate: limits::Buckets::new(config.rate_per_identity),
             ip_rate: limits::Buckets::new(config.rate_per_ip),
             config,
@@ -205,8 +213,10 @@ impl Relay {
                 tracing::info!("relay shutting down");
                 let _ = stop_for_serve.send(true);
             };
-            // `tap_io` gives any listener (plain TCP or TLS, see `tls`) the peer address as
-            // ConnectInfo.
+            // Every socket counted and idle-limited; `tap_io` gives any listener (plain TCP or
+            // TLS, see `tls`) the peer address as ConnectInfo.
+            let listener =
+                sockets::Limited::new(listener, shared.sockets.clone(), shared.metrics.clone());
             axum::serve(
                 axum::serve::ListenerExt::tap_io(listener, |_| ()),
                 app.into_make_service_with_connect_info::<std::net::SocketAddr>(),

@@ -559,3 +559,39 @@ async fn rate_limited_sends_hold_back_later_ones_until_resent() {
     ));
     r.stop().await;
 }
+
+#[tokio::test]
+async fn plain_sockets_count_against_the_connection_cap_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    // WebSocket cap 4 per IP; bare sockets get 64 more for plain HTTP requests, so 68.
+    let r = relay(&dir, |c| {
+        c.max_connections_per_ip = 4;
+        c.rate_per_ip = tincan_relay::Rate::new(0.0, 0.0);
+    })
+    .await;
+    let addr = r.url.trim_start_matches("http://").to_string();
+    let mut held = Vec::new();
+    for _ in 0..68 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // Sockets that never send a byte (or send half a request) used to hold a file descriptor each
+    // without limit; one more is now closed as soon as it is accepted.
+    let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .expect("the relay neither closed nor answered the socket over the cap");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    // Closing them frees their places.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    r.stop().await;
+}
