@@ -748,3 +748,42 @@ fn not_a_join() -> ClientError {
     // open_inbound only succeeds for a join body; this keeps the match total without a panic.
     ClientError::Session(SessionError::BadJoin("first message is not a join"))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tincan_proto::ids::MessageId;
+
+    use super::super::fixtures::{paired, take};
+    use super::super::{InboxKind, Incoming, now_ms};
+
+    /// The relay says which id a delivery carries; the sealed envelope says too. A relay that
+    /// relabels a message (to make a later one look like a duplicate of it, or the other way
+    /// round) gets a rejection, never the text under the wrong id.
+    #[test]
+    fn a_delivery_whose_id_differs_from_its_sealed_id_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = paired(dir.path());
+        t.a.queue_texts(&t.b_id, &["relabelled"], now_ms()).unwrap();
+        let row = take(&mut t.a).remove(0);
+        let relabelled = Incoming {
+            relay_seq: row.seq as u64,
+            from: t.a_id,
+            id: MessageId::from_bytes([0x5a; 16]),
+            body: row.body.clone(),
+        };
+        let entries: Vec<_> =
+            t.b.process_incoming(&[relabelled], now_ms())
+                .unwrap()
+                .into_iter()
+                .flat_map(|p| p.into_entries())
+                .collect();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].kind, InboxKind::Rejected);
+        // A rejection keeps its reason, never the message's text.
+        let reason = entries[0].text.as_deref().unwrap_or_default();
+        assert!(reason.contains("does not match its sealed id"), "{reason}");
+        assert!(!reason.contains("relabelled"));
+    }
+}

@@ -83,6 +83,22 @@ fn wrong_sender_and_wrong_session() {
     let _ = q.b.open(&q.bob, q.alice.peer_id(), &other).unwrap();
 }
 
+/// The relay reports the right sender and the session decrypts it, but the sealed envelope
+/// names someone else: the check after decryption refuses it (a peer cannot speak in a third
+/// party's name over its own session).
+#[test]
+fn a_sealed_sender_that_is_not_the_session_peer_is_refused_after_decryption() {
+    let mut p = pair();
+    let mallory = Identity::generate();
+    let m =
+        p.a.seal(&mallory, text("I am mallory"), [7; 16], 1)
+            .unwrap();
+    assert!(matches!(
+        p.b.open(&p.bob, p.alice.peer_id(), &m),
+        Err(SessionError::WrongSender)
+    ));
+}
+
 #[test]
 fn wrong_recipient() {
     let mut p = pair();
