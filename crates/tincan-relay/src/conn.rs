@@ -383,13 +383,7 @@ impl Conn {
     }
 
     async fn feed(&mut self, frame: RelayFrame) -> bool {
-        let kind = match &frame {
-            RelayFrame::Deliver { .. } => "deliver",
-            RelayFrame::Error { .. } => "error",
-            RelayFrame::Sent { .. } => "send",
-            _ => "ping",
-        };
-        self.feed_encoded(kind, frame.encode()).await
+        self.feed_encoded(out_kind(&frame), frame.encode()).await
     }
 
     /// A stored message, encoded straight from the store's copy of its body.
@@ -409,6 +403,7 @@ impl Conn {
     }
 
     async fn send_now(&mut self, frame: RelayFrame) -> Option<()> {
+        Metrics::inc(&self.shared.metrics.frames_out[metrics::kind(out_kind(&frame))]);
         self.sink
             .send(Message::Binary(frame.encode().into()))
             .await
@@ -432,6 +427,20 @@ enum Handled {
     Request,
     Done,
     Close,
+}
+
+/// The `tincan_frames_total{dir="out"}` label of a frame the relay sends: the request kind it
+/// answers, or what it is.
+fn out_kind(f: &RelayFrame) -> &'static str {
+    match f {
+        RelayFrame::Challenge { .. } | RelayFrame::AuthOk { .. } => "auth",
+        RelayFrame::Sent { .. } => "send",
+        RelayFrame::Deliver { .. } => "deliver",
+        RelayFrame::InviteRegistered { .. } => "register_invite",
+        RelayFrame::InviteClaimed { .. } => "claim_invite",
+        RelayFrame::Error { .. } => "error",
+        RelayFrame::Pong { .. } => "ping",
+    }
 }
 
 fn frame_kind(f: &ClientFrame) -> &'static str {
