@@ -74,8 +74,9 @@ pub struct Drive {
     /// Most `Send`s per connection not yet answered with `Sent`.
     pub window: usize,
     /// Open loop at this many messages per second per pair; `None` sends as fast as the window
-    /// allows (closed loop). Pair `i` of `n` is offset by `i / n` of a period, so the pairs do
-    /// not send in synchronized bursts.
+    /// allows (closed loop). Pair `i` of `n` is offset by `i / n` of a period; tokio's timer
+    /// ticks every millisecond, so the sends due within one millisecond leave together (an even
+    /// pacer thread was tried and cost more CPU per message: docs/BENCHMARKS.md).
     pub rate_per_pair: Option<f64>,
     /// Latency samples are kept for messages sent in `[record_from, record_to)` after the start.
     pub record_from: Duration,
