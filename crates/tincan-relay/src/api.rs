@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,6 +29,7 @@ use tincan_proto::ids::{InviteId, MessageId, PeerId};
 use tincan_proto::labels;
 use tokio::sync::mpsc;
 
+use crate::extract::{ApiJson, ApiQuery};
 use crate::http::{check_ip_rate, error_response};
 use crate::metrics::Metrics;
 use crate::token::TokenError;
@@ -260,7 +261,7 @@ struct TokenRequest {
 async fn token(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    Json(req): Json<TokenRequest>,
+    ApiJson(req): ApiJson<TokenRequest>,
 ) -> ApiResult {
     Metrics::inc(&shared.metrics.http_requests);
     check_ip_rate(&shared, remote.ip())?;
@@ -314,7 +315,7 @@ async fn send(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(req): Json<SendRequest>,
+    ApiJson(req): ApiJson<SendRequest>,
 ) -> ApiResult {
     let peer = authenticate(&shared, remote, &headers)?;
     identity_rate(&shared, peer)?;
@@ -358,7 +359,7 @@ async fn receive(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Query(q): Query<ReceiveQuery>,
+    ApiQuery(q): ApiQuery<ReceiveQuery>,
 ) -> ApiResult {
     let peer = authenticate(&shared, remote, &headers)?;
     let after = q.after.unwrap_or(0);
@@ -435,7 +436,7 @@ async fn ack(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(req): Json<AckRequest>,
+    ApiJson(req): ApiJson<AckRequest>,
 ) -> ApiResult {
     let peer = authenticate(&shared, remote, &headers)?;
     if req.seqs.len() > 10_000 {
@@ -462,7 +463,7 @@ async fn register_invite(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(req): Json<RegisterRequest>,
+    ApiJson(req): ApiJson<RegisterRequest>,
 ) -> ApiResult {
     let peer = authenticate(&shared, remote, &headers)?;
     identity_rate(&shared, peer)?;
@@ -494,7 +495,7 @@ async fn claim_invite(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(req): Json<ClaimRequest>,
+    ApiJson(req): ApiJson<ClaimRequest>,
 ) -> ApiResult {
     let peer = authenticate(&shared, remote, &headers)?;
     identity_rate(&shared, peer)?;

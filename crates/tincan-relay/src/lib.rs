@@ -16,6 +16,7 @@
 
 mod api;
 mod conn;
+mod extract;
 mod http;
 mod limits;
 mod metrics;

@@ -298,6 +298,41 @@ async fn unpaired_oversized_malformed_and_rate_limited_requests_get_clear_errors
             .unwrap()
             .contains("per identity")
     );
+    // Bodies and queries axum refuses before any handler: the same JSON error object.
+    let http = reqwest::Client::new();
+    for (req, status) in [
+        (
+            http.post(format!("{}/v1/ack", r.url))
+                .bearer_auth(&tb)
+                .header("content-type", "application/json")
+                .body("{not json"),
+            400,
+        ),
+        (
+            http.post(format!("{}/v1/ack", r.url))
+                .bearer_auth(&tb)
+                .header("content-type", "text/plain")
+                .body("{}"),
+            415,
+        ),
+        (
+            http.post(format!("{}/v1/ack", r.url))
+                .bearer_auth(&tb)
+                .json(&json!({"seqs": "three"})),
+            422,
+        ),
+        (
+            http.get(format!("{}/v1/messages?after=abc", r.url))
+                .bearer_auth(&tb),
+            400,
+        ),
+    ] {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status);
+        let v: Value = resp.json().await.expect("a JSON error object");
+        assert_eq!(v["error"]["code"], "bad_request", "{v}");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty(), "{v}");
+    }
     r.stop().await;
 }
 
