@@ -152,6 +152,29 @@ pub fn stopped_error(client: &tincan_client::Client) -> CliError {
     }
 }
 
+/// Why listening on `addr` (given as `flag`) failed, with what to do: a taken port
+/// (`port_in_use`, 2), something that is not an address (`usage`, 2), anything else
+/// (`listen_failed`, 1).
+pub fn bind_error(e: &std::io::Error, addr: &str, flag: &str) -> CliError {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => CliError::new(
+            "port_in_use",
+            2,
+            format!(
+                "cannot listen on {addr}: the port is in use (another relay or server?); stop it or choose another {flag} port"
+            ),
+        ),
+        std::io::ErrorKind::InvalidInput => CliError::new(
+            "usage",
+            2,
+            format!(
+                "{flag} {addr} is not an address to listen on ({e}); use host:port, e.g. 127.0.0.1:8787"
+            ),
+        ),
+        _ => CliError::new("listen_failed", 1, format!("cannot listen on {addr}: {e}")),
+    }
+}
+
 /// `s` as one single-quoted word for `sh`.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))

@@ -539,10 +539,80 @@ fn no_log_level_shows_peer_text_or_invite_secrets_through_the_mcp_library() {
     }
 }
 
+/// `tincan --home HOME mcp ARGS` on stdio, initialized, stderr discarded.
+struct Mcp {
+    server: Kill,
+    stdin: std::process::ChildStdin,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    next_id: u64,
+}
+
+impl Mcp {
+    fn start(home: &Path, args: &[&str]) -> Self {
+        use std::io::{BufRead, Write};
+        let mut server = Kill(
+            Command::new(bin())
+                .arg("--home")
+                .arg(home)
+                .arg("mcp")
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let stdin = server.0.stdin.take().unwrap();
+        let lines = std::io::BufReader::new(server.0.stdout.take().unwrap()).lines();
+        let mut m = Self {
+            server,
+            stdin,
+            lines,
+            next_id: 1,
+        };
+        let init = m.request(
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "tincan-test", "version": "1"}}),
+        );
+        assert!(init["result"].is_object(), "{init}");
+        writeln!(
+            m.stdin,
+            "{}",
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        )
+        .unwrap();
+        m
+    }
+
+    fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        rpc(
+            &mut self.stdin,
+            &mut self.lines,
+            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
+        )
+    }
+
+    fn call(&mut self, tool: &str, arguments: Value) -> Value {
+        self.request("tools/call", json!({"name": tool, "arguments": arguments}))
+    }
+
+    fn pid(&self) -> u32 {
+        self.server.0.id()
+    }
+
+    /// Closes its stdin and waits for it to exit.
+    fn finish(mut self) {
+        drop(self.stdin);
+        let _ = self.server.0.wait();
+    }
+}
+
 #[test]
 fn a_second_receiver_is_refused_and_a_copy_elsewhere_is_replaced_while_the_server_keeps_receiving()
 {
-    use std::io::{BufRead, Write};
     let dir = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(Path::new(bin()), dir.path());
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
@@ -557,50 +627,16 @@ fn a_second_receiver_is_refused_and_a_copy_elsewhere_is_replaced_while_the_serve
         let f = f.unwrap();
         std::fs::copy(f.path(), copy.join(f.file_name())).unwrap();
     }
-    let mut server = Kill(
-        Command::new(bin())
-            .arg("--home")
-            .arg(&a)
-            .args(["mcp", "--retake-after", "1"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut stdin = server.0.stdin.take().unwrap();
-    let mut lines = std::io::BufReader::new(server.0.stdout.take().unwrap()).lines();
-    let init = rpc(
-        &mut stdin,
-        &mut lines,
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "retake-test", "version": "1"}}}),
-    );
-    assert!(init["result"].is_object(), "{init}");
-    writeln!(
-        stdin,
-        "{}",
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
-    )
-    .unwrap();
+    let mut server = Mcp::start(&a, &["--retake-after", "1"]);
     // The server is receiving once a message sent now reaches it.
     assert_eq!(c.run(&b, &["send", &a_id, "before"]).code, 0);
-    let first = rpc(
-        &mut stdin,
-        &mut lines,
-        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
-            "name": "check_messages", "arguments": {"wait_seconds": 15}}}),
-    );
+    let first = server.call("check_messages", json!({"wait_seconds": 15}));
     assert!(first.to_string().contains("before"), "{first}");
 
     // A listen on the server's home would take its messages: refused at once, naming the pid.
     let r = c.run(&a, &["listen", "--timeout", "20"]);
     assert_eq!((r.code, r.error_code().as_str()), (3, "home_busy"), "{r:?}");
-    assert!(
-        r.stdout.contains(&format!("pid {}", server.0.id())),
-        "{r:?}"
-    );
+    assert!(r.stdout.contains(&format!("pid {}", server.pid())), "{r:?}");
 
     // The copy's listen takes the relay's receiving connection; a second later the server takes
     // it back, and the listen stops with `replaced` instead of fighting over it.
@@ -622,18 +658,12 @@ fn a_second_receiver_is_refused_and_a_copy_elsewhere_is_replaced_while_the_serve
 
     // And the server receives again.
     assert_eq!(c.run(&b, &["send", &a_id, "after"]).code, 0);
-    let second = rpc(
-        &mut stdin,
-        &mut lines,
-        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
-            "name": "check_messages", "arguments": {"wait_seconds": 15}}}),
-    );
+    let second = server.call("check_messages", json!({"wait_seconds": 15}));
     assert!(second.to_string().contains("after"), "{second}");
 }
 
 #[test]
 fn a_relay_given_to_the_mcp_server_is_remembered_for_its_next_start() {
-    use std::io::{BufRead, Write};
     let dir = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(Path::new(bin()), dir.path());
     let a = dir.path().join("a");
@@ -642,35 +672,7 @@ fn a_relay_given_to_the_mcp_server_is_remembered_for_its_next_start() {
     // A fresh home knows no relay.
     let r = c.run(&a, &["listen", "--timeout", "1"]);
     assert_eq!((r.code, r.error_code().as_str()), (2, "no_relay"), "{r:?}");
-    let mut server = Kill(
-        Command::new(bin())
-            .arg("--home")
-            .arg(&a)
-            .args(["mcp", "--relay", &relay.url()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut stdin = server.0.stdin.take().unwrap();
-    let mut lines = std::io::BufReader::new(server.0.stdout.take().unwrap()).lines();
-    let init = rpc(
-        &mut stdin,
-        &mut lines,
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "relay-test", "version": "1"}}}),
-    );
-    assert!(init["result"].is_object(), "{init}");
-    writeln!(
-        stdin,
-        "{}",
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
-    )
-    .unwrap();
-    drop(stdin);
-    let _ = server.0.wait();
+    Mcp::start(&a, &["--relay", &relay.url()]).finish();
     // What `mcp install` and `launch` run next has no --relay: the home remembers it.
     let r = c.run(&a, &["listen", "--timeout", "1"]);
     assert_eq!(r.code, 0, "{r:?}");
@@ -679,7 +681,6 @@ fn a_relay_given_to_the_mcp_server_is_remembered_for_its_next_start() {
 
 #[test]
 fn with_the_relay_down_create_invite_fails_at_once_and_send_message_says_queued() {
-    use std::io::{BufRead, Write};
     let dir = tempfile::tempdir().unwrap();
     let mut relay = RelayProcess::start(Path::new(bin()), dir.path());
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
@@ -687,43 +688,12 @@ fn with_the_relay_down_create_invite_fails_at_once_and_send_message_says_queued(
     c.setup(&a);
     let b_id = c.setup(&b);
     c.pair(&b, &a, &relay.url());
-    let mut server = Kill(
-        Command::new(bin())
-            .arg("--home")
-            .arg(&a)
-            .arg("mcp")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut stdin = server.0.stdin.take().unwrap();
-    let mut lines = std::io::BufReader::new(server.0.stdout.take().unwrap()).lines();
-    let init = rpc(
-        &mut stdin,
-        &mut lines,
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "down-test", "version": "1"}}}),
-    );
-    assert!(init["result"].is_object(), "{init}");
-    writeln!(
-        stdin,
-        "{}",
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
-    )
-    .unwrap();
+    let mut server = Mcp::start(&a, &[]);
     relay.kill9();
     std::thread::sleep(Duration::from_millis(300));
 
     let t = Instant::now();
-    let created = rpc(
-        &mut stdin,
-        &mut lines,
-        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
-            "name": "create_invite", "arguments": {}}}),
-    );
+    let created = server.call("create_invite", json!({}));
     assert_eq!(created["result"]["isError"], true, "{created}");
     assert_eq!(
         created["result"]["structuredContent"]["error"]["code"], "relay_unreachable",
@@ -736,12 +706,7 @@ fn with_the_relay_down_create_invite_fails_at_once_and_send_message_says_queued(
     );
 
     let t = Instant::now();
-    let sent = rpc(
-        &mut stdin,
-        &mut lines,
-        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
-            "name": "send_message", "arguments": {"to": b_id, "message": "later"}}}),
-    );
+    let sent = server.call("send_message", json!({"to": b_id, "message": "later"}));
     assert_eq!(
         sent["result"]["structuredContent"]["status"], "queued",
         "{sent}"

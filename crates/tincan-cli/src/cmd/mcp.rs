@@ -93,17 +93,7 @@ pub async fn run(home: Option<PathBuf>, args: McpArgs, out: &Out) -> Result<Exit
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::AddrInUse {
-                        CliError::new(
-                            "port_in_use",
-                            2,
-                            format!("cannot listen on {addr}: the port is in use; stop what holds it or choose another --http port"),
-                        )
-                    } else {
-                        CliError::new("bind", 1, format!("cannot listen on {addr}: {e}"))
-                    }
-                })?;
+                .map_err(|e| crate::cmd::bind_error(&e, &addr.to_string(), "--http"))?;
             let local = listener
                 .local_addr()
                 .map_err(|e| CliError::internal(e.to_string()))?;

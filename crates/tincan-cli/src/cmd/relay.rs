@@ -191,23 +191,9 @@ pub async fn run(args: RelayArgs, out: &Out) -> Result<ExitCode, CliError> {
             ),
         ));
     }
-    let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            CliError::new(
-                "port_in_use",
-                2,
-                format!("cannot listen on {listen}: the port is in use (another relay?); stop it or choose another --listen port"),
-            )
-        } else if e.kind() == std::io::ErrorKind::InvalidInput {
-            CliError::new(
-                "usage",
-                2,
-                format!("--listen {listen} is not an address to listen on ({e}); use host:port, e.g. 127.0.0.1:8787"),
-            )
-        } else {
-            CliError::new("listen_failed", 1, format!("cannot listen on {listen}: {e}"))
-        }
-    })?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(|e| crate::cmd::bind_error(&e, &listen, "--listen"))?;
     let addr = listener
         .local_addr()
         .map_err(|e| CliError::internal(e.to_string()))?;
