@@ -717,3 +717,25 @@ fn with_the_relay_down_create_invite_fails_at_once_and_send_message_says_queued(
         t.elapsed()
     );
 }
+
+#[test]
+fn the_first_check_after_start_returns_what_waited_at_the_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(Path::new(bin()), dir.path());
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let c = Cli::new(bin());
+    let a_id = c.setup(&a);
+    c.setup(&b);
+    c.pair(&a, &b, &relay.url());
+    assert_eq!(
+        c.run(&b, &["send", &a_id, "sent while you were away"]).code,
+        0
+    );
+    // No wait: an agent's first look right after start must not say "No new messages."
+    let mut server = Mcp::start(&a, &[]);
+    let checked = server.call("check_messages", json!({"wait_seconds": 0}));
+    assert!(
+        checked.to_string().contains("sent while you were away"),
+        "{checked}"
+    );
+}

@@ -26,6 +26,11 @@ use crate::framing::{Framed, display_name, split_priority};
 /// The custom notification method Claude Code reads as a channel message.
 pub const CHANNEL_METHOD: &str = "notifications/claude/channel";
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// How long a first read waits for the receiving connection to come up after start.
+const SYNC_WAIT: Duration = Duration::from_secs(3);
+/// How long after connecting the relay's backlog is given to arrive before a read counts as
+/// "nothing new" (the relay sends it right after authentication).
+const SYNC_SETTLE: Duration = Duration::from_millis(300);
 
 /// How a server runs.
 #[derive(Clone, Debug)]
@@ -62,6 +67,8 @@ pub struct Hub {
     pushes: broadcast::Sender<Arc<Value>>,
     sessions: watch::Sender<usize>,
     arrived: Notify,
+    /// When the receiving connection last came up (`None` until it first does).
+    connected_at: watch::Sender<Option<Instant>>,
     flood: Mutex<Flood>,
 }
 
@@ -92,6 +99,7 @@ impl Hub {
             pushes,
             sessions,
             arrived: Notify::new(),
+            connected_at: watch::channel(None).0,
             flood: Mutex::new(Flood::new(config.push_limit)),
         });
         if let Some(relay) = relay {
@@ -168,6 +176,24 @@ impl Hub {
         SessionGuard {
             hub: self.clone(),
             rx: self.pushes.subscribe(),
+        }
+    }
+
+    /// Waits, right after start or a reconnect, until what the relay held for this agent has had
+    /// a moment to arrive, so a first `check_messages` does not answer "nothing new" while the
+    /// backlog is still on its way. Returns at once once settled, or without a relay.
+    pub async fn wait_synced(&self) {
+        if self.link.lock().await.is_none() {
+            return;
+        }
+        let mut rx = self.connected_at.subscribe();
+        let at = match tokio::time::timeout(SYNC_WAIT, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(at)) => *at,
+            _ => None,
+        };
+        if let Some(at) = at {
+            let settled = at + SYNC_SETTLE;
+            tokio::time::sleep_until(settled.into()).await;
         }
     }
 
@@ -463,6 +489,9 @@ async fn pump_events(hub: &std::sync::Weak<Hub>, receiver: &mut Client) -> Optio
                     }
                     Event::Disconnected { reason } => {
                         tracing::info!(reason = %reason, "relay connection lost; reconnecting");
+                    }
+                    Event::Connected => {
+                        hub.connected_at.send_replace(Some(Instant::now()));
                     }
                     _ => {}
                 }
