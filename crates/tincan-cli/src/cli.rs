@@ -210,6 +210,9 @@ pub struct RelayArgs {
     /// Invites one identity may have open at once (default 100).
     #[arg(long, env = "TINCAN_RELAY_MAX_OPEN_INVITES")]
     pub max_open_invites: Option<u32>,
+    /// Pairs the relay keeps in all, ~400 bytes of memory each (default 1000000).
+    #[arg(long, env = "TINCAN_RELAY_MAX_PAIRS")]
+    pub max_pairs: Option<u64>,
     /// Cap on the database size in bytes; sends get a retryable error when it is reached.
     #[arg(long, env = "TINCAN_RELAY_MAX_DB_BYTES")]
     pub max_db_bytes: Option<u64>,

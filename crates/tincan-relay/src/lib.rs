@@ -85,6 +85,9 @@ pub struct Config {
     pub rate_per_ip: Rate,
     /// Invites one identity may have open (registered, unclaimed, unexpired) at once.
     pub max_open_invites: u32,
+    /// Pairs the relay keeps in all (each ~400 bytes of memory, kept for good): claims beyond it
+    /// are refused with `storage_full`.
+    pub max_pairs: u64,
     /// Cap on the database size; when reached, sends get a retryable "storage full" error.
     pub max_db_bytes: Option<u64>,
     /// Lifetime of an HTTP API token.
@@ -114,6 +117,7 @@ impl Config {
             rate_per_identity: Rate::new(1_000.0, 5_000.0),
             rate_per_ip: Rate::new(200.0, 1_000.0),
             max_open_invites: 100,
+            max_pairs: 1_000_000,
             max_db_bytes: None,
             token_ttl: Duration::from_secs(3600),
             token_rotate_every: Duration::from_secs(24 * 3600),

@@ -75,6 +75,7 @@ pub(crate) struct Metrics {
     pub rate_limited_identity: AtomicU64,
     pub rate_limited_ip: AtomicU64,
     pub refused_queue_full: AtomicU64,
+    pub refused_max_pairs: AtomicU64,
     pub refused_max_queued: AtomicU64,
     pub refused_too_large: AtomicU64,
     pub refused_invites: AtomicU64,
@@ -266,6 +267,11 @@ impl Metrics {
             out,
             "tincan_refused_total{{limit=\"max_open_invites\"}} {}",
             self.refused_invites.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "tincan_refused_total{{limit=\"max_pairs\"}} {}",
+            self.refused_max_pairs.load(Ordering::Relaxed)
         );
         counter(
             &mut out,

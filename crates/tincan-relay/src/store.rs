@@ -249,6 +249,7 @@ impl Store {
             pairs,
             queue_cap: config.queue_cap,
             max_queued: config.max_queued,
+            max_pairs: config.max_pairs,
             ttl_ms: config.message_ttl.as_millis() as u64,
             require_pairing: config.require_pairing,
             max_open_invites: config.max_open_invites,
@@ -461,6 +462,7 @@ struct Worker {
     conn: Connection,
     router: Arc<Router>,
     pairs: HashSet<(PeerId, PeerId)>,
+    max_pairs: u64,
     queue_cap: u64,
     max_queued: u64,
     ttl_ms: u64,
@@ -1403,6 +1405,16 @@ impl Worker {
             return Ok(Err((
                 ErrorCode::InviteUnknown,
                 "you cannot accept your own invite",
+            )));
+        }
+        // Before the invite is spent: a refused claim leaves it usable on a relay with room.
+        if self.pairs.len() as u64 >= self.max_pairs
+            && !self.pairs.contains(&pair_key(inviter, claimer))
+        {
+            Metrics::inc(&self.metrics.refused_max_pairs);
+            return Ok(Err((
+                ErrorCode::StorageFull,
+                "this relay keeps no more pairs (max_pairs); ask its operator, or pair on another relay",
             )));
         }
         let claimed = self

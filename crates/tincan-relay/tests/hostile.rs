@@ -595,3 +595,62 @@ async fn plain_sockets_count_against_the_connection_cap_too() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     r.stop().await;
 }
+
+#[tokio::test]
+async fn pairs_beyond_max_pairs_are_refused_and_the_invite_is_not_spent() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = relay(&dir, |c| c.max_pairs = 2).await;
+    for _ in 0..2 {
+        pair(&r.url, &Identity::generate(), &Identity::generate()).await;
+    }
+    // A third pair would grow the relay's memory past its cap: refused, clearly.
+    let (inviter, claimer) = (Identity::generate(), Identity::generate());
+    let id = InviteId::from_bytes([9; 16]);
+    let mut a = RawConn::authed(&r.url, &inviter, false).await;
+    a.send(&ClientFrame::RegisterInvite {
+        req: 1,
+        id,
+        expires_at: tincan_relay_now() + 600,
+    })
+    .await;
+    assert!(matches!(
+        a.recv().await,
+        Some(RelayFrame::InviteRegistered { req: 1 })
+    ));
+    let mut b = RawConn::authed(&r.url, &claimer, false).await;
+    b.send(&ClientFrame::ClaimInvite { req: 2, id }).await;
+    match b.recv().await {
+        Some(RelayFrame::Error {
+            req: 2,
+            code: ErrorCode::StorageFull,
+            message,
+            ..
+        }) => assert!(message.contains("max_pairs"), "{message}"),
+        other => panic!("expected storage_full, got {other:?}"),
+    }
+    assert_eq!(
+        tincan_testkit::metric(&r.url, "tincan_refused_total{limit=\"max_pairs\"}").await,
+        1
+    );
+    r.stop().await;
+
+    // The refused claim did not spend the invite: with room, the same claim succeeds.
+    let r = relay(&dir, |c| c.max_pairs = 3).await;
+    let mut b = RawConn::authed(&r.url, &claimer, false).await;
+    b.send(&ClientFrame::ClaimInvite { req: 3, id }).await;
+    assert!(
+        matches!(
+            b.recv().await,
+            Some(RelayFrame::InviteClaimed { req: 3, .. })
+        ),
+        "the invite was spent by the refused claim"
+    );
+    r.stop().await;
+}
+
+fn tincan_relay_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}

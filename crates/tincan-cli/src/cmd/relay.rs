@@ -28,6 +28,7 @@ struct FileConfig {
     rate_per_ip: Option<f64>,
     burst_per_ip: Option<f64>,
     max_open_invites: Option<u32>,
+    max_pairs: Option<u64>,
     max_db_bytes: Option<u64>,
     write_behind_ms: Option<u64>,
     token_ttl: Option<String>,
@@ -143,6 +144,7 @@ fn settings(args: RelayArgs) -> Result<(String, Config), CliError> {
         .max_open_invites
         .or(file.max_open_invites)
         .unwrap_or(c.max_open_invites);
+    c.max_pairs = args.max_pairs.or(file.max_pairs).unwrap_or(c.max_pairs);
     c.max_db_bytes = args.max_db_bytes.or(file.max_db_bytes).or(c.max_db_bytes);
     if let Some(ms) = args.write_behind_ms.or(file.write_behind_ms) {
         if ms > 10_000 {
@@ -216,6 +218,7 @@ pub async fn run(args: RelayArgs, out: &Out) -> Result<ExitCode, CliError> {
         "rate_per_ip": config.rate_per_ip.per_sec,
         "burst_per_ip": config.rate_per_ip.burst,
         "max_open_invites": config.max_open_invites,
+        "max_pairs": config.max_pairs,
         "max_db_bytes": config.max_db_bytes,
         "write_behind_ms": config.write_behind.as_millis() as u64,
         "token_ttl_secs": config.token_ttl.as_secs(),
@@ -281,6 +284,36 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_relay_toml_is_valid_and_says_the_defaults() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+                .unwrap();
+        let start = readme
+            .find("# relay.toml")
+            .expect("the README shows a relay.toml");
+        let block = &readme[start..];
+        let block = &block[..block.find("```").unwrap()];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, block).unwrap();
+        let (listen, c) = settings(RelayArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        let d = tincan_relay::Config::new(c.db_path.clone());
+        assert_eq!(listen, "127.0.0.1:8787");
+        assert_eq!(
+            (c.max_body, c.queue_cap, c.max_queued, c.max_pairs),
+            (d.max_body, d.queue_cap, d.max_queued, d.max_pairs)
+        );
+        assert_eq!(
+            (c.max_connections, c.max_open_invites, c.message_ttl),
+            (d.max_connections, d.max_open_invites, d.message_ttl)
+        );
+    }
 
     #[test]
     fn flags_override_file_override_defaults() {
