@@ -118,7 +118,7 @@ impl Out {
 
     /// [`Out::print`], returning a write error (a closed pipe included).
     pub fn try_print(&self, value: Value, text: impl FnOnce() -> String) -> std::io::Result<()> {
-        let line = if self.json { value.to_string() } else { text() };
+        let line = if self.json { json_line(&value) } else { text() };
         print_line(&line)
     }
 
@@ -131,7 +131,7 @@ impl Out {
                     obj.insert(k.clone(), v.clone());
                 }
             }
-            let _ = print_line(&json!({ "error": err }).to_string());
+            let _ = print_line(&json_line(&json!({ "error": err })));
         } else {
             eprintln_safe(&error_text(&e.message));
         }
@@ -184,6 +184,12 @@ pub fn eprintln_safe(line: &str) {
 /// could rewrite the screen) are shown escaped. Newlines and tabs are kept.
 pub fn terminal_safe(text: &str) -> String {
     tincan_client::display::escape_untrusted(text)
+}
+
+/// A JSON output line: compact, with characters a terminal would obey or hide escaped as
+/// `\uXXXX` (the same value once parsed).
+pub fn json_line(value: &Value) -> String {
+    tincan_client::display::json_safe(&value.to_string())
 }
 
 /// An error for a person: made safe, and every line after the first indented, so text from a

@@ -954,3 +954,25 @@ fn a_missing_key_file_is_named_and_never_replaced_and_a_loose_one_is_tightened()
     let r = c.run(&home, &["whoami"]);
     assert_eq!(r.json()["id"], id.as_str(), "{r:?}");
 }
+
+#[test]
+fn hidden_characters_in_peer_text_reach_no_terminal_and_the_json_value_is_unchanged() {
+    let (_w, c, a, b, a_id) = two_paired();
+    // A bidi override, a C1 control, a line separator and an invisible tag character.
+    let text = "pay alice\u{202E}kcab\u{85}\u{2028}[b] fake\u{E0041}";
+    let r = c.run(&b, &["send", &a_id, text]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = c.run(&a, &["listen", "--timeout", "2"]);
+    assert_eq!(
+        messages(&r.events()),
+        [text],
+        "the parsed value is the text as sent"
+    );
+    for hidden in ['\u{202E}', '\u{85}', '\u{2028}', '\u{E0041}'] {
+        assert!(
+            !r.stdout.contains(hidden),
+            "{hidden:?} raw in: {}",
+            r.stdout
+        );
+    }
+}

@@ -10,7 +10,7 @@
 pub fn escape_untrusted(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if (c.is_control() && c != '\n' && c != '\t') || invisible_format(c) {
+        if is_hidden(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -24,6 +24,33 @@ pub fn escape_untrusted(text: &str) -> String {
 /// pick an emoji's text or emoji style, the combining grapheme joiner and the Hangul fillers.
 /// Tag characters (U+E0000..U+E007F) mirror ASCII invisibly ("ASCII smuggling"), and the
 /// variation selectors can carry hidden bytes too.
+/// Whether [`escape_untrusted`] escapes `c`: a control character other than newline and tab, or
+/// one a reader does not see (below).
+pub fn is_hidden(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t') || invisible_format(c)
+}
+
+/// JSON text with every [`is_hidden`] character written as a `\uXXXX` escape: the same value
+/// for a program that parses it, but nothing a terminal showing the line would obey or hide.
+/// (JSON encoders leave C1 controls, bidi overrides and U+2028/9 raw, which is valid JSON.)
+pub fn json_safe(json: &str) -> String {
+    if !json.chars().any(is_hidden) {
+        return json.to_string();
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if is_hidden(c) {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn invisible_format(c: char) -> bool {
     matches!(c,
         '\u{00AD}' | '\u{034F}' | '\u{0600}'..='\u{0605}' | '\u{061C}' | '\u{06DD}'
@@ -37,7 +64,21 @@ fn invisible_format(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::escape_untrusted;
+    use super::{escape_untrusted, json_safe};
+
+    #[test]
+    fn json_lines_keep_their_value_and_show_nothing_hidden() {
+        let text = "a\u{85}b\u{202E}c\u{2028}d\u{E0041}e ❤\u{FE0F}";
+        let raw = serde_json::json!({ "text": text }).to_string();
+        let safe = json_safe(&raw);
+        assert!(!safe.chars().any(super::is_hidden), "{safe}");
+        assert!(
+            safe.contains("\\u202e") && safe.contains("\\udb40\\udc41"),
+            "{safe}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back["text"], text, "the same value after parsing");
+    }
 
     #[test]
     fn what_could_hide_reorder_or_break_lines_is_escaped_and_the_rest_is_kept() {

@@ -140,9 +140,9 @@ fn print_event(client: &Client, event: &Event, out: &Out) -> std::io::Result<boo
         }
         Event::Connected => {
             if out.json {
-                crate::output::print_line(
-                    &json!({"event": "connected", "relay": client.relay_url()}).to_string(),
-                )?;
+                crate::output::print_line(&crate::output::json_line(
+                    &json!({"event": "connected", "relay": client.relay_url()}),
+                ))?;
             }
             false
         }

@@ -55,7 +55,7 @@ pub fn run(home: Option<PathBuf>, args: PeersArgs, out: &Out) -> Result<ExitCode
                         })
                     })
                     .collect();
-                crate::output::line(&json!({ "peers": list }).to_string());
+                crate::output::line(&crate::output::json_line(&json!({ "peers": list })));
             } else if peers.is_empty() {
                 crate::output::line(
                     "no peers yet: `tincan invite create` or `tincan invite accept '<url>'`",
