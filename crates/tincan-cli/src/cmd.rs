@@ -125,6 +125,31 @@ pub fn relay_for(home: &Home, flag: Option<String>) -> Result<String, CliError> 
     }
 }
 
+/// A note on stderr when peers of this home use other relays than `relay`: one connection reads
+/// one relay, so their messages wait there (a second `room open` in a home moves its default).
+pub fn note_other_relays(home: &Home, relay: &str) {
+    use tincan_client::tincan_proto::invite::normalize_relay_url;
+    let here = normalize_relay_url(relay);
+    let Ok(peers) = home.peers() else { return };
+    let mut others: Vec<String> = peers
+        .into_iter()
+        .map(|p| normalize_relay_url(&p.relay_url))
+        .filter(|r| *r != here)
+        .collect();
+    if others.is_empty() {
+        return;
+    }
+    let n = others.len();
+    others.sort();
+    others.dedup();
+    crate::output::eprintln_safe(&format!(
+        "note: {n} peer{} of this home use{} another relay ({}); this reads only {here}: run it again with --relay URL to read theirs",
+        if n == 1 { "" } else { "s" },
+        if n == 1 { "s" } else { "" },
+        others.join(", ")
+    ));
+}
+
 /// ` --home DIR` for a command line this command suggests, when the user chose the home with
 /// `--home` (not through `TINCAN_HOME`, which the suggested command inherits); else nothing.
 pub fn home_flag(home: &Option<PathBuf>) -> String {

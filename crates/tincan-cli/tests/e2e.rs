@@ -976,3 +976,26 @@ fn hidden_characters_in_peer_text_reach_no_terminal_and_the_json_value_is_unchan
         );
     }
 }
+
+#[test]
+fn listen_says_when_peers_wait_on_another_relay() {
+    let (w, c, a, b, _) = two_paired();
+    // A reads B's join on the first relay.
+    assert_eq!(c.run(&a, &["listen", "--timeout", "1"]).code, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let other = RelayProcess::start(Path::new(env!("CARGO_BIN_EXE_tincan")), dir.path());
+    let carol = w.home("carol");
+    c.setup(&carol);
+    // A pairs with carol on the second relay, which becomes A's default.
+    c.pair(&a, &carol, &other.url());
+    let r = c.run(&a, &["listen", "--timeout", "1"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("1 peer of this home uses another relay")
+            && r.stderr.contains(&w.relay.url()),
+        "{r:?}"
+    );
+    // Named explicitly: no note.
+    let r = c.run(&b, &["listen", "--timeout", "1", "--relay", &w.relay.url()]);
+    assert!(!r.stderr.contains("note:"), "{r:?}");
+}

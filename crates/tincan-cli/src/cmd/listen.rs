@@ -13,7 +13,11 @@ use crate::output::{CliError, Out, terminal_safe};
 
 pub async fn run(home: Option<PathBuf>, args: ListenArgs, out: &Out) -> Result<ExitCode, CliError> {
     let h = open_home(home)?;
+    let named = args.relay.is_some();
     let relay = relay_for(&h, args.relay)?;
+    if !named {
+        crate::cmd::note_other_relays(&h, &relay);
+    }
     let mut client = Client::start(h, &relay, ClientOptions::default())?;
     let deadline = args
         .timeout

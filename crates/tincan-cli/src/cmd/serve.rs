@@ -102,7 +102,11 @@ pub async fn run(home: Option<PathBuf>, args: ServeArgs, out: &Out) -> Result<Ex
             let relay = match (args.relay, &args.to) {
                 (Some(r), _) => r,
                 (None, Some(to)) => h.resolve_peer(to)?.relay_url,
-                (None, None) => relay_for(&h, None)?,
+                (None, None) => {
+                    let chosen = relay_for(&h, None)?;
+                    crate::cmd::note_other_relays(&h, &chosen);
+                    chosen
+                }
             };
             let client = Client::connect(h, &relay, serve_options(), CONNECT_TIMEOUT).await?;
             (client, args.to)
