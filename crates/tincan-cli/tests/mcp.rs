@@ -595,6 +595,17 @@ impl Mcp {
         )
     }
 
+    /// The next notification the server sends, skipping nothing else (call before requests).
+    fn next_notification(&mut self) -> Value {
+        for line in self.lines.by_ref() {
+            let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+            if v.get("id").is_none() {
+                return v;
+            }
+        }
+        panic!("the server closed stdout");
+    }
+
     fn call(&mut self, tool: &str, arguments: Value) -> Value {
         self.request("tools/call", json!({"name": tool, "arguments": arguments}))
     }
@@ -738,4 +749,29 @@ fn the_first_check_after_start_returns_what_waited_at_the_relay() {
         checked.to_string().contains("sent while you were away"),
         "{checked}"
     );
+}
+
+#[test]
+fn a_restarted_server_says_what_waits_unannounced() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(Path::new(bin()), dir.path());
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let c = Cli::new(bin());
+    let a_id = c.setup(&a);
+    c.setup(&b);
+    c.pair(&a, &b, &relay.url());
+    for text in ["one", "two"] {
+        assert_eq!(c.run(&b, &["send", &a_id, text]).code, 0);
+    }
+    // Taken off the relay by another reader of the home (as by a server that was then killed):
+    // stored, never pushed, never returned to the agent.
+    assert_eq!(c.run(&a, &["listen", "--timeout", "2"]).code, 0);
+    let mut server = Mcp::start(&a, &[]);
+    let note = server.next_notification();
+    assert_eq!(note["method"], "notifications/claude/channel", "{note}");
+    assert_eq!(note["params"]["meta"]["kind"], "waiting", "{note}");
+    assert_eq!(note["params"]["meta"]["count"], "2", "{note}");
+    let checked = server.call("check_messages", json!({}));
+    let text = checked.to_string();
+    assert!(text.contains("one") && text.contains("two"), "{checked}");
 }

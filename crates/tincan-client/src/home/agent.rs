@@ -109,6 +109,23 @@ impl Home {
         Ok(n as u64)
     }
 
+    /// Messages waiting for a check that were never pushed and will not be (they were handed to
+    /// a client before this one started, so no event comes for them again): what a restarted
+    /// server tells the agent about, since no push will.
+    pub fn agent_unannounced_count(&self) -> Result<u64, ClientError> {
+        let allowlist = i64::from(self.allowlist_only()?);
+        let n: i64 = self.conn.query_row(
+            &format!(
+                "SELECT COUNT(*) {PENDING} AND i.pushed_at IS NULL
+                 AND NOT (i.consumed = 0 AND i.seq > COALESCE(
+                     (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'consumed_through'), 0))"
+            ),
+            params![allowlist, Option::<String>::None],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
     /// Records that a check returned these entries.
     pub fn mark_returned(&mut self, seqs: &[i64], now_ms: u64) -> Result<(), ClientError> {
         let tx = self.conn.transaction()?;
