@@ -397,3 +397,33 @@ fn agents_talk_over_wss_to_a_relay_that_terminates_tls_itself() {
     );
     assert_eq!(code, 5, "{out:?}");
 }
+
+#[test]
+fn two_rooms_of_one_home_serve_side_by_side_and_stop_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("host");
+    let ports = [free_port(), free_port()];
+    let mut rooms: Vec<Running> = ports
+        .iter()
+        .map(|port| {
+            let listen = format!("127.0.0.1:{port}");
+            Running::spawn(
+                &home,
+                &["room", "open", "--listen", &listen, "--on-message", "cat"],
+                &[],
+                dir.path(),
+            )
+        })
+        .collect();
+    // Each serves on its own relay: the home's receiving lock is per relay.
+    for r in &mut rooms {
+        r.wait_event("serving", WAIT);
+    }
+    let st = cli().run(&home, &["room", "status"]);
+    assert_eq!(st.json()["rooms"].as_array().unwrap().len(), 2, "{st:?}");
+    let r = cli().run(&home, &["room", "stop", "--all"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for r in &mut rooms {
+        assert!(r.wait_exit(WAIT).success());
+    }
+}

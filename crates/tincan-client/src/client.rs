@@ -232,8 +232,8 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Starts a client in the background; it keeps (re)connecting until dropped. A receiving
-    /// client (`opts.receive`) holds the home's receiving lock while it lives, so a second one
-    /// on the same home fails with [`ClientError::HomeBusy`].
+    /// client (`opts.receive`) holds the home's receiving lock for its relay while it lives, so
+    /// a second one on the same home and relay fails with [`ClientError::HomeBusy`].
     pub fn start(home: Home, relay_url: &str, opts: ClientOptions) -> Result<Self, ClientError> {
         Self::start_with(home, relay_url, opts, Transport::WebSocket)
     }
@@ -250,7 +250,10 @@ impl Client {
         crate::conn::ws_url(&relay_url)?;
         let held = (!opts.mark_on_return).then(HashMap::new);
         let receiving = if opts.receive {
-            Some(crate::receiving::ReceivingLock::take(home.dir())?)
+            Some(crate::receiving::ReceivingLock::take(
+                home.dir(),
+                &relay_url,
+            )?)
         } else {
             None
         };

@@ -148,13 +148,14 @@ pub async fn open(home: Option<PathBuf>, args: OpenArgs, out: &Out) -> Result<Ex
     room.save()?;
 
     let invite = async {
-        let client = Client::connect(
-            h,
-            &room.relay_url,
-            crate::cmd::serve::serve_options(),
-            Duration::from_secs(10),
-        )
-        .await?;
+        // Receiving only when this command goes on to serve: a room opened without a handler
+        // must not take messages (or the home's receiving lock) from a `listen` or another room.
+        let options = if args.on_message.is_some() {
+            crate::cmd::serve::serve_options()
+        } else {
+            tincan_client::ClientOptions::send_only()
+        };
+        let client = Client::connect(h, &room.relay_url, options, Duration::from_secs(10)).await?;
         let draft = client.create_invite_at(&room.public_url, args.ttl).await?;
         client.home().set_setting("relay", client.relay_url())?;
         Ok::<_, CliError>((client, draft.url()))
