@@ -96,7 +96,7 @@ pub enum ClientError {
     Closed,
     /// Another process already receives for this home (`receiving.lock`).
     #[error(
-        "another process{} is already receiving for this home (a `listen`, `serve` or MCP server); a second receiver would take its messages: stop that one first, or read with `tincan room status` / the MCP tools",
+        "another process{} is already receiving for this home on this relay (a `listen`, a `serve` or a room's serve, or an MCP server); a second receiver would take its messages: stop that one first (`tincan room stop` for a room)",
         pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
     )]
     HomeBusy {

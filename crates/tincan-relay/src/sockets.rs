@@ -38,11 +38,21 @@ pub(crate) fn caps(total: usize, per_ip: usize) -> (usize, usize) {
         && sockets + RESERVED_FDS > fds
     {
         let fitted = fds.saturating_sub(RESERVED_FDS).max(1);
-        tracing::warn!(
-            open_file_limit = fds,
-            sockets = fitted,
-            "the open-file limit is below max_connections plus headroom; accepting at most {fitted} sockets (raise it with `ulimit -n`)"
-        );
+        // Only worth a warning when the WebSocket cap itself does not fit; trimming the
+        // headroom for plain HTTP is routine (a 20,000 soft limit does it with the defaults).
+        if total + RESERVED_FDS > fds {
+            tracing::warn!(
+                open_file_limit = fds,
+                sockets = fitted,
+                "the open-file limit is below max_connections; accepting at most {fitted} sockets (raise it with `ulimit -n`, or lower max_connections)"
+            );
+        } else {
+            tracing::debug!(
+                open_file_limit = fds,
+                sockets = fitted,
+                "socket cap fitted under the open-file limit"
+            );
+        }
         sockets = fitted;
     }
     (sockets, per_ip.saturating_add(HEADROOM_PER_IP))

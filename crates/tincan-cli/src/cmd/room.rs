@@ -385,11 +385,16 @@ fn status_text(rooms: &[Value]) -> String {
                     },
                     r["relay_log"].as_str().unwrap_or("?"),
                 ),
-                format!(
-                    "  serve   pid {} {}",
-                    r["serve_pid"],
-                    state(r["serving"] == true, "serving"),
-                ),
+                if r["serve_pid"].is_null() {
+                    "  serve   none (opened without --on-message; read with `tincan listen`)"
+                        .to_string()
+                } else {
+                    format!(
+                        "  serve   pid {} {}",
+                        r["serve_pid"],
+                        state(r["serving"] == true, "serving"),
+                    )
+                },
             ];
             if !r["tunnel_pid"].is_null() {
                 lines.push(format!(
@@ -506,6 +511,19 @@ mod tests {
              \x20 serve   pid 43 serving\n\
              \x20 3 received, 2 replied, 4 without reply, 0 handler errors, 0 send errors, 6 deferred, 1 dropped"
         );
+    }
+
+    #[test]
+    fn a_room_without_a_handler_says_so_instead_of_a_null_pid() {
+        let r = json!({
+            "port": 1, "relay_pid": 2, "running": true, "public_url": "http://h:1",
+            "relay_url": "http://h:1", "relay_log": "/l", "serve_pid": null, "tunnel_pid": null,
+            "uptime_secs": 1, "peers": 0, "received": 0, "replied": 0, "handler_errors": 0,
+            "dropped": 0, "serving": false, "no_reply": 0, "send_errors": 0, "deferred": 0,
+        });
+        let text = status_text(&[r]);
+        assert!(!text.contains("null"), "{text}");
+        assert!(text.contains("serve   none"), "{text}");
     }
 
     #[test]
