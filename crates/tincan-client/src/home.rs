@@ -87,12 +87,13 @@ impl Home {
     pub fn open(dir: &Path) -> Result<Self, ClientError> {
         create_private_dir(dir)?;
         let key_path = dir.join(KEY_FILE);
-        let key_was_there = key_path.exists();
         let mut conn = Connection::open(dir.join(DB_FILE))?;
         restrict(&dir.join(DB_FILE))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Before anything that may wait on another process opening the same home (switching a
+        // fresh database to WAL takes a lock).
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        tincan_sqlite::enable_wal(&conn)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         // Checkpoints run on their own thread, not inside message commits, except when the WAL
         // reaches its limit (`limit_wal`: under steady traffic it would never start over).
         tincan_sqlite::limit_wal(&conn, WAL_LIMIT)?;
@@ -101,15 +102,16 @@ impl Home {
         // A database with an identity and no key file: a new key could never open it, and
         // writing one would leave the user a key that looks right and is not. Say what is
         // missing and create nothing.
-        if !key_was_there {
-            let has_identity: bool = conn.query_row(
-                "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'identity')",
-                [],
-                |r| r.get(0),
-            )?;
-            if has_identity {
-                return Err(ClientError::MissingKeyFile(key_path.display().to_string()));
-            }
+        // (Identity first, then the key: a process setting the home up writes its key before the
+        // identity, so one opening the home at the same moment never sees an identity without
+        // its key.)
+        let has_identity: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'identity')",
+            [],
+            |r| r.get(0),
+        )?;
+        if has_identity && !key_path.exists() {
+            return Err(ClientError::MissingKeyFile(key_path.display().to_string()));
         }
         let key = load_or_create_key(&key_path)?;
         restrict(&key_path)?;
@@ -221,8 +223,25 @@ fn restrict(path: &Path) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// Reads a key file, waiting briefly for one another process is still writing (created empty,
+/// then written).
+fn read_key(path: &Path) -> Result<PickleKey, ClientError> {
+    for _ in 0..50 {
+        let bytes = fs::read(path)?;
+        if let Ok(arr) = <[u8; 32]>::try_from(bytes.as_slice()) {
+            return Ok(PickleKey::from_bytes(arr));
+        }
+        if !bytes.is_empty() {
+            return Err(ClientError::BadKeyFile);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    Err(ClientError::BadKeyFile)
+}
+
 fn load_or_create_key(path: &Path) -> Result<PickleKey, ClientError> {
     match fs::read(path) {
+        Ok(bytes) if bytes.is_empty() => read_key(path),
         Ok(bytes) => {
             let arr: [u8; 32] = bytes
                 .as_slice()
@@ -240,7 +259,14 @@ fn load_or_create_key(path: &Path) -> Result<PickleKey, ClientError> {
                 use std::os::unix::fs::OpenOptionsExt;
                 opts.mode(0o600);
             }
-            let mut f = opts.open(path)?;
+            let mut f = match opts.open(path) {
+                Ok(f) => f,
+                // Another process setting up the same home made it first: use theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return read_key(path);
+                }
+                Err(e) => return Err(e.into()),
+            };
             f.write_all(&bytes)?;
             f.sync_all()?;
             Ok(PickleKey::from_bytes(bytes))
@@ -266,4 +292,37 @@ pub(crate) fn random16() -> [u8; 16] {
     let mut b = [0u8; 16];
     rand::rng().fill_bytes(&mut b);
     b
+}
+
+#[cfg(test)]
+mod open_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::Home;
+
+    /// Processes that set up one fresh home at the same moment (two `room open`s) all get it, with
+    /// one key and one identity, and none sees the other's identity before its key.
+    #[test]
+    fn a_fresh_home_opened_and_set_up_concurrently_ends_with_one_identity() {
+        for _ in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let home = dir.path().join("h");
+            let ids: Vec<_> = (0..4)
+                .map(|_| {
+                    let home = home.clone();
+                    std::thread::spawn(move || {
+                        let mut h = Home::open(&home)?;
+                        h.setup().map(|(keys, _)| keys.ed25519)
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect();
+            let first = ids[0].as_ref().unwrap();
+            for id in &ids {
+                assert_eq!(id.as_ref().unwrap(), first, "{ids:?}");
+            }
+        }
+    }
 }

@@ -26,6 +26,25 @@ pub fn wal_path(db: &Path) -> std::path::PathBuf {
     name.into()
 }
 
+/// Puts the database in WAL mode. Switching a fresh database takes an exclusive lock, and SQLite
+/// answers `SQLITE_BUSY` at once (no busy handler) while another connection opening the same file
+/// holds it, so this retries for up to five seconds (two processes setting up one home at the
+/// same moment).
+pub fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Sets up the connection that commits (the only writer) so its WAL stays near `limit` bytes.
 ///
 /// SQLite starts the log over only when a write transaction begins with every frame already
