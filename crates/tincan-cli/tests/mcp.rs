@@ -539,6 +539,34 @@ fn no_log_level_shows_peer_text_or_invite_secrets_through_the_mcp_library() {
     }
 }
 
+/// A relay and two homes paired through it: A invited B.
+struct Paired {
+    dir: tempfile::TempDir,
+    relay: RelayProcess,
+    a: PathBuf,
+    b: PathBuf,
+    a_id: String,
+    c: Cli,
+}
+
+fn paired() -> Paired {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(Path::new(bin()), dir.path());
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let c = Cli::new(bin());
+    let a_id = c.setup(&a);
+    c.setup(&b);
+    c.pair(&a, &b, &relay.url());
+    Paired {
+        dir,
+        relay,
+        a,
+        b,
+        a_id,
+        c,
+    }
+}
+
 /// `tincan --home HOME mcp ARGS` on stdio, initialized, stderr discarded.
 struct Mcp {
     server: Kill,
@@ -624,13 +652,14 @@ impl Mcp {
 #[test]
 fn a_second_receiver_is_refused_and_a_copy_elsewhere_is_replaced_while_the_server_keeps_receiving()
 {
-    let dir = tempfile::tempdir().unwrap();
-    let relay = RelayProcess::start(Path::new(bin()), dir.path());
-    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    let c = Cli::new(bin());
-    let a_id = c.setup(&a);
-    c.setup(&b);
-    c.pair(&a, &b, &relay.url());
+    let Paired {
+        dir,
+        relay: _relay,
+        a,
+        b,
+        a_id,
+        c,
+    } = paired();
     // A copy of A's home: the same identity, as if restored on another machine.
     let copy = dir.path().join("a-copy");
     std::fs::create_dir(&copy).unwrap();
@@ -731,13 +760,14 @@ fn with_the_relay_down_create_invite_fails_at_once_and_send_message_says_queued(
 
 #[test]
 fn the_first_check_after_start_returns_what_waited_at_the_relay() {
-    let dir = tempfile::tempdir().unwrap();
-    let relay = RelayProcess::start(Path::new(bin()), dir.path());
-    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    let c = Cli::new(bin());
-    let a_id = c.setup(&a);
-    c.setup(&b);
-    c.pair(&a, &b, &relay.url());
+    let Paired {
+        dir: _dir,
+        relay: _relay,
+        a,
+        b,
+        a_id,
+        c,
+    } = paired();
     assert_eq!(
         c.run(&b, &["send", &a_id, "sent while you were away"]).code,
         0
@@ -753,13 +783,14 @@ fn the_first_check_after_start_returns_what_waited_at_the_relay() {
 
 #[test]
 fn a_restarted_server_says_what_waits_unannounced() {
-    let dir = tempfile::tempdir().unwrap();
-    let relay = RelayProcess::start(Path::new(bin()), dir.path());
-    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    let c = Cli::new(bin());
-    let a_id = c.setup(&a);
-    c.setup(&b);
-    c.pair(&a, &b, &relay.url());
+    let Paired {
+        dir: _dir,
+        relay: _relay,
+        a,
+        b,
+        a_id,
+        c,
+    } = paired();
     for text in ["one", "two"] {
         assert_eq!(c.run(&b, &["send", &a_id, text]).code, 0);
     }
