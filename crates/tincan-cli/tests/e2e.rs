@@ -783,34 +783,26 @@ fn relay_start_problems_get_their_own_codes_and_say_what_to_do() {
     let w = World::new();
     let c = cli();
     let home = w.home("unused");
+    let relay = |listen: &str, db: &str| c.run(&home, &["relay", "--listen", listen, "--db", db]);
     let db = w.dir.path().join("second.db");
     let db = db.to_str().unwrap();
-    let r = c.run(&home, &["relay", "--listen", "127.0.0.1:99999", "--db", db]);
+    let r = relay("127.0.0.1:99999", db);
     assert_eq!((r.code, r.error_code().as_str()), (2, "usage"), "{r:?}");
     let missing = w.dir.path().join("no/such/dir/r.db");
-    let r = c.run(
-        &home,
-        &[
-            "relay",
-            "--listen",
-            "127.0.0.1:0",
-            "--db",
-            missing.to_str().unwrap(),
-        ],
-    );
+    let r = relay("127.0.0.1:0", missing.to_str().unwrap());
     assert_eq!((r.code, r.error_code().as_str()), (2, "bad_db"), "{r:?}");
     assert!(r.stdout.contains("does not exist"), "{r:?}");
     // The World's relay holds its port and its database.
     let port = w.relay.url().rsplit(':').next().unwrap().to_string();
     let busy = format!("127.0.0.1:{port}");
-    let r = c.run(&home, &["relay", "--listen", &busy, "--db", db]);
+    let r = relay(&busy, db);
     assert_eq!(
         (r.code, r.error_code().as_str()),
         (2, "port_in_use"),
         "{r:?}"
     );
     let taken = w.relay.db.to_str().unwrap().to_string();
-    let r = c.run(&home, &["relay", "--listen", "127.0.0.1:0", "--db", &taken]);
+    let r = relay("127.0.0.1:0", &taken);
     // Refused before it says it is listening: the error is the only line.
     let events = r.events();
     assert_eq!(events.len(), 1, "{r:?}");
@@ -819,16 +811,7 @@ fn relay_start_problems_get_their_own_codes_and_say_what_to_do() {
     // A file that is not a database: refused before "listening" too, with what to do.
     let junk = w.dir.path().join("junk.db");
     std::fs::write(&junk, vec![0x5a; 8192]).unwrap();
-    let r = c.run(
-        &home,
-        &[
-            "relay",
-            "--listen",
-            "127.0.0.1:0",
-            "--db",
-            junk.to_str().unwrap(),
-        ],
-    );
+    let r = relay("127.0.0.1:0", junk.to_str().unwrap());
     let events = r.events();
     assert_eq!(events.len(), 1, "{r:?}");
     assert_eq!(events[0]["error"]["code"], "relay_failed", "{r:?}");

@@ -760,20 +760,14 @@ fn with_the_relay_down_create_invite_fails_at_once_and_send_message_says_queued(
 
 #[test]
 fn the_first_check_after_start_returns_what_waited_at_the_relay() {
-    let Paired {
-        dir: _dir,
-        relay: _relay,
-        a,
-        b,
-        a_id,
-        c,
-    } = paired();
+    let p = paired();
     assert_eq!(
-        c.run(&b, &["send", &a_id, "sent while you were away"]).code,
+        p.c.run(&p.b, &["send", &p.a_id, "sent while you were away"])
+            .code,
         0
     );
     // No wait: an agent's first look right after start must not say "No new messages."
-    let mut server = Mcp::start(&a, &[]);
+    let mut server = Mcp::start(&p.a, &[]);
     let checked = server.call("check_messages", json!({"wait_seconds": 0}));
     assert!(
         checked.to_string().contains("sent while you were away"),
@@ -783,21 +777,14 @@ fn the_first_check_after_start_returns_what_waited_at_the_relay() {
 
 #[test]
 fn a_restarted_server_says_what_waits_unannounced() {
-    let Paired {
-        dir: _dir,
-        relay: _relay,
-        a,
-        b,
-        a_id,
-        c,
-    } = paired();
+    let p = paired();
     for text in ["one", "two"] {
-        assert_eq!(c.run(&b, &["send", &a_id, text]).code, 0);
+        assert_eq!(p.c.run(&p.b, &["send", &p.a_id, text]).code, 0);
     }
     // Taken off the relay by another reader of the home (as by a server that was then killed):
     // stored, never pushed, never returned to the agent.
-    assert_eq!(c.run(&a, &["listen", "--timeout", "2"]).code, 0);
-    let mut server = Mcp::start(&a, &[]);
+    assert_eq!(p.c.run(&p.a, &["listen", "--timeout", "2"]).code, 0);
+    let mut server = Mcp::start(&p.a, &[]);
     let note = server.next_notification();
     assert_eq!(note["method"], "notifications/claude/channel", "{note}");
     assert_eq!(note["params"]["meta"]["kind"], "waiting", "{note}");
