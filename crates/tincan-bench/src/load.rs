@@ -12,7 +12,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use tincan_proto::frame::{ClientFrame, RelayFrame};
 use tincan_proto::identity::Identity;
 use tincan_proto::ids::PeerId;
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -98,14 +98,21 @@ pub struct Counters {
 /// A running load; stop it with [`Running::stop`].
 pub struct Running {
     pub counters: Arc<Counters>,
-    stop: watch::Sender<bool>,
+    /// One stop signal per task: a shared `watch` made all of them register with one mutex on
+    /// every wake-up, and that lock was contended enough to show in the relay's profile.
+    stop: Vec<oneshot::Sender<()>>,
     tasks: JoinSet<Result<Vec<u64>>>,
 }
 
 /// Starts one sender and one receiver task per pair, timed from `clock`.
 pub fn start(pairs: Vec<PairConns>, drive: Drive, clock: Instant) -> Running {
     let counters = Arc::new(Counters::default());
-    let (stop, stopped) = watch::channel(false);
+    let mut stop = Vec::with_capacity(2 * pairs.len());
+    let mut stopper = || {
+        let (tx, rx) = oneshot::channel();
+        stop.push(tx);
+        rx
+    };
     let mut tasks = JoinSet::new();
     let n = pairs.len().max(1);
     for (i, p) in pairs.into_iter().enumerate() {
@@ -122,7 +129,7 @@ pub fn start(pairs: Vec<PairConns>, drive: Drive, clock: Instant) -> Running {
             drive,
             clock,
             phase,
-            stopped.clone(),
+            stopper(),
             counters.clone(),
         ));
         let (sink, stream) = p.receiver.split();
@@ -131,7 +138,7 @@ pub fn start(pairs: Vec<PairConns>, drive: Drive, clock: Instant) -> Running {
             stream,
             drive,
             clock,
-            stopped.clone(),
+            stopper(),
             counters.clone(),
         ));
     }
@@ -145,7 +152,9 @@ pub fn start(pairs: Vec<PairConns>, drive: Drive, clock: Instant) -> Running {
 impl Running {
     /// Stops every task and returns the latency samples (nanoseconds, send to deliver).
     pub async fn stop(mut self, limit: Duration) -> Result<Vec<u64>> {
-        let _ = self.stop.send(true);
+        for stop in self.stop.drain(..) {
+            let _ = stop.send(());
+        }
         let mut samples = Vec::new();
         let joined = tokio::time::timeout(limit, async {
             let mut first_err = None;
@@ -196,7 +205,7 @@ async fn send_loop(
     drive: Drive,
     clock: Instant,
     phase: Duration,
-    mut stop: watch::Receiver<bool>,
+    mut stop: oneshot::Receiver<()>,
     counters: Arc<Counters>,
 ) -> Result<Vec<u64>> {
     let schedule = clock + phase;
@@ -246,7 +255,7 @@ async fn send_loop(
         });
         let first = tokio::select! {
             biased;
-            _ = stop.changed() => return Ok(Vec::new()),
+            _ = &mut stop => return Ok(Vec::new()),
             m = stream.next() => m,
             _ = sleep_until(next_due) => continue,
         };
@@ -291,7 +300,7 @@ async fn receive_loop(
     mut stream: Stream,
     drive: Drive,
     clock: Instant,
-    mut stop: watch::Receiver<bool>,
+    mut stop: oneshot::Receiver<()>,
     counters: Arc<Counters>,
 ) -> Result<Vec<u64>> {
     let (from, to) = (
@@ -302,7 +311,7 @@ async fn receive_loop(
     loop {
         let first = tokio::select! {
             biased;
-            _ = stop.changed() => return Ok(samples),
+            _ = &mut stop => return Ok(samples),
             m = stream.next() => m,
         };
         let mut n = 0;

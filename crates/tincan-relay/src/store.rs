@@ -537,6 +537,52 @@ static ACK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
+/// How long the store thread keeps looking for its next command before it parks. Under load
+/// commands come in bursts a few microseconds apart; parking between them made every `Send` and
+/// `Ack` pay a futex wake-up and two context switches (the largest kernel cost left in the
+/// open-loop profile, docs/BENCHMARKS.md). The thread yields the core while it looks, so a
+/// runnable connection task is never kept waiting by it.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(20);
+
+/// What the store thread's wait for work ended with.
+enum Next {
+    Cmd(Cmd),
+    /// `wake` came first.
+    Due,
+    /// Every sender is gone.
+    Closed,
+}
+
+/// Waits for the next command until `wake`: first for [`SPIN`], yielding the core, then parked.
+fn next_cmd(rx: &std_mpsc::Receiver<Cmd>, wake: Option<std::time::Instant>) -> Next {
+    let start = std::time::Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(cmd) => return Next::Cmd(cmd),
+            Err(std_mpsc::TryRecvError::Disconnected) => return Next::Closed,
+            Err(std_mpsc::TryRecvError::Empty) => {}
+        }
+        let now = std::time::Instant::now();
+        if wake.is_some_and(|w| now >= w) {
+            return Next::Due;
+        }
+        if now.duration_since(start) >= SPIN {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    match wake {
+        None => rx.recv().map_or(Next::Closed, Next::Cmd),
+        Some(at) => {
+            match rx.recv_timeout(at.saturating_duration_since(std::time::Instant::now())) {
+                Ok(cmd) => Next::Cmd(cmd),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => Next::Due,
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => Next::Closed,
+            }
+        }
+    }
+}
+
 impl Worker {
     fn run(mut self, rx: std_mpsc::Receiver<Cmd>) {
         let mut close: Option<oneshot::Sender<()>> = None;
@@ -552,21 +598,13 @@ impl Worker {
             .into_iter()
             .flatten()
             .min();
-            let first = match wake {
-                None => match rx.recv() {
-                    Ok(cmd) => cmd,
-                    Err(_) => break,
-                },
-                Some(at) => {
-                    match rx.recv_timeout(at.saturating_duration_since(std::time::Instant::now())) {
-                        Ok(cmd) => cmd,
-                        Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                            self.apply_batch(std::mem::take(&mut acks));
-                            continue;
-                        }
-                        Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
+            let first = match next_cmd(&rx, wake) {
+                Next::Cmd(cmd) => cmd,
+                Next::Due => {
+                    self.apply_batch(std::mem::take(&mut acks));
+                    continue;
                 }
+                Next::Closed => break,
             };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
