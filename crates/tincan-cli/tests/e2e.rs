@@ -522,6 +522,117 @@ fn relay_sigkilled_under_traffic_delivers_every_acked_message_exactly_once() {
     }
 }
 
+/// `tincan --home HOME --json listen` killed with SIGKILL after `ms`: the messages it printed.
+fn listen_killed_after(home: &Path, ms: u64) -> Vec<String> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tincan"))
+        .arg("--home")
+        .arg(home)
+        .args(["--json", "listen"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let lines = std::io::BufReader::new(stdout).lines();
+        let events: Vec<Value> = lines
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect();
+        messages(&events)
+    });
+    std::thread::sleep(Duration::from_millis(ms));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Whatever it wrote before it died is still in the pipe and is read to its end.
+    reader.join().unwrap()
+}
+
+#[test]
+fn listen_sigkilled_while_receiving_loses_nothing_and_replays_only_what_it_showed_last() {
+    let (w, c, a, b, a_id) = two_paired();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = w.relay.url();
+    let sender = rt.spawn(async move {
+        let client =
+            Client::start(Home::open(&b).unwrap(), &url, ClientOptions::send_only()).unwrap();
+        for burst in 0..30 {
+            let texts: Vec<String> = (0..20)
+                .map(|i| format!("m-{:04}", burst * 20 + i))
+                .collect();
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            client.send_many(&a_id, &refs).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        client
+            .wait_outbox_empty(Duration::from_secs(60))
+            .await
+            .unwrap();
+    });
+    // The receiver is SIGKILLed again and again while messages arrive: at any point of decrypting,
+    // committing, acking or printing. A killed `listen` leaves its receiving lock behind, which
+    // the next one must not take for a live holder.
+    let mut runs: Vec<Vec<String>> = Vec::new();
+    let mut kills = 0usize;
+    while !sender.is_finished() || kills < 6 {
+        runs.push(listen_killed_after(&a, 150 + (kills as u64 * 37) % 200));
+        kills += 1;
+    }
+    rt.block_on(sender).unwrap();
+    for _ in 0..20 {
+        if runs
+            .iter()
+            .flatten()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            >= 600
+        {
+            break;
+        }
+        let r = c.run(&a, &["--json", "listen", "--timeout", "2"]);
+        assert_eq!(r.code, 0, "listen after the kills: {}", r.stderr);
+        runs.push(messages(&r.events()));
+    }
+    let all: Vec<&String> = runs.iter().flatten().collect();
+    // Every message shown, first appearances in the order sent.
+    let mut first_seen = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for m in &all {
+        if seen.insert(*m) {
+            first_seen.push(m.as_str());
+        }
+    }
+    let expected: Vec<String> = (0..600).map(|i| format!("m-{i:04}")).collect();
+    assert_eq!(
+        first_seen, expected,
+        "lost or out of order after {kills} kills"
+    );
+    // Marks of handed-over messages ride along with the home's next write (at the latest after
+    // 256 events or 20 ms; docs/ARCHITECTURE.md), so a run killed inside that window shows its
+    // last few messages again. That replay is the only repeat: it opens the next run, it is the
+    // tail of what was shown before, and a run after a clean exit replays nothing.
+    let mut shown: Vec<&String> = Vec::new();
+    for (k, run) in runs.iter().enumerate() {
+        let replayed = run.iter().take_while(|m| shown.contains(m)).count();
+        assert!(
+            run[replayed..].iter().all(|m| !shown.contains(&m)),
+            "run {k} repeats a message after its opening replay"
+        );
+        assert_eq!(
+            run[..replayed].iter().collect::<Vec<_>>(),
+            shown[shown.len() - replayed..],
+            "run {k} replays something other than the tail of what was shown"
+        );
+        assert!(replayed <= 256, "run {k} replays {replayed} messages");
+        if k > kills {
+            assert_eq!(replayed, 0, "run {k} follows a clean exit yet replays");
+        }
+        shown.extend(run);
+    }
+}
+
 #[test]
 fn send_while_relay_is_down_is_queued_then_delivered() {
     let mut w = World::new();
