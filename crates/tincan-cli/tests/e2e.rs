@@ -445,6 +445,32 @@ fn tampered_ciphertext_in_the_relay_store_is_rejected_not_shown() {
     assert_eq!(messages(&ev), ["second, untouched"]);
 }
 
+/// An SDK client of `home` sends `bursts` × 20 messages `{tag}-NNNN` to `to`, one batch every
+/// `pause_ms`, and waits until the relay has acked them all.
+async fn send_in_bursts(
+    home: std::path::PathBuf,
+    url: String,
+    to: String,
+    tag: &'static str,
+    bursts: usize,
+    pause_ms: u64,
+) {
+    let client =
+        Client::start(Home::open(&home).unwrap(), &url, ClientOptions::send_only()).unwrap();
+    for burst in 0..bursts {
+        let texts: Vec<String> = (0..20)
+            .map(|i| format!("{tag}-{:04}", burst * 20 + i))
+            .collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        client.send_many(&to, &refs).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+    }
+    client
+        .wait_outbox_empty(Duration::from_secs(90))
+        .await
+        .unwrap();
+}
+
 #[test]
 fn relay_sigkilled_under_traffic_delivers_every_acked_message_exactly_once() {
     let mut w = World::new();
@@ -459,29 +485,16 @@ fn relay_sigkilled_under_traffic_delivers_every_acked_message_exactly_once() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     // Two senders (SDK clients in this process), each sending 800 messages in steady bursts.
-    let spawn_sender = |home: std::path::PathBuf, tag: &'static str| {
-        let url = w.relay.url();
-        let a_peer = a_id.clone();
-        rt.spawn(async move {
-            let client =
-                Client::start(Home::open(&home).unwrap(), &url, ClientOptions::send_only())
-                    .unwrap();
-            for burst in 0..40 {
-                let texts: Vec<String> = (0..20)
-                    .map(|i| format!("{tag}-{:04}", burst * 20 + i))
-                    .collect();
-                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                client.send_many(&a_peer, &refs).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            client
-                .wait_outbox_empty(Duration::from_secs(90))
-                .await
-                .unwrap();
-        })
-    };
-    let sb = spawn_sender(b.clone(), "b");
-    let sd = spawn_sender(d.clone(), "d");
+    let url = w.relay.url();
+    let sb = rt.spawn(send_in_bursts(
+        b.clone(),
+        url.clone(),
+        a_id.clone(),
+        "b",
+        40,
+        25,
+    ));
+    let sd = rt.spawn(send_in_bursts(d.clone(), url, a_id.clone(), "d", 40, 25));
     // SIGKILL the relay six times while both are busy, restarting it each time.
     for _ in 0..6 {
         std::thread::sleep(Duration::from_millis(150));
@@ -554,23 +567,7 @@ fn listen_killed_after(home: &Path, ms: u64) -> Vec<String> {
 fn listen_sigkilled_while_receiving_loses_nothing_and_replays_only_what_it_showed_last() {
     let (w, c, a, b, a_id) = two_paired();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let url = w.relay.url();
-    let sender = rt.spawn(async move {
-        let client =
-            Client::start(Home::open(&b).unwrap(), &url, ClientOptions::send_only()).unwrap();
-        for burst in 0..30 {
-            let texts: Vec<String> = (0..20)
-                .map(|i| format!("m-{:04}", burst * 20 + i))
-                .collect();
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            client.send_many(&a_id, &refs).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-        client
-            .wait_outbox_empty(Duration::from_secs(60))
-            .await
-            .unwrap();
-    });
+    let sender = rt.spawn(send_in_bursts(b, w.relay.url(), a_id, "m", 30, 30));
     // The receiver is SIGKILLed again and again while messages arrive: at any point of decrypting,
     // committing, acking or printing. A killed `listen` leaves its receiving lock behind, which
     // the next one must not take for a live holder.
