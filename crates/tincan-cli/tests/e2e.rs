@@ -631,6 +631,72 @@ fn listen_sigkilled_while_receiving_loses_nothing_and_replays_only_what_it_showe
 }
 
 #[test]
+fn send_sigkilled_at_any_point_queues_its_batch_whole_or_not_at_all_and_it_arrives_once() {
+    let (_w, c, a, b, a_id) = two_paired();
+    let mut confirmed = Vec::new();
+    for k in 0..8u64 {
+        let lines: String = (0..50).map(|i| format!("{k}-{i:02}\n")).collect();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tincan"))
+            .arg("--home")
+            .arg(&b)
+            .args(["--json", "send", &a_id, "-", "--lines"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(lines.as_bytes())
+            .unwrap();
+        // From before it has read its input to after it has sealed, queued and sent it.
+        std::thread::sleep(Duration::from_millis(2 + k * 9));
+        let _ = child.kill(); // SIGKILL
+        let out = child.wait_with_output().unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("\"status\"") {
+            confirmed.push(k);
+        }
+    }
+    // The next send on the home takes along whatever the killed ones left queued, first.
+    let r = c.run(&b, &["send", &a_id, "last"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.extend(messages(&c.run(&a, &["listen", "--timeout", "2"]).events()));
+        if got.last().is_some_and(|m| m == "last") {
+            break;
+        }
+    }
+    assert_eq!(got.last().map(String::as_str), Some("last"), "{got:?}");
+    got.pop();
+    // Batches arrive whole, in the order sent, each once; one confirmed to its sender is there.
+    let mut batches: Vec<u64> = Vec::new();
+    for chunk in got.chunks(50) {
+        let k: u64 = chunk[0].split('-').next().unwrap().parse().unwrap();
+        let whole: Vec<String> = (0..50).map(|i| format!("{k}-{i:02}")).collect();
+        assert_eq!(
+            chunk,
+            whole.as_slice(),
+            "batch {k} is not whole and in order"
+        );
+        batches.push(k);
+    }
+    assert!(
+        batches.windows(2).all(|w| w[0] < w[1]),
+        "batches out of order or repeated: {batches:?}"
+    );
+    for k in &confirmed {
+        assert!(
+            batches.contains(k),
+            "batch {k} was confirmed to its sender but never arrived"
+        );
+    }
+}
+
+#[test]
 fn send_while_relay_is_down_is_queued_then_delivered() {
     let mut w = World::new();
     let c = cli();
