@@ -275,7 +275,8 @@ async fn the_total_of_queued_messages_is_capped_without_reordering_or_losing_any
             ..
         })
     ));
-    assert_eq!(refused(&r.url, "max_queued").await, 1);
+    // Both refusals count against the limit: the held one waits behind a `max_queued` refusal.
+    assert_eq!(refused(&r.url, "max_queued").await, 2);
     // One delivery acked frees one place: the refused message goes in, then the next.
     let mut rb = RawConn::authed(&r.url, &b, true).await;
     match rb.recv().await {
@@ -481,6 +482,8 @@ async fn a_refused_message_is_never_overtaken_by_later_ones() {
         }
         other => panic!("expected message 3 to be held, got {other:?}"),
     }
+    // The held message counts as refused by the queue cap too, like the one it waits behind.
+    assert_eq!(refused(&r.url, "queue_cap").await, 2);
     c.send(&send(2)).await;
     assert!(matches!(
         c.recv().await,

@@ -80,6 +80,16 @@ pub(super) struct Held {
     code: ErrorCode,
     message: String,
     until_ms: u64,
+    by: HeldBy,
+}
+
+/// What refused the message a path is held behind: a limit (whose refusal counter also counts
+/// the later messages held behind it) or a failed write.
+#[derive(Clone, Copy)]
+pub(super) enum HeldBy {
+    QueueCap,
+    MaxQueued,
+    Store,
 }
 
 /// How long a hold lasts if the refused message is never resent.
@@ -353,7 +363,13 @@ impl Worker {
             let mut seen = HashSet::new();
             for (to, msg) in &fx.deliveries {
                 if seen.insert((msg.from, *to)) {
-                    self.hold(msg.from, *to, msg.id, code, &why, msg.stored_at);
+                    self.hold(
+                        msg.from,
+                        *to,
+                        msg.id,
+                        (code, &why, HeldBy::Store),
+                        msg.stored_at,
+                    );
                 }
             }
             for (r, frame) in fx.replies {
@@ -601,7 +617,7 @@ impl Worker {
             ..
         } = &cmd
         {
-            self.hold(*sender, *to, *id, code, &why, *now_ms);
+            self.hold(*sender, *to, *id, (code, &why, HeldBy::Store), *now_ms);
         }
         fail(cmd, code, &why);
     }

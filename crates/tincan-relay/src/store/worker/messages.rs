@@ -8,7 +8,9 @@ use rusqlite::{OptionalExtension, params};
 use tincan_proto::frame::{ErrorCode, RelayFrame};
 use tincan_proto::ids::{MessageId, PeerId};
 
-use super::{ACK_CHUNK, ACK_SQL, Effects, HOLD_MS, Held, MAX_PENDING, MAX_PENDING_BYTES, Worker};
+use super::{
+    ACK_CHUNK, ACK_SQL, Effects, HOLD_MS, Held, HeldBy, MAX_PENDING, MAX_PENDING_BYTES, Worker,
+};
 use crate::metrics::Metrics;
 use crate::store::{
     Cmd, FETCH_MAX_BYTES, Fetched, Responder, StoreError, Stored, classify, message_id, pair_key,
@@ -90,6 +92,11 @@ impl Worker {
     ) -> Result<Inserted, Unwritten> {
         if let Some(h) = self.held.get(&(sender, to)) {
             if h.id != id && now_ms < h.until_ms {
+                match h.by {
+                    HeldBy::QueueCap => Metrics::inc(&self.metrics.refused_queue_full),
+                    HeldBy::MaxQueued => Metrics::inc(&self.metrics.refused_max_queued),
+                    HeldBy::Store => {}
+                }
                 return Ok(Inserted::Refused(
                     h.code,
                     format!(
@@ -104,7 +111,13 @@ impl Worker {
         if let Inserted::Refused(code @ (ErrorCode::QueueFull | ErrorCode::StorageFull), message) =
             &result
         {
-            self.hold(sender, to, id, *code, message, now_ms);
+            // Here a full queue is the recipient's cap and storage is full by `max_queued`.
+            let by = if *code == ErrorCode::QueueFull {
+                HeldBy::QueueCap
+            } else {
+                HeldBy::MaxQueued
+            };
+            self.hold(sender, to, id, (*code, message, by), now_ms);
         }
         Ok(result)
     }
@@ -114,8 +127,7 @@ impl Worker {
         sender: PeerId,
         to: PeerId,
         id: MessageId,
-        code: ErrorCode,
-        message: &str,
+        (code, message, by): (ErrorCode, &str, HeldBy),
         now_ms: u64,
     ) {
         if self.held.len() > 100_000 {
@@ -129,6 +141,7 @@ impl Worker {
                 code,
                 message,
                 until_ms: now_ms + HOLD_MS,
+                by,
             },
         );
     }
