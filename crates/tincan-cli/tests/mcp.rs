@@ -116,6 +116,23 @@ fn python_sdk_drives_two_servers_through_a_real_relay_and_the_audit_log_holds() 
     assert_eq!(call["tool"], "Bash");
     assert_eq!(call["after"]["via"], "check_messages");
     assert!(call["after"]["message_id"].is_string());
+    assert!(call["after"]["inbox_seq"].is_i64(), "{call}");
+    // Pushes have no inbox sequence to name, and say nothing rather than null.
+    let delivered: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["event"] == "delivered")
+        .collect();
+    assert!(
+        delivered.iter().any(|e| e["via"] == "push"),
+        "{delivered:?}"
+    );
+    for e in delivered {
+        let seq = e.get("inbox_seq");
+        match e["via"].as_str() {
+            Some("push") => assert!(seq.is_none(), "{e}"),
+            _ => assert!(seq.is_some_and(Value::is_i64), "{e}"),
+        }
+    }
     assert!(call["input_preview"].as_str().unwrap().contains("ls -la"));
     let r = Cli::new(bin()).run(&a, &["audit", "verify"]);
     assert_eq!(r.code, 0, "{r:?}");

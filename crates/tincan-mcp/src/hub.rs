@@ -236,7 +236,11 @@ impl Hub {
     /// Records that the agent was shown a message (by push or by a check).
     fn delivered(&self, how: &str, peer: &PeerId, message_id: &str, seq: Option<i64>) {
         let home = self.home();
-        let fields = json!({"peer": peer.to_string(), "message_id": message_id, "via": how, "inbox_seq": seq});
+        let mut fields = json!({"peer": peer.to_string(), "message_id": message_id, "via": how});
+        // A push is made from the delivery itself, before anything reads the inbox row back.
+        if let Some(seq) = seq {
+            fields["inbox_seq"] = json!(seq);
+        }
         if let Err(e) = home.audit_append("delivered", fields.clone(), now_ms()) {
             tracing::error!(error = %e, "cannot write the audit log");
         }
