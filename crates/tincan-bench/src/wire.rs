@@ -53,9 +53,10 @@ pub async fn connect(relay_url: &str, id: &Identity, receive: bool) -> Result<Ws
 }
 
 /// tungstenite zero-fills its whole read buffer (128 KiB by default) before every read; a
-/// 16 KiB buffer keeps that memset from dominating a load generator that reads small frames.
+/// 4 KiB buffer (the relay's own size) keeps that memset from dominating a load generator that
+/// reads small frames (16 KiB still cost 2.6% of the open loop's samples; docs/BENCHMARKS.md).
 fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(16 * 1024)
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4 * 1024)
 }
 
 /// Pairs two authenticated connections: `inviter` registers an invite, `claimer` claims it.
