@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -578,63 +578,106 @@ fn listen_sigkilled_while_receiving_loses_nothing_and_replays_only_what_it_showe
         kills += 1;
     }
     rt.block_on(sender).unwrap();
-    for _ in 0..20 {
-        if runs
-            .iter()
-            .flatten()
-            .collect::<std::collections::HashSet<_>>()
-            .len()
-            >= 600
-        {
+    // Then clean runs (each exits at its timeout): at least two, until every message was shown.
+    let first_clean = runs.len();
+    for n in 0..20 {
+        let distinct = runs.iter().flatten().collect::<HashSet<_>>().len();
+        if n >= 2 && distinct >= 600 {
             break;
         }
-        let r = c.run(&a, &["--json", "listen", "--timeout", "2"]);
+        let r = c.run(&a, &["listen", "--timeout", "1"]);
         assert_eq!(r.code, 0, "listen after the kills: {}", r.stderr);
         runs.push(messages(&r.events()));
     }
-    let all: Vec<&String> = runs.iter().flatten().collect();
-    // Every message shown, first appearances in the order sent.
-    let mut first_seen = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for m in &all {
-        if seen.insert(*m) {
-            first_seen.push(m.as_str());
+    // Marks of handed-over messages ride along with the home's next write and are written alone
+    // every 256 events or 20 ms (docs/ARCHITECTURE.md), so a run killed inside that window shows
+    // its last few messages again. That replay is the only repeat: it opens the next run, it is a
+    // stretch of what was shown, in order, from at most 256 back, and if new messages follow, it
+    // reaches the end of what was shown. A run after a clean exit replays nothing.
+    let mut first: Vec<&String> = Vec::new();
+    let mut seen = HashSet::new();
+    for (k, run) in runs.iter().enumerate() {
+        let replayed = run.iter().take_while(|m| seen.contains(m)).count();
+        if replayed > 0 {
+            let start = first.iter().position(|m| *m == &run[0]).unwrap();
+            assert!(
+                first.len() - start <= 256,
+                "run {k} replays from {} back",
+                first.len() - start
+            );
+            assert_eq!(
+                run[..replayed].iter().collect::<Vec<_>>(),
+                first[start..(start + replayed).min(first.len())],
+                "run {k} replays something other than a stretch of what was shown, in order"
+            );
+            assert!(
+                replayed == run.len() || start + replayed == first.len(),
+                "run {k} skips from its replay to new messages"
+            );
+            assert!(k <= first_clean, "run {k} follows a clean exit yet replays");
+        }
+        for m in &run[replayed..] {
+            assert!(
+                seen.insert(m),
+                "run {k} repeats {m} after its opening replay"
+            );
+            first.push(m);
         }
     }
     let expected: Vec<String> = (0..600).map(|i| format!("m-{i:04}")).collect();
     assert_eq!(
-        first_seen, expected,
+        first,
+        expected.iter().collect::<Vec<_>>(),
         "lost or out of order after {kills} kills"
     );
-    // Marks of handed-over messages ride along with the home's next write (at the latest after
-    // 256 events or 20 ms; docs/ARCHITECTURE.md), so a run killed inside that window shows its
-    // last few messages again. That replay is the only repeat: it opens the next run, it is the
-    // tail of what was shown before, and a run after a clean exit replays nothing.
-    let mut shown: Vec<&String> = Vec::new();
-    for (k, run) in runs.iter().enumerate() {
-        let replayed = run.iter().take_while(|m| shown.contains(m)).count();
-        assert!(
-            run[replayed..].iter().all(|m| !shown.contains(&m)),
-            "run {k} repeats a message after its opening replay"
-        );
-        assert_eq!(
-            run[..replayed].iter().collect::<Vec<_>>(),
-            shown[shown.len() - replayed..],
-            "run {k} replays something other than the tail of what was shown"
-        );
-        assert!(replayed <= 256, "run {k} replays {replayed} messages");
-        if k > kills {
-            assert_eq!(replayed, 0, "run {k} follows a clean exit yet replays");
+}
+
+#[test]
+fn listen_killed_right_after_a_backlog_replays_at_most_256() {
+    use std::io::BufRead;
+    let (_w, c, a, b, a_id) = two_paired();
+    // 600 messages wait at the relay while A is offline; one `listen` then takes them all in.
+    let lines: String = (0..600).map(|i| format!("m-{i:04}\n")).collect();
+    let r = c.run_stdin(&b, &["send", &a_id, "-", "--lines"], Some(&lines));
+    assert_eq!(r.code, 0, "{r:?}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tincan"))
+        .arg("--home")
+        .arg(&a)
+        .args(["--json", "listen"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut shown = 0;
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        if line.unwrap().contains("\"event\":\"message\"") {
+            shown += 1;
+            if shown == 600 {
+                break;
+            }
         }
-        shown.extend(run);
     }
+    child.kill().unwrap(); // SIGKILL, right after the last line
+    child.wait().unwrap();
+    // The marks of a backlog shown in one go are written every 256 entries (and every 20 ms),
+    // not only once the backlog is through: at most the last 256 come again.
+    let again = messages(&c.run(&a, &["listen", "--timeout", "1"]).events());
+    assert!(again.len() <= 256, "{} shown again", again.len());
+    let tail: Vec<String> = (600 - again.len()..600)
+        .map(|i| format!("m-{i:04}"))
+        .collect();
+    assert_eq!(
+        again, tail,
+        "what is shown again is the end of the backlog, in order"
+    );
 }
 
 #[test]
 fn send_sigkilled_at_any_point_queues_its_batch_whole_or_not_at_all_and_it_arrives_once() {
     let (_w, c, a, b, a_id) = two_paired();
-    let mut confirmed = Vec::new();
-    for k in 0..8u64 {
+    // `send` of batch k (50 lines), SIGKILLed after `kill_after` if given: whether it confirmed.
+    let send = |k: u32, kill_after: Option<Duration>| {
+        use std::io::Write;
         let lines: String = (0..50).map(|i| format!("{k}-{i:02}\n")).collect();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tincan"))
             .arg("--home")
@@ -645,18 +688,24 @@ fn send_sigkilled_at_any_point_queues_its_batch_whole_or_not_at_all_and_it_arriv
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(lines.as_bytes())
-            .unwrap();
-        // From before it has read its input to after it has sealed, queued and sent it.
-        std::thread::sleep(Duration::from_millis(2 + k * 9));
-        let _ = child.kill(); // SIGKILL
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(lines.as_bytes()).unwrap();
+        drop(stdin);
+        if let Some(after) = kill_after {
+            std::thread::sleep(after);
+            let _ = child.kill(); // SIGKILL
+        }
         let out = child.wait_with_output().unwrap();
-        if String::from_utf8_lossy(&out.stdout).contains("\"status\"") {
+        String::from_utf8_lossy(&out.stdout).contains("\"status\"")
+    };
+    // One whole send sets the pace; the others are killed at eighths of its time, from before
+    // it has read its input to after it has sealed, queued and sent it.
+    let started = std::time::Instant::now();
+    assert!(send(0, None), "an unkilled send did not confirm");
+    let whole = started.elapsed();
+    let mut confirmed = vec![0];
+    for k in 1..=8 {
+        if send(k, Some(whole * (k - 1) / 8)) {
             confirmed.push(k);
         }
     }
@@ -673,9 +722,9 @@ fn send_sigkilled_at_any_point_queues_its_batch_whole_or_not_at_all_and_it_arriv
     assert_eq!(got.last().map(String::as_str), Some("last"), "{got:?}");
     got.pop();
     // Batches arrive whole, in the order sent, each once; one confirmed to its sender is there.
-    let mut batches: Vec<u64> = Vec::new();
+    let mut batches: Vec<u32> = Vec::new();
     for chunk in got.chunks(50) {
-        let k: u64 = chunk[0].split('-').next().unwrap().parse().unwrap();
+        let k: u32 = chunk[0].split('-').next().unwrap().parse().unwrap();
         let whole: Vec<String> = (0..50).map(|i| format!("{k}-{i:02}")).collect();
         assert_eq!(
             chunk,

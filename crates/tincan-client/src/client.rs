@@ -202,6 +202,9 @@ pub struct Client {
     unmarked_count: usize,
     /// What `unmarked` was before the last entry was returned (`give_back_last` restores it).
     given_back_to: Option<i64>,
+    /// When the oldest mark not yet known to be written was made: a steady stream of events
+    /// never lets [`MARK_DELAY`]'s timer fire, so `next_event` checks this age itself.
+    unwritten_since: Option<std::time::Instant>,
     /// The home's receiving lock, for a receiving client.
     _receiving: Option<crate::receiving::ReceivingLock>,
     /// Without [`ClientOptions::mark_on_return`]: messages returned and not yet
@@ -209,7 +212,7 @@ pub struct Client {
     held: Option<HashMap<(PeerId, MessageId), i64>>,
 }
 
-/// Most returned-but-unmarked inbox entries before the mark goes to the home.
+/// Most returned-but-unmarked inbox entries before the marks are written.
 const MARK_BATCH: usize = 256;
 /// How long a consumed mark waits for a transaction to ride along with before it is written
 /// alone.
@@ -286,6 +289,7 @@ impl Client {
             unmarked: None,
             unmarked_count: 0,
             given_back_to: None,
+            unwritten_since: None,
             _receiving: receiving,
             held,
         })
@@ -531,13 +535,21 @@ impl Client {
     /// returned once across restarts of the application.
     ///
     /// The marks are not a write of their own: they ride along with the home's next
-    /// transaction (a delivery, a send, an acknowledgement), at the latest every 256 events, and
-    /// are written alone once the client has waited 20 ms with nothing else to carry
-    /// them, and when it is dropped. So a crash can show a few entries again (at most 256, or
-    /// those returned within the last 20 ms); it never loses one.
+    /// transaction (a delivery, a send, an acknowledgement), and are written alone every 256
+    /// events, once the oldest is 20 ms old, and when the client is dropped. So a crash can show
+    /// a few entries again (at most 256: those returned within about the last 20 ms, and the
+    /// last one); it never loses one.
     pub async fn next_event(&mut self) -> Option<Event> {
         let (event, inbox_seq) = match self.events.try_recv() {
-            Ok(item) => item,
+            Ok(item) => {
+                if self
+                    .unwritten_since
+                    .is_some_and(|t| t.elapsed() >= MARK_DELAY)
+                {
+                    self.flush_marks();
+                }
+                item
+            }
             Err(_) => {
                 self.defer_marks();
                 self.recv_writing_marks().await?
@@ -556,7 +568,10 @@ impl Client {
             // The marks of earlier entries go to the home first, so the entry returned last is
             // only ever in `unmarked` (see `give_back_last`).
             if self.unmarked_count >= MARK_BATCH {
-                self.defer_marks();
+                self.flush_marks();
+            }
+            if self.unwritten_since.is_none() {
+                self.unwritten_since = Some(std::time::Instant::now());
             }
             self.given_back_to = self.unmarked;
             self.unmarked = Some(seq);
@@ -625,9 +640,13 @@ impl Client {
         self.write_marks();
     }
 
-    fn write_marks(&self) {
-        if let Err(e) = self.shared.home().flush_deferred() {
-            tracing::warn!(error = %e, "could not mark inbox entries consumed; they may be shown again");
+    fn write_marks(&mut self) {
+        match self.shared.home().flush_deferred() {
+            // Only the entry returned last can still be unwritten (in `unmarked`).
+            Ok(()) => self.unwritten_since = self.unmarked.map(|_| std::time::Instant::now()),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not mark inbox entries consumed; they may be shown again")
+            }
         }
     }
 }
