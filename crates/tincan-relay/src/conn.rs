@@ -141,6 +141,12 @@ impl Conn {
         let mut last_seq = 0u64;
         let ok = self.send_now(RelayFrame::AuthOk { peer }).await.is_some();
         let mut alive = ok;
+        // Made once for the whole loop: a new `changed()`/`notified()` on every pass put this
+        // connection into, and took it out of, the waiter list of a watch all connections share
+        // (a lock each time; 2.5% of the relay's open-loop profile, docs/BENCHMARKS.md).
+        let stopping = shutdown.changed();
+        let replaced = kicked.notified();
+        tokio::pin!(stopping, replaced);
         while alive {
             if lagging.swap(false, Ordering::SeqCst)
                 && !self.catch_up(peer, &mut last_seq, &lagging).await
@@ -149,11 +155,11 @@ impl Conn {
             }
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => {
+                _ = &mut stopping => {
                     self.error(0, ErrorCode::ShuttingDown, "relay is shutting down; reconnect later").await;
                     break;
                 }
-                _ = kicked.notified() => {
+                _ = &mut replaced => {
                     self.error(0, ErrorCode::Replaced, "another connection authenticated as this identity").await;
                     break;
                 }
