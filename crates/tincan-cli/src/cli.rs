@@ -61,6 +61,9 @@ pub enum Command {
     Prune(crate::cmd::prune::PruneArgs),
     /// Print the version.
     Version,
+    /// Internal: stops a killed `serve`'s handlers (started by `serve` itself).
+    #[command(name = "__reap", hide = true)]
+    Reap,
 }
 
 /// `invite` subcommands.

@@ -41,6 +41,7 @@ pub async fn dispatch(cli: Cli, out: &Out) -> Result<ExitCode, CliError> {
         Command::Launch(a) => launch::run(home, a, out).await,
         Command::Audit(c) => audit::run(home, c, out).await,
         Command::Prune(a) => prune::run(home, a, out),
+        Command::Reap => Ok(serve::reaper::run().await),
         Command::Version => {
             version::run(out);
             Ok(ExitCode::SUCCESS)

@@ -405,6 +405,80 @@ fn a_killed_serve_leaves_what_it_had_not_handled_to_the_next_one_and_answers_eac
 }
 
 #[test]
+fn a_sigkilled_serve_takes_its_running_handler_with_it() {
+    let w = World::new();
+    let pidfile = w.path("handler.pid");
+    // A handler that would run for a minute: in a real room, an agent still acting on a message
+    // nobody will answer.
+    let command = format!("echo $$ > {}; exec sleep 60", pidfile.display());
+    let mut s = w.serve_a(&command, &[]);
+    w.send_from_b("start something long");
+    let deadline = Instant::now() + WAIT;
+    let pid = loop {
+        if let Ok(text) = std::fs::read_to_string(&pidfile)
+            && let Ok(pid) = text.trim().parse::<u32>()
+        {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the handler never started: {:#?}",
+            s.seen
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(alive(pid));
+    let reaper = reaper_of(s.pid());
+    s.kill(); // SIGKILL: serve stops nothing itself
+    // Its reaper sees the pipe close and stops the handler's group (SIGTERM, 2 s grace).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "handler {pid} outlived its SIGKILLed serve"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its work done, the reaper is gone too; and a serve that exits cleanly leaves none behind.
+    wait_gone(reaper);
+    let mut s = w.serve_a("cat", &[]);
+    s.wait_event("serving", WAIT);
+    let reaper = reaper_of(s.pid());
+    s.terminate();
+    assert!(s.wait_exit(WAIT).success());
+    wait_gone(reaper);
+}
+
+/// The pid of `serve`'s reaper (its `tincan __reap` child).
+fn reaper_of(serve: u32) -> u32 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let children = std::fs::read_to_string(format!("/proc/{serve}/task/{serve}/children"))
+            .unwrap_or_default();
+        let reaper = children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+            .find(|c| {
+                std::fs::read(format!("/proc/{c}/cmdline"))
+                    .is_ok_and(|cmd| cmd.split(|b| *b == 0).any(|arg| arg == b"__reap"))
+            });
+        if let Some(r) = reaper {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "serve {serve} has no reaper");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + WAIT;
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "reaper {pid} is still running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
 fn a_handler_that_does_not_exist_is_reported_as_not_found() {
     let w = World::new();
     let mut s = w.serve_a("tincan-no-such-handler-7f3a", &[]);

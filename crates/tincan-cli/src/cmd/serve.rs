@@ -8,6 +8,7 @@
 
 mod handler;
 mod limit;
+pub mod reaper;
 mod server;
 mod shell;
 

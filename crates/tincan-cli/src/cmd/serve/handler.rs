@@ -11,8 +11,10 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
+use super::reaper::Reaper;
+
 /// How long a handler has between SIGTERM and SIGKILL.
-const GRACE: Duration = Duration::from_secs(2);
+pub(super) const GRACE: Duration = Duration::from_secs(2);
 /// How much of a failed handler's stderr is reported.
 const STDERR_TAIL: usize = 2048;
 
@@ -81,8 +83,54 @@ static SH: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
     }
 });
 
-/// Process groups of running handlers, so a shutdown can stop them.
-pub type Groups = Arc<Mutex<HashSet<i32>>>;
+/// Process groups of running handlers, so a shutdown can stop them, and the reaper that stops
+/// them if this process is killed instead (reaper.rs).
+#[derive(Clone, Default)]
+pub struct Groups(Arc<Mutex<Live>>);
+
+#[derive(Default)]
+struct Live {
+    groups: HashSet<i32>,
+    reaper: Option<Reaper>,
+}
+
+impl Groups {
+    /// Groups that a reaper also hears of.
+    pub fn with_reaper(reaper: Option<Reaper>) -> Self {
+        Self(Arc::new(Mutex::new(Live {
+            groups: HashSet::new(),
+            reaper,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
+        // A set of integers and a pipe cannot be left half-updated by a panic.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, started: bool, pgid: i32) {
+        let mut live = self.lock();
+        if started {
+            live.groups.insert(pgid);
+        } else {
+            live.groups.remove(&pgid);
+        }
+        if let Some(reaper) = live.reaper.as_mut()
+            && let Err(e) = reaper.tell(started, pgid)
+        {
+            tracing::warn!(error = %e, "the handler reaper is gone; handlers running when this process is killed will outlive it");
+            live.reaper = None;
+        }
+    }
+
+    fn all(&self) -> Vec<Pid> {
+        self.lock()
+            .groups
+            .iter()
+            .map(|g| Pid::from_raw(*g))
+            .collect()
+    }
+}
 
 /// Metadata in the environment, pipes for stdin/stdout/stderr, and its own process group, so a
 /// timeout reaches everything the handler started.
@@ -133,7 +181,7 @@ pub async fn run(command: &str, job: Job, limits: Limits, groups: &Groups) -> Ou
     };
     let pgid = child.id().and_then(|id| i32::try_from(id).ok());
     if let Some(g) = pgid {
-        lock(groups).insert(g);
+        groups.update(true, g);
     }
     let outcome = tokio::time::timeout(limits.timeout, drive(&mut child, job.text, limits)).await;
     let outcome = match outcome {
@@ -149,7 +197,7 @@ pub async fn run(command: &str, job: Job, limits: Limits, groups: &Groups) -> Ou
     // Whatever happened, nothing the handler started outlives it.
     if let Some(g) = pgid {
         stop_group(Pid::from_raw(g), &mut child).await;
-        lock(groups).remove(&g);
+        groups.update(false, g);
     }
     outcome
 }
@@ -271,7 +319,7 @@ async fn stop_group(pgid: Pid, child: &mut Child) {
 
 /// Stops every running handler (on shutdown): SIGTERM, then SIGKILL after the grace period.
 pub async fn terminate_all(groups: &Groups) {
-    let all: Vec<Pid> = lock(groups).iter().map(|g| Pid::from_raw(*g)).collect();
+    let all = groups.all();
     for g in &all {
         let _ = killpg(*g, Signal::SIGTERM);
     }
@@ -282,11 +330,6 @@ pub async fn terminate_all(groups: &Groups) {
     for g in &all {
         let _ = killpg(*g, Signal::SIGKILL);
     }
-}
-
-fn lock(groups: &Groups) -> std::sync::MutexGuard<'_, HashSet<i32>> {
-    // A set of integers cannot be left half-updated by a panic.
-    groups.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -95,7 +95,7 @@ impl<'a> Server<'a> {
             out,
             peers: HashMap::new(),
             jobs: JoinSet::new(),
-            groups: Groups::default(),
+            groups: Groups::with_reaper(super::reaper::Reaper::spawn()),
             stats: Stats::default(),
             stats_file,
             stats_written: None,
