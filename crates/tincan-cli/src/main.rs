@@ -71,12 +71,13 @@ fn main() -> ExitCode {
 /// Whether the command is one client's serve loop, which runs on one thread: each message
 /// crosses the connection task, the loop and a handler task, and on a multi-thread runtime every
 /// one of those hand-offs can be a wake-up of another thread (a serve turn measured ~0.25 ms
-/// faster this way). The relay (and the demo, which embeds one) keeps a thread per core.
+/// faster this way). The relay (and the demo, which embeds one) keeps a thread per core. Serve's
+/// reaper (`__reap`) only waits on one pipe.
 fn serves_one_line(command: &Command) -> bool {
     use cmd::room::RoomCmd;
     matches!(
         command,
-        Command::Serve(_) | Command::Host(_) | Command::Room(RoomCmd::Open(_))
+        Command::Serve(_) | Command::Host(_) | Command::Room(RoomCmd::Open(_)) | Command::Reap
     )
 }
 

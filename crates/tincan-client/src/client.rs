@@ -202,9 +202,11 @@ pub struct Client {
     unmarked_count: usize,
     /// What `unmarked` was before the last entry was returned (`give_back_last` restores it).
     given_back_to: Option<i64>,
-    /// When the oldest mark not yet known to be written was made: a steady stream of events
-    /// never lets [`MARK_DELAY`]'s timer fire, so `next_event` checks this age itself.
+    /// When the oldest mark not yet known to be written was made, and how many entries have
+    /// been returned since the client last wrote marks (the home may have written some of them
+    /// with a transaction of its own; this only ever over-counts).
     unwritten_since: Option<std::time::Instant>,
+    unwritten_count: usize,
     /// The home's receiving lock, for a receiving client.
     _receiving: Option<crate::receiving::ReceivingLock>,
     /// Without [`ClientOptions::mark_on_return`]: messages returned and not yet
@@ -290,6 +292,7 @@ impl Client {
             unmarked_count: 0,
             given_back_to: None,
             unwritten_since: None,
+            unwritten_count: 0,
             _receiving: receiving,
             held,
         })
@@ -536,25 +539,27 @@ impl Client {
     ///
     /// The marks are not a write of their own: they ride along with the home's next
     /// transaction (a delivery, a send, an acknowledgement), and are written alone every 256
-    /// events, once the oldest is 20 ms old, and when the client is dropped. So a crash can show
-    /// a few entries again (at most 256: those returned within about the last 20 ms, and the
-    /// last one); it never loses one.
+    /// events, once the oldest is 20 ms old (checked when the next event is asked for, or by a
+    /// timer while waiting for one), and when the client is dropped. So a crash can show a few
+    /// entries again (at most 256, usually those returned within the last 20 ms); it never
+    /// loses one.
     pub async fn next_event(&mut self) -> Option<Event> {
         let (event, inbox_seq) = match self.events.try_recv() {
-            Ok(item) => {
-                if self
-                    .unwritten_since
-                    .is_some_and(|t| t.elapsed() >= MARK_DELAY)
-                {
-                    self.flush_marks();
-                }
-                item
-            }
+            Ok(item) => item,
             Err(_) => {
                 self.defer_marks();
                 self.recv_writing_marks().await?
             }
         };
+        // Checked here, not only by the timer in `recv_writing_marks`: a steady stream (a
+        // backlog, a slow reader) may never leave that timer time to fire.
+        if self.unwritten_count >= MARK_BATCH
+            || self
+                .unwritten_since
+                .is_some_and(|t| t.elapsed() >= MARK_DELAY)
+        {
+            self.flush_marks();
+        }
         if let (Some(seq), Some(held)) = (inbox_seq, self.held.as_mut()) {
             match &event {
                 Event::Message(m) => {
@@ -568,7 +573,7 @@ impl Client {
             // The marks of earlier entries go to the home first, so the entry returned last is
             // only ever in `unmarked` (see `give_back_last`).
             if self.unmarked_count >= MARK_BATCH {
-                self.flush_marks();
+                self.defer_marks();
             }
             if self.unwritten_since.is_none() {
                 self.unwritten_since = Some(std::time::Instant::now());
@@ -576,6 +581,7 @@ impl Client {
             self.given_back_to = self.unmarked;
             self.unmarked = Some(seq);
             self.unmarked_count += 1;
+            self.unwritten_count += 1;
         }
         Some(event)
     }
@@ -627,9 +633,14 @@ impl Client {
     /// Cancel-safe: an unwritten mark stays with the home.
     async fn recv_writing_marks(&mut self) -> Option<(Event, Option<i64>)> {
         if self.shared.home().consumed_pending() {
+            // Due [`MARK_DELAY`] after the oldest unwritten mark, not after each wait began.
+            let due = self
+                .unwritten_since
+                .map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std)
+                + MARK_DELAY;
             tokio::select! {
                 item = self.events.recv() => return item,
-                _ = tokio::time::sleep(MARK_DELAY) => self.write_marks(),
+                _ = tokio::time::sleep_until(due) => self.write_marks(),
             }
         }
         self.events.recv().await
@@ -643,7 +654,10 @@ impl Client {
     fn write_marks(&mut self) {
         match self.shared.home().flush_deferred() {
             // Only the entry returned last can still be unwritten (in `unmarked`).
-            Ok(()) => self.unwritten_since = self.unmarked.map(|_| std::time::Instant::now()),
+            Ok(()) => {
+                self.unwritten_since = self.unmarked.map(|_| std::time::Instant::now());
+                self.unwritten_count = usize::from(self.unmarked.is_some());
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "could not mark inbox entries consumed; they may be shown again")
             }

@@ -115,10 +115,10 @@ impl Groups {
         } else {
             live.groups.remove(&pgid);
         }
-        if let Some(reaper) = live.reaper.as_mut()
-            && let Err(e) = reaper.tell(started, pgid)
+        if let Some(reaper) = live.reaper.as_ref()
+            && reaper.tell(started, pgid).is_err()
         {
-            tracing::warn!(error = %e, "the handler reaper is gone; handlers running when this process is killed will outlive it");
+            // Its writer has stopped and said why.
             live.reaper = None;
         }
     }
@@ -317,17 +317,20 @@ async fn stop_group(pgid: Pid, child: &mut Child) {
     let _ = child.wait().await;
 }
 
-/// Stops every running handler (on shutdown): SIGTERM, then SIGKILL after the grace period.
+/// Stops every running handler (on shutdown): SIGTERM, then SIGKILL after the grace period to
+/// the groups still there (one found gone is not signalled again: its id could be reused).
 pub async fn terminate_all(groups: &Groups) {
-    let all = groups.all();
-    for g in &all {
-        let _ = killpg(*g, Signal::SIGTERM);
-    }
+    let mut left: Vec<Pid> = groups
+        .all()
+        .into_iter()
+        .filter(|g| killpg(*g, Signal::SIGTERM).is_ok())
+        .collect();
     let deadline = tokio::time::Instant::now() + GRACE;
-    while tokio::time::Instant::now() < deadline && all.iter().any(|g| killpg(*g, None).is_ok()) {
+    while !left.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+        left.retain(|g| killpg(*g, None).is_ok());
     }
-    for g in &all {
+    for g in &left {
         let _ = killpg(*g, Signal::SIGKILL);
     }
 }

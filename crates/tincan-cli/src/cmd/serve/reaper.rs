@@ -12,10 +12,14 @@
 //! SIGTERM and SIGHUP, so a Ctrl-C or a signal to the serve's group does not take it first.
 
 use std::collections::HashSet;
-use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
-use std::process::{ChildStdin, ExitCode, Stdio};
+use std::path::Path;
+use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
+
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -23,26 +27,42 @@ use nix::unistd::Pid;
 /// The hidden subcommand that runs the reaper.
 pub const SUBCOMMAND: &str = "__reap";
 
-/// The serve's end of the pipe.
+/// The serve's end: handler groups go to a task that writes them to the reaper's pipe, so a
+/// reaper that stops reading (stopped, swapped out) never stalls the serve, which keeps the pipe
+/// open all the while (closing it would make the reaper stop handlers that are still wanted).
 pub struct Reaper {
-    pipe: ChildStdin,
+    changes: mpsc::UnboundedSender<(bool, i32)>,
 }
 
 impl Reaper {
-    /// Starts the reaper (this same binary). `None`, with a warning, if it cannot be started:
-    /// the serve still runs, without the guarantee.
+    /// Starts the reaper (this same binary) and its writer task. `None`, with a warning, if it
+    /// cannot be started: the serve still runs, without the guarantee.
     pub fn spawn() -> Option<Self> {
-        let started = std::env::current_exe().and_then(|exe| {
-            std::process::Command::new(exe)
-                .arg(SUBCOMMAND)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .process_group(0)
-                .spawn()
-        });
+        // The running binary, even if the file was replaced since (an upgrade in place).
+        let exe = Path::new("/proc/self/exe");
+        let exe = if exe.exists() {
+            exe.to_path_buf()
+        } else {
+            std::env::current_exe().unwrap_or_else(|_| "tincan".into())
+        };
+        let started = std::process::Command::new(exe)
+            .arg(SUBCOMMAND)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .and_then(|mut child| {
+                let pipe = child.stdin.take().map(OwnedFd::from);
+                let pipe = pipe.ok_or_else(|| std::io::Error::other("no stdin pipe"))?;
+                Ok((child, pipe::Sender::from_owned_fd(pipe)?))
+            });
         match started {
-            Ok(mut child) => child.stdin.take().map(|pipe| Self { pipe }),
+            Ok((child, pipe)) => {
+                let (changes, rx) = mpsc::unbounded_channel();
+                tokio::spawn(feed(Some(child), pipe, rx));
+                Some(Self { changes })
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the handler reaper; handlers running when this process is killed will outlive it");
                 None
@@ -52,9 +72,63 @@ impl Reaper {
 
     /// Reports a handler's process group started (`true`) or ended. An error means the reaper
     /// is gone.
-    pub fn tell(&mut self, started: bool, pgid: i32) -> std::io::Result<()> {
-        let sign = if started { '+' } else { '-' };
-        self.pipe.write_all(format!("{sign}{pgid}\n").as_bytes())
+    pub fn tell(&self, started: bool, pgid: i32) -> Result<(), ()> {
+        self.changes.send((started, pgid)).map_err(|_| ())
+    }
+}
+
+/// Writes the changes to the reaper. What it is told is the difference between the groups it
+/// knows and the ones running now, and changes that come while a write waits (a reaper that
+/// stopped reading) are folded into the running set, so nothing piles up.
+async fn feed<W: tokio::io::AsyncWrite + Unpin>(
+    mut child: Option<std::process::Child>,
+    mut pipe: W,
+    mut changes: mpsc::UnboundedReceiver<(bool, i32)>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let apply = |running: &mut HashSet<i32>, (started, g): (bool, i32)| {
+        if started {
+            running.insert(g);
+        } else {
+            running.remove(&g);
+        }
+    };
+    let (mut running, mut told) = (HashSet::new(), HashSet::new());
+    'changes: while let Some(change) = changes.recv().await {
+        apply(&mut running, change);
+        while let Ok(change) = changes.try_recv() {
+            apply(&mut running, change);
+        }
+        let mut lines = String::new();
+        for g in told.difference(&running) {
+            lines.push_str(&format!("-{g}\n"));
+        }
+        for g in running.difference(&told) {
+            lines.push_str(&format!("+{g}\n"));
+        }
+        let sent = running.clone();
+        let write = pipe.write_all(lines.as_bytes());
+        tokio::pin!(write);
+        loop {
+            tokio::select! {
+                written = &mut write => {
+                    if let Err(e) = written {
+                        tracing::warn!(error = %e, "the handler reaper is gone; handlers running when this process is killed will outlive it");
+                        break 'changes;
+                    }
+                    told = sent;
+                    break;
+                }
+                change = changes.recv() => match change {
+                    Some(change) => apply(&mut running, change),
+                    None => break 'changes,
+                },
+            }
+        }
+    }
+    // Collect a reaper that died early, so it does not stay a zombie.
+    if let Some(child) = child.as_mut() {
+        let _ = child.try_wait();
     }
 }
 
@@ -93,17 +167,20 @@ fn apply(live: &mut HashSet<i32>, line: &str) {
     }
 }
 
-/// SIGTERM to every group, SIGKILL to those still there after `grace`.
+/// SIGTERM to every group, SIGKILL to those still there after `grace`. A group found gone is
+/// dropped at once, so its id is never signalled again (it could be reused by then).
 async fn stop(live: &HashSet<i32>, grace: Duration) {
-    let groups: Vec<Pid> = live.iter().map(|g| Pid::from_raw(*g)).collect();
-    for g in &groups {
-        let _ = killpg(*g, Signal::SIGTERM);
-    }
+    let mut left: Vec<Pid> = live
+        .iter()
+        .map(|g| Pid::from_raw(*g))
+        .filter(|g| killpg(*g, Signal::SIGTERM).is_ok())
+        .collect();
     let deadline = Instant::now() + grace;
-    while Instant::now() < deadline && groups.iter().any(|g| killpg(*g, None).is_ok()) {
+    while !left.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+        left.retain(|g| killpg(*g, None).is_ok());
     }
-    for g in &groups {
+    for g in &left {
         let _ = killpg(*g, Signal::SIGKILL);
     }
 }
@@ -111,6 +188,43 @@ async fn stop(live: &HashSet<i32>, grace: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_reaper_is_told_the_running_groups_and_a_stalled_one_stalls_nothing() {
+        use tokio::io::AsyncReadExt;
+        // A pipe nobody reads yet: 64 KiB of room at most, far less than what is reported.
+        let (tx, mut rx) = tokio::net::unix::pipe::pipe().unwrap();
+        let (changes, rec) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(feed(None, tx, rec));
+        for g in 2..20_002 {
+            changes.send((true, g)).unwrap();
+            changes.send((false, g)).unwrap();
+            if g % 1000 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        changes.send((true, 7)).unwrap();
+        changes.send((true, 8)).unwrap();
+        changes.send((false, 7)).unwrap();
+        // The reaper reads at last: what it is told adds up to the one group still running.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (mut text, mut live, mut buf) = (String::new(), HashSet::new(), [0u8; 4096]);
+        while live != HashSet::from([8]) {
+            let n = tokio::time::timeout_at(deadline, rx.read(&mut buf))
+                .await
+                .expect("the reaper was never told the running set")
+                .unwrap();
+            text.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+            live.clear();
+            let complete = text.rsplit_once('\n').map_or("", |(done, _)| done);
+            for line in complete.lines() {
+                apply(&mut live, line);
+            }
+        }
+        assert!(!writer.is_finished());
+        drop(changes);
+        assert!(text.len() < 64 * 1024, "{} bytes written", text.len());
+    }
 
     #[test]
     fn lines_add_and_remove_groups_and_nonsense_changes_nothing() {
