@@ -317,15 +317,19 @@ async fn stop_group(pgid: Pid, child: &mut Child) {
     let _ = child.wait().await;
 }
 
-/// Stops every running handler (on shutdown): SIGTERM, then SIGKILL after the grace period to
-/// the groups still there (one found gone is not signalled again: its id could be reused).
+/// Stops every running handler (on shutdown): see [`stop_groups`].
 pub async fn terminate_all(groups: &Groups) {
+    stop_groups(groups.all(), GRACE).await;
+}
+
+/// SIGTERM to every group, then SIGKILL after `grace` to the groups still there (one found gone
+/// is not signalled again: its id could be reused by then).
+pub(super) async fn stop_groups(groups: Vec<Pid>, grace: Duration) {
     let mut left: Vec<Pid> = groups
-        .all()
         .into_iter()
         .filter(|g| killpg(*g, Signal::SIGTERM).is_ok())
         .collect();
-    let deadline = tokio::time::Instant::now() + GRACE;
+    let deadline = tokio::time::Instant::now() + grace;
     while !left.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
         left.retain(|g| killpg(*g, None).is_ok());

@@ -16,13 +16,10 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
-use std::time::{Duration, Instant};
 
+use nix::unistd::Pid;
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
-
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 
 /// The hidden subcommand that runs the reaper.
 pub const SUBCOMMAND: &str = "__reap";
@@ -149,7 +146,8 @@ pub async fn run() -> ExitCode {
     while let Ok(Some(line)) = lines.next_line().await {
         apply(&mut live, &line);
     }
-    stop(&live, super::handler::GRACE).await;
+    let groups = live.into_iter().map(Pid::from_raw).collect();
+    super::handler::stop_groups(groups, super::handler::GRACE).await;
     ExitCode::SUCCESS
 }
 
@@ -164,24 +162,6 @@ fn apply(live: &mut HashSet<i32>, line: &str) {
             live.remove(&g);
         }
         _ => {}
-    }
-}
-
-/// SIGTERM to every group, SIGKILL to those still there after `grace`. A group found gone is
-/// dropped at once, so its id is never signalled again (it could be reused by then).
-async fn stop(live: &HashSet<i32>, grace: Duration) {
-    let mut left: Vec<Pid> = live
-        .iter()
-        .map(|g| Pid::from_raw(*g))
-        .filter(|g| killpg(*g, Signal::SIGTERM).is_ok())
-        .collect();
-    let deadline = Instant::now() + grace;
-    while !left.is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        left.retain(|g| killpg(*g, None).is_ok());
-    }
-    for g in &left {
-        let _ = killpg(*g, Signal::SIGKILL);
     }
 }
 
