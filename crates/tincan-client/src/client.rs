@@ -199,7 +199,6 @@ pub struct Client {
     task: JoinHandle<()>,
     /// The last inbox entry returned but not yet marked consumed (marks are batched under load).
     unmarked: Option<i64>,
-    unmarked_count: usize,
     /// What `unmarked` was before the last entry was returned (`give_back_last` restores it).
     given_back_to: Option<i64>,
     /// When the oldest mark not yet known to be written was made, and how many entries have
@@ -289,7 +288,6 @@ impl Client {
             events,
             task,
             unmarked: None,
-            unmarked_count: 0,
             given_back_to: None,
             unwritten_since: None,
             unwritten_count: 0,
@@ -570,17 +568,13 @@ impl Client {
             return Some(event);
         }
         if let Some(seq) = inbox_seq {
-            // The marks of earlier entries go to the home first, so the entry returned last is
-            // only ever in `unmarked` (see `give_back_last`).
-            if self.unmarked_count >= MARK_BATCH {
-                self.defer_marks();
-            }
+            // The mark is a watermark: `unmarked`, the entry returned last, covers those before
+            // it (`give_back_last` moves it back one).
             if self.unwritten_since.is_none() {
                 self.unwritten_since = Some(std::time::Instant::now());
             }
             self.given_back_to = self.unmarked;
             self.unmarked = Some(seq);
-            self.unmarked_count += 1;
             self.unwritten_count += 1;
         }
         Some(event)
@@ -615,7 +609,6 @@ impl Client {
     pub fn give_back_last(&mut self) {
         if self.unmarked.is_some() {
             self.unmarked = self.given_back_to.take();
-            self.unmarked_count = self.unmarked_count.saturating_sub(1);
         }
     }
 
@@ -624,7 +617,6 @@ impl Client {
     fn defer_marks(&mut self) {
         self.given_back_to = None;
         if let Some(seq) = self.unmarked.take() {
-            self.unmarked_count = 0;
             self.shared.home().mark_consumed_later(seq);
         }
     }
