@@ -607,6 +607,9 @@ impl<'a> Session<'a> {
         if self.acks_due.is_some() && self.shared.home().acks_pending() == 0 {
             self.acks_due = None; // the deliveries' transaction carried them
         }
+        // The transaction is committed: the application may have the messages now, while the
+        // acknowledgements are written (a reply can be sealing on the other core meanwhile).
+        let rest = hand_over_ready(self.events, events).map_err(|_| End::Stop)?;
         for d in &deliveries {
             ws.feed(Message::Binary(
                 ClientFrame::Ack { seq: d.relay_seq }.encode().into(),
@@ -615,15 +618,53 @@ impl<'a> Session<'a> {
             .map_err(|e| End::Lost(e.to_string()))?;
         }
         ws.flush().await.map_err(|e| End::Lost(e.to_string()))?;
-        for (event, seq) in events {
-            if let Some(event) = event
-                && self.events.send((event, Some(seq))).await.is_err()
-            {
-                return Err(End::Stop);
-            }
-        }
-        Ok(())
+        hand_over_rest(self.events, rest)
+            .await
+            .map_err(|_| End::Stop)
     }
+}
+
+/// The application's event queue is closed.
+pub(crate) struct EventsClosed;
+
+/// Gives the application every event of a committed batch that fits in its queue now, and
+/// returns the rest (in order) for [`hand_over_rest`]. So acknowledgements need not wait for
+/// an application that is already at work, and a slow one does not hold them back either: they
+/// go out between the two calls. Shared by both transports.
+pub(crate) fn hand_over_ready(
+    events: &Events,
+    opened: Vec<(Option<Event>, i64)>,
+) -> Result<std::vec::IntoIter<(Option<Event>, i64)>, EventsClosed> {
+    let mut opened = opened.into_iter();
+    while let Some((event, seq)) = opened.next() {
+        let Some(event) = event else { continue };
+        match events.try_send((event, Some(seq))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full((event, _))) => {
+                // Put it back in front: collect it with what follows.
+                let mut rest = vec![(Some(event), seq)];
+                rest.extend(opened);
+                return Ok(rest.into_iter());
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(EventsClosed),
+        }
+    }
+    Ok(Vec::new().into_iter())
+}
+
+/// Gives the application what [`hand_over_ready`] left, waiting for room in its queue.
+pub(crate) async fn hand_over_rest(
+    events: &Events,
+    rest: std::vec::IntoIter<(Option<Event>, i64)>,
+) -> Result<(), EventsClosed> {
+    for (event, seq) in rest {
+        if let Some(event) = event
+            && events.send((event, Some(seq))).await.is_err()
+        {
+            return Err(EventsClosed);
+        }
+    }
+    Ok(())
 }
 
 fn read(

@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 
 use crate::client::{Cmd, ConnState, Event, Shared, Stopped};
 use crate::conn::{
-    Failing, broken_store, emit_unconsumed, open_batch, report_connected, report_lost,
-    report_stopped,
+    Failing, broken_store, emit_unconsumed, hand_over_ready, hand_over_rest, open_batch,
+    report_connected, report_lost, report_stopped,
 };
 use crate::error::ClientError;
 use crate::home::{Incoming, now_ms};
@@ -443,7 +443,8 @@ impl From<String> for RowsError {
     }
 }
 
-/// Opens received rows in one transaction, acks them, emits events. Returns the last seq.
+/// Opens received rows in one transaction, hands over the events that fit, acks the rows, then
+/// hands over the rest. Returns the last seq.
 async fn open_rows(
     shared: &Shared,
     events: &Events,
@@ -484,6 +485,9 @@ async fn open_rows(
         }
         Err(e) => return Err(RowsError::Lost(e.to_string())),
     };
+    // Committed: the application may have what fits in its queue while the ack is on its way.
+    let rest =
+        hand_over_ready(events, opened).map_err(|_| RowsError::Lost("client closed".into()))?;
     http.call(
         reqwest::Method::POST,
         "/v1/ack",
@@ -494,12 +498,8 @@ async fn open_rows(
     .map_err(|e| match e {
         CallError::Relay { message, .. } | CallError::Transport(message) => message,
     })?;
-    for (event, seq) in opened {
-        if let Some(event) = event
-            && events.send((event, Some(seq))).await.is_err()
-        {
-            return Err(RowsError::Lost("client closed".into()));
-        }
-    }
+    hand_over_rest(events, rest)
+        .await
+        .map_err(|_| RowsError::Lost("client closed".into()))?;
     Ok(last)
 }
