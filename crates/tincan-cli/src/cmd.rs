@@ -74,6 +74,7 @@ pub fn home_dir(home: Option<PathBuf>) -> Result<PathBuf, CliError> {
 
 /// Opens the home, requiring an identity.
 pub fn open_home(home: Option<PathBuf>) -> Result<Home, CliError> {
+    let flag = home_flag(&home);
     let dir = home_dir(home)?;
     match std::fs::metadata(dir.join("tincan.db")) {
         Ok(_) => {}
@@ -81,15 +82,28 @@ pub fn open_home(home: Option<PathBuf>) -> Result<Home, CliError> {
             return Err(CliError::new(
                 "no_identity",
                 3,
-                format!("no identity in {}; run `tincan setup` first", dir.display()),
+                format!(
+                    "no identity in {}; run `tincan{flag} setup` first",
+                    dir.display()
+                ),
             ));
         }
         // A home this user cannot enter is not a home without an identity.
         Err(e) => return Err(home_unusable(&dir, &e)),
     }
     let home = open_dir(&dir)?;
-    home.identity()?;
-    Ok(home)
+    match home.identity() {
+        Ok(_) => Ok(home),
+        Err(tincan_client::ClientError::NoIdentity) => Err(CliError::new(
+            "no_identity",
+            3,
+            format!(
+                "no identity in {}; run `tincan{flag} setup` first",
+                dir.display()
+            ),
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// [`Home::open`], naming the directory when its files cannot be read or written.

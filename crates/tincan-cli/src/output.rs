@@ -44,6 +44,7 @@ impl From<ClientError> for CliError {
             ClientError::NoIdentity
             | ClientError::UnknownPeer(_)
             | ClientError::AmbiguousPeer(_)
+            | ClientError::AliasShadowsId { .. }
             | ClientError::BadAlias(_)
             | ClientError::BadKeyFile
             | ClientError::MissingKeyFile(_)

@@ -804,6 +804,12 @@ fn errors_are_json_with_codes_and_exit_codes() {
         (3, "no_identity"),
         "{r:?}"
     );
+    // The hint names the home the user chose, so following it sets up that one.
+    assert!(
+        r.stdout
+            .contains(&format!("run `tincan --home {} setup`", nobody.display())),
+        "{r:?}"
+    );
     let a = w.home("a");
     c.setup(&a);
     let r = c.run(&a, &["send", "zzz", "hi"]);
@@ -812,6 +818,8 @@ fn errors_are_json_with_codes_and_exit_codes() {
         (3, "unknown_peer"),
         "{r:?}"
     );
+    // An inviter whose invite was just accepted learns why the new peer is not there yet.
+    assert!(r.stdout.contains("run `tincan listen`"), "{r:?}");
     let started = std::time::Instant::now();
     let r = c.run(&a, &["invite", "create", "--relay", "http://127.0.0.1:1"]);
     assert_eq!(

@@ -268,13 +268,12 @@ impl Invite {
         let (payload, sig) = bytes.split_at(bytes.len() - 64);
         let mut r = Reader::new(payload);
         let version = r.u8("version").map_err(malformed)?;
-        if version != 1 && version != VERSION {
-            return Err(InviteError::UnsupportedVersion(version.to_string()));
-        }
+        // The prefix already named a version this tincan speaks (1 or 2), and the version byte
+        // is signed: any other byte is damage, not an invite from another tincan.
         if version != prefix_version {
-            return Err(InviteError::Malformed(
-                "payload version differs from the prefix".into(),
-            ));
+            return Err(InviteError::Malformed(format!(
+                "its version byte says {version} but its prefix says {prefix_version}"
+            )));
         }
         let id = InviteId::from_bytes(r.array("invite id").map_err(malformed)?);
         let expires_at = r.u64("expiry").map_err(malformed)?;
@@ -463,6 +462,24 @@ mod tests {
             Invite::parse(&v2_label, NOW),
             Err(InviteError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_damaged_version_byte_is_damage_not_an_invite_from_another_tincan() {
+        // The prefix names the version; a version byte edited to any other value (a copy error,
+        // an edit) must say "damaged", not "upgrade tincan".
+        let url = draft().url();
+        let (base, token) = url.split_once("#tincan2.").unwrap();
+        let mut bytes = BASE64URL_NOPAD.decode(token.as_bytes()).unwrap();
+        for v in [0u8, 1, 3, 6, 255] {
+            bytes[0] = v;
+            let edited = format!("{base}#tincan2.{}", BASE64URL_NOPAD.encode(&bytes));
+            let err = Invite::parse(&edited, NOW).unwrap_err();
+            assert!(
+                matches!(&err, InviteError::Malformed(m) if m.contains("version byte")),
+                "byte {v}: {err:?}"
+            );
+        }
     }
 
     #[test]

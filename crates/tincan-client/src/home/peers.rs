@@ -101,22 +101,28 @@ impl Home {
                 .query_row(params![name], row_to_peer)
                 .optional()?)
         };
-        let exact = match (by("alias")?, by("id")?) {
-            // The older one, as a scan in pairing order would find it.
-            (Some(a), Some(b)) => Some(
-                if (b.created_at, b.id.to_string()) < (a.created_at, a.id.to_string()) {
-                    b
-                } else {
-                    a
-                },
-            ),
-            (a, b) => a.or(b),
-        };
-        if let Some(p) = exact {
+        // A full id names its peer whatever aliases say.
+        if let Some(p) = by("id")? {
             return Ok(p);
         }
-        let peers = self.peers()?;
         let lower = name.to_ascii_lowercase();
+        if let Some(p) = by("alias")? {
+            // An alias that is also the start of another peer's id (that peer paired after the
+            // alias was set) could mean either: say so rather than guess.
+            let shadowed = self
+                .peers()?
+                .into_iter()
+                .find(|other| other.id != p.id && other.id.to_string().starts_with(&lower));
+            return match shadowed {
+                None => Ok(p),
+                Some(other) => Err(ClientError::AliasShadowsId {
+                    name: name.to_string(),
+                    aliased: p.id.to_string(),
+                    other: other.id.to_string(),
+                }),
+            };
+        }
+        let peers = self.peers()?;
         let matches: Vec<_> = if lower.is_empty() {
             Vec::new()
         } else {
@@ -144,15 +150,21 @@ impl Home {
                     "use 1-64 characters from letters, digits, '-', '_' and '.'".into(),
                 ));
             }
-            if let Some(other) = self
-                .peers()?
-                .iter()
-                .find(|p| p.alias.as_deref() == Some(a) && p.id != *id)
-            {
-                return Err(ClientError::BadAlias(format!(
-                    "'{a}' already names peer {}",
-                    other.id
-                )));
+            let lower = a.to_ascii_lowercase();
+            for other in self.peers()?.iter().filter(|p| p.id != *id) {
+                if other.alias.as_deref() == Some(a) {
+                    return Err(ClientError::BadAlias(format!(
+                        "'{a}' already names peer {}",
+                        other.id
+                    )));
+                }
+                // Otherwise the alias would silently take over a name that reached that peer.
+                if other.id.to_string().starts_with(&lower) {
+                    return Err(ClientError::BadAlias(format!(
+                        "'{a}' is the start of peer {}'s id, so it already names that peer; pick a name that is not",
+                        other.id
+                    )));
+                }
             }
         }
         let n = self.conn.execute(
@@ -216,7 +228,83 @@ pub(super) fn upsert_peer(
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::super::fixtures::{RELAY, paired};
+    use super::super::fixtures::{RELAY, kinds, paired, take};
+    use super::super::{InboxKind, now_ms, now_secs};
+    use crate::error::ClientError;
+    use tincan_proto::invite::Invite;
+
+    /// A home paired with two peers (B and C); returns A, B's id, C's id and C's home.
+    fn with_two_peers(
+        dir: &std::path::Path,
+    ) -> (
+        super::Home,
+        tincan_proto::ids::PeerId,
+        tincan_proto::ids::PeerId,
+    ) {
+        let t = paired(dir);
+        let mut a = t.a;
+        let mut c = super::Home::open(&dir.join("c")).unwrap();
+        c.setup().unwrap();
+        let c_id = c.identity().unwrap().peer_id();
+        let draft = a.create_invite(RELAY, 60, now_secs()).unwrap();
+        let invite = Invite::parse(&draft.url(), now_secs()).unwrap();
+        c.accept_invite(&invite, now_ms()).unwrap();
+        let join = take(&mut c);
+        assert_eq!(kinds(&mut a, c_id, &join), [InboxKind::PeerJoined]);
+        (a, t.b_id, c_id)
+    }
+
+    #[test]
+    fn an_alias_cannot_take_over_a_name_that_reaches_another_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b_id, c_id) = with_two_peers(dir.path());
+        let b_prefix = &b_id.to_string()[..6];
+        assert_eq!(a.resolve_peer(b_prefix).unwrap().id, b_id);
+        // C may not be called by the start of B's id (any case), nor by B's full id.
+        for name in [
+            b_prefix.to_string(),
+            b_prefix.to_ascii_uppercase(),
+            b_id.to_string(),
+        ] {
+            let err = a.set_alias(&c_id, Some(&name)).unwrap_err();
+            assert!(
+                matches!(&err, ClientError::BadAlias(m) if m.contains(&b_id.to_string())),
+                "{name}: {err}"
+            );
+        }
+        // The name still reaches B.
+        assert_eq!(a.resolve_peer(b_prefix).unwrap().id, b_id);
+        // B may be called by the start of its own id; an unrelated alias for C is fine.
+        a.set_alias(&b_id, Some(b_prefix)).unwrap();
+        a.set_alias(&c_id, Some("planner")).unwrap();
+        assert_eq!(a.resolve_peer(b_prefix).unwrap().id, b_id);
+        assert_eq!(a.resolve_peer("planner").unwrap().id, c_id);
+        assert_eq!(a.resolve_peer(&c_id.to_string()).unwrap().id, c_id);
+    }
+
+    #[test]
+    fn an_alias_that_became_the_start_of_a_later_peers_id_is_ambiguous_not_a_guess() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b_id, c_id) = with_two_peers(dir.path());
+        // As if B's alias had been set before C paired: written past `set_alias`'s check.
+        let c_prefix = c_id.to_string()[..5].to_string();
+        a.conn
+            .execute(
+                "UPDATE peers SET alias = ?1 WHERE id = ?2",
+                rusqlite::params![c_prefix, b_id.to_string()],
+            )
+            .unwrap();
+        let err = a.resolve_peer(&c_prefix).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::AliasShadowsId { aliased, other, .. }
+                if *aliased == b_id.to_string() && *other == c_id.to_string()),
+            "{err}"
+        );
+        assert_eq!(err.code(), "ambiguous_peer");
+        // Full ids still reach each peer; more of C's id reaches C.
+        assert_eq!(a.resolve_peer(&b_id.to_string()).unwrap().id, b_id);
+        assert_eq!(a.resolve_peer(&c_id.to_string()[..8]).unwrap().id, c_id);
+    }
 
     #[test]
     fn the_default_relay_is_the_last_used_else_the_newest_peers() {
