@@ -167,7 +167,8 @@ pub struct RelayArgs {
     /// Address to listen on. Loopback unless told otherwise.
     #[arg(long, env = "TINCAN_RELAY_LISTEN")]
     pub listen: Option<String>,
-    /// SQLite database file (default: relay.db in the platform data dir).
+    /// SQLite database file, which also keeps the token secrets (default: relay.db in the home
+    /// when --home or TINCAN_HOME is given, else in the platform data dir).
     #[arg(long, env = "TINCAN_RELAY_DB")]
     pub db: Option<PathBuf>,
     /// Terminate TLS in the relay: PEM certificate chain (with --tls-key).

@@ -32,7 +32,7 @@ pub async fn dispatch(cli: Cli, out: &Out) -> Result<ExitCode, CliError> {
         Command::Peers(a) => peers::run(home, a, out),
         Command::Send(a) => send::run(home, a, out).await,
         Command::Listen(a) => listen::run(home, a, out).await,
-        Command::Relay(a) => relay::run(a, out).await,
+        Command::Relay(a) => relay::run(home, a, out).await,
         Command::Demo => demo::run(out).await,
         Command::Serve(a) => serve::run(home, a, out).await,
         Command::Room(c) => room::run(home, c, out).await,

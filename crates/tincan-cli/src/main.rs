@@ -12,7 +12,7 @@ use crate::cli::{Cli, Command};
 use crate::output::{CliError, Out};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse().map_err(without_hidden) {
         Ok(cli) => cli,
         Err(e) => {
             // Help and version requests are not errors.
@@ -65,6 +65,35 @@ fn main() -> ExitCode {
     match runtime.block_on(cmd::dispatch(cli, &out)) {
         Ok(code) => code,
         Err(e) => out.fail(&e),
+    }
+}
+
+/// `e` without hidden subcommands (the internal `__reap`) among the valid ones it lists: clap
+/// lists every subcommand in a "requires a subcommand" error, hidden or not.
+fn without_hidden(mut e: clap::Error) -> clap::Error {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::Strings(names)) = e.get(ContextKind::ValidSubcommand) else {
+        return e;
+    };
+    let mut hidden = Vec::new();
+    hidden_subcommands(&Cli::command(), &mut hidden);
+    let shown = names
+        .iter()
+        .filter(|n| !hidden.contains(n))
+        .cloned()
+        .collect();
+    e.insert(ContextKind::ValidSubcommand, ContextValue::Strings(shown));
+    e
+}
+
+/// The names of every hidden subcommand under `cmd`, at any depth.
+fn hidden_subcommands(cmd: &clap::Command, into: &mut Vec<String>) {
+    for sub in cmd.get_subcommands() {
+        if sub.is_hide_set() {
+            into.push(sub.get_name().to_string());
+        }
+        hidden_subcommands(sub, into);
     }
 }
 
@@ -143,8 +172,21 @@ fn leaks(target: &str, level: tracing::Level) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::leaks;
+    use clap::Parser;
     use tracing::Level;
+
+    use super::{Cli, leaks, without_hidden};
+
+    #[test]
+    fn a_missing_subcommand_lists_only_the_visible_ones() {
+        for args in [&["tincan", "--json"][..], &["tincan", "--home", "/h"]] {
+            let e = without_hidden(Cli::try_parse_from(args).unwrap_err());
+            let text = e.render().to_string();
+            assert!(text.contains("requires a subcommand"), "{text}");
+            assert!(text.contains("setup") && text.contains("room"), "{text}");
+            assert!(!text.contains("__reap"), "{text}");
+        }
+    }
 
     #[test]
     fn payload_carrying_events_are_dropped_whatever_the_directive() {

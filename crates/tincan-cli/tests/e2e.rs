@@ -872,6 +872,8 @@ fn demo_and_version_run() {
     let r = c.run(tmp.path(), &["demo"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.events().iter().any(|e| e["done"] == true));
+    // Its relay serves two agents: no warning about a public relay's open-file needs.
+    assert!(!r.stderr.contains("WARN"), "{}", r.stderr);
     let r = c.run(tmp.path(), &["version"]);
     assert_eq!(r.json()["protocol"], 1);
 }
@@ -997,6 +999,70 @@ fn relay_log_redirected_to_a_file_has_no_colour_codes() {
     let _ = child.wait();
     assert!(!log.is_empty(), "the relay logged nothing at startup");
     assert!(!log.contains("\x1b["), "{log:?}");
+}
+
+/// A `tincan --json relay` child, killed when dropped.
+struct RelayChild(std::process::Child);
+
+impl Drop for RelayChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `tincan [--home HOME] --json relay --listen 127.0.0.1:0` with a data dir of its own
+/// and `TINCAN_HOME` as given; returns it and its first line (`listening` or an error).
+fn relay_for_home(
+    home: Option<&Path>,
+    env_home: Option<&Path>,
+    data: &Path,
+) -> (RelayChild, Value) {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tincan"));
+    if let Some(h) = home {
+        cmd.arg("--home").arg(h);
+    }
+    cmd.args(["--json", "relay", "--listen", "127.0.0.1:0"])
+        .env("XDG_DATA_HOME", data)
+        .env_remove("TINCAN_RELAY_DB")
+        .env_remove("TINCAN_RELAY_CONFIG")
+        .env_remove("TINCAN_HOME");
+    if let Some(h) = env_home {
+        cmd.env("TINCAN_HOME", h);
+    }
+    let mut child = RelayChild(
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, serde_json::from_str(&line).unwrap())
+}
+
+#[test]
+fn relays_of_two_homes_run_side_by_side_each_with_its_database_in_its_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (h1, h2) = (dir.path().join("h1"), dir.path().join("h2"));
+    // --home for one, TINCAN_HOME for the other: both are a home given explicitly.
+    let (_r1, first) = relay_for_home(Some(&h1), None, &data);
+    let (_r2, second) = relay_for_home(None, Some(&h2), &data);
+    for (home, ev) in [(&h1, &first), (&h2, &second)] {
+        assert_eq!(ev["event"], "listening", "{ev}");
+        let db = home.join("relay.db");
+        assert_eq!(ev["db"], db.to_str().unwrap(), "{ev}");
+        assert!(db.exists(), "{}", db.display());
+    }
+    assert!(!data.exists(), "no relay used the shared data dir");
+    // Without a home the data dir is the default, as before.
+    let (_r3, third) = relay_for_home(None, None, &data);
+    let shared = data.join("tincan/relay.db");
+    assert_eq!(third["db"], shared.to_str().unwrap(), "{third}");
 }
 
 #[test]

@@ -287,6 +287,23 @@ fn without_cloudflared_the_error_says_how_to_install_it_and_public_url_is_used_a
         !home.join(format!("rooms/{port}")).exists(),
         "the failed room left its directory"
     );
+    // One that fails without a word: the error gives its exit status and says the log is empty.
+    let silent = dir.path().join("silent-cloudflared");
+    script(&silent, "exit 3\n");
+    let mut h = Running::spawn(
+        &home,
+        &["room", "open", "--listen", &listen, "--tunnel"],
+        &[("TINCAN_CLOUDFLARED", silent.to_str().unwrap())],
+        dir.path(),
+    );
+    assert_ne!(h.wait_exit(WAIT).code(), Some(0));
+    let err = &h.seen[0]["error"];
+    assert_eq!(err["code"], "tunnel_failed", "{:?}", h.seen);
+    let msg = err["message"].as_str().unwrap();
+    assert!(
+        msg.contains("exited with status 3") && msg.ends_with("is empty"),
+        "{msg}"
+    );
 
     // Behind a reverse proxy: the invite carries the public URL.
     let r = cli().run(
@@ -419,8 +436,27 @@ fn two_rooms_of_one_home_serve_side_by_side_and_stop_together() {
     for r in &mut rooms {
         r.wait_event("serving", WAIT);
     }
+    // A guest joins the first room only: each room counts its own peers, not the home's.
+    let guest = dir.path().join("guest");
+    cli().setup(&guest);
+    let invite = rooms[0].events("room_open")[0]["invite"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = cli().run(&guest, &["invite", "accept", &invite]);
+    assert_eq!(r.code, 0, "{r:?}");
+    rooms[0].wait_event("peer_joined", WAIT);
     let st = cli().run(&home, &["room", "status"]);
-    assert_eq!(st.json()["rooms"].as_array().unwrap().len(), 2, "{st:?}");
+    let listed = st.json()["rooms"].clone();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{st:?}");
+    let peers: Vec<(u64, u64)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["port"].as_u64().unwrap(), r["peers"].as_u64().unwrap()))
+        .collect();
+    assert!(peers.contains(&(u64::from(ports[0]), 1)), "{peers:?}");
+    assert!(peers.contains(&(u64::from(ports[1]), 0)), "{peers:?}");
     let r = cli().run(&home, &["room", "stop", "--all"]);
     assert_eq!(r.code, 0, "{r:?}");
     for r in &mut rooms {

@@ -33,29 +33,55 @@ const RESERVED_FDS: usize = 128;
 /// The socket caps for WebSocket caps of `total` and `per_ip`: with headroom, and the total kept
 /// below the process's open-file limit so the cap, not the kernel, refuses.
 pub(crate) fn caps(total: usize, per_ip: usize) -> (usize, usize) {
-    let mut sockets = total.saturating_add(HEADROOM_TOTAL);
-    if let Some(fds) = open_file_limit()
-        && sockets + RESERVED_FDS > fds
-    {
-        let fitted = fds.saturating_sub(RESERVED_FDS).max(1);
-        // Only worth a warning when the WebSocket cap itself does not fit; trimming the
-        // headroom for plain HTTP is routine (a 20,000 soft limit does it with the defaults).
-        if total + RESERVED_FDS > fds {
+    let fds = open_file_limit();
+    let sockets = socket_cap(total, fds);
+    if let Some(fds) = fds {
+        // Only worth a warning when the WebSocket cap itself does not fit; trimming the headroom
+        // for plain HTTP is routine (a 20,000 soft limit does it with the defaults).
+        if let Some(why) = short_of_files(total, fds) {
             tracing::warn!(
                 open_file_limit = fds,
-                sockets = fitted,
-                "the open-file limit is below max_connections; accepting at most {fitted} sockets (raise it with `ulimit -n`, or lower max_connections)"
+                max_connections = total,
+                sockets,
+                "{why}"
             );
-        } else {
+        } else if sockets < total.saturating_add(HEADROOM_TOTAL) {
             tracing::debug!(
                 open_file_limit = fds,
-                sockets = fitted,
+                sockets,
                 "socket cap fitted under the open-file limit"
             );
         }
-        sockets = fitted;
     }
     (sockets, per_ip.saturating_add(HEADROOM_PER_IP))
+}
+
+/// Sockets accepted in all for a WebSocket cap of `total` under an open-file limit of `fds`.
+fn socket_cap(total: usize, fds: Option<usize>) -> usize {
+    let wanted = total.saturating_add(HEADROOM_TOTAL);
+    match fds {
+        Some(fds) if wanted.saturating_add(RESERVED_FDS) > fds => {
+            fds.saturating_sub(RESERVED_FDS).max(1)
+        }
+        _ => wanted,
+    }
+}
+
+/// Why `total` connections cannot all be accepted under an open-file limit of `fds`, with the
+/// numbers and what to do; `None` when they fit.
+fn short_of_files(total: usize, fds: usize) -> Option<String> {
+    let needed = total.saturating_add(RESERVED_FDS);
+    if needed <= fds {
+        return None;
+    }
+    let fitted = socket_cap(total, Some(fds));
+    let comfortable = needed.saturating_add(HEADROOM_TOTAL);
+    Some(format!(
+        "the open-file limit ({fds}) leaves no room for max_connections ({total}) plus the \
+         {RESERVED_FDS} files the relay keeps for itself, so it accepts at most {fitted} \
+         connections; raise the limit (`ulimit -n {comfortable}` before starting it, or \
+         LimitNOFILE={comfortable} in a systemd unit), or set max_connections to {fitted} or less"
+    ))
 }
 
 /// The soft limit on open files, where the OS says (Linux `/proc/self/limits`).
@@ -256,6 +282,25 @@ mod tests {
         assert_eq!(counter.total(), 1);
         drop(g);
         assert_eq!(counter.total(), 0, "uncounted when dropped");
+    }
+
+    #[test]
+    fn a_limit_short_of_the_connections_is_reported_with_its_numbers() {
+        // A limit equal to max_connections leaves nothing for the relay's own files.
+        let why = short_of_files(20_000, 20_000).unwrap();
+        assert!(
+            why.starts_with(
+                "the open-file limit (20000) leaves no room for max_connections (20000)"
+            ),
+            "{why}"
+        );
+        assert!(why.contains("at most 19872 connections"), "{why}");
+        assert!(why.contains("ulimit -n 21152"), "{why}");
+        assert!(why.contains("max_connections to 19872 or less"), "{why}");
+        assert_eq!(short_of_files(20_000, 20_000 + RESERVED_FDS), None);
+        assert_eq!(short_of_files(64, 1024), None);
+        assert_eq!(socket_cap(64, Some(1024)), 1024 - RESERVED_FDS);
+        assert_eq!(socket_cap(64, None), 64 + HEADROOM_TOTAL);
     }
 
     #[test]

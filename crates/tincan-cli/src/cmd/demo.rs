@@ -10,6 +10,8 @@ use tincan_client::{Client, ClientOptions, Event, Home, now_secs};
 use crate::output::{CliError, Out};
 
 const WAIT: Duration = Duration::from_secs(10);
+/// Connections the demo's relay accepts: its two agents, with room to spare.
+const DEMO_MAX_CONNECTIONS: usize = 16;
 
 pub async fn run(out: &Out) -> Result<ExitCode, CliError> {
     let started = Instant::now();
@@ -31,13 +33,13 @@ pub async fn run(out: &Out) -> Result<ExitCode, CliError> {
     let relay_url = format!("http://{addr}");
     let db = tmp.path().join("relay.db");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = tokio::spawn(tincan_relay::run(
-        listener,
-        tincan_relay::Config::new(db.clone()),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let mut config = tincan_relay::Config::new(db.clone());
+    // Two agents connect; a public relay's 20,000 would only draw a warning about the
+    // open-file limit that means nothing here.
+    config.max_connections = DEMO_MAX_CONNECTIONS;
+    let relay = tokio::spawn(tincan_relay::run(listener, config, async {
+        let _ = stopped.await;
+    }));
     step(
         "relay",
         format!(

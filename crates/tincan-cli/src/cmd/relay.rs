@@ -1,6 +1,7 @@
 //! `tincan relay`: settings from flags, environment and a TOML file, then the relay library.
 
-use std::path::PathBuf;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -62,8 +63,10 @@ fn duration(
     }
 }
 
-/// Merges flags/environment over the file over the defaults.
-fn settings(args: RelayArgs) -> Result<(String, Config), CliError> {
+/// Merges flags/environment over the file over the defaults. The default database is
+/// `relay.db` in `home` when one was given (`--home` or `TINCAN_HOME`), so relays of two homes
+/// do not share one; else in the platform data dir.
+fn settings(args: RelayArgs, home: Option<&Path>) -> Result<(String, Config), CliError> {
     let file = match &args.config {
         Some(p) => load_file(p)?,
         None => FileConfig::default(),
@@ -74,23 +77,7 @@ fn settings(args: RelayArgs) -> Result<(String, Config), CliError> {
         .unwrap_or_else(|| "127.0.0.1:8787".into());
     let db = match args.db.or(file.db) {
         Some(p) => p,
-        None => {
-            let dirs = directories::ProjectDirs::from("", "", "tincan").ok_or_else(|| {
-                CliError::new(
-                    "no_data_dir",
-                    2,
-                    "cannot find a data directory; pass --db PATH",
-                )
-            })?;
-            std::fs::create_dir_all(dirs.data_dir()).map_err(|e| {
-                CliError::new(
-                    "io",
-                    1,
-                    format!("cannot create {}: {e}", dirs.data_dir().display()),
-                )
-            })?;
-            dirs.data_dir().join("relay.db")
-        }
+        None => default_db(home)?,
     };
     let mut c = Config::new(db);
     let max_body = args.max_body.or(file.max_body).unwrap_or(c.max_body);
@@ -169,9 +156,33 @@ fn settings(args: RelayArgs) -> Result<(String, Config), CliError> {
     Ok((listen, c))
 }
 
-pub async fn run(args: RelayArgs, out: &Out) -> Result<ExitCode, CliError> {
+/// `relay.db` in `home` if given, else in the platform data dir; the directory is created.
+fn default_db(home: Option<&Path>) -> Result<PathBuf, CliError> {
+    let dir = match home {
+        Some(h) => h.to_path_buf(),
+        None => directories::ProjectDirs::from("", "", "tincan")
+            .ok_or_else(|| {
+                CliError::new(
+                    "no_data_dir",
+                    2,
+                    "cannot find a data directory; pass --db PATH or --home DIR",
+                )
+            })?
+            .data_dir()
+            .to_path_buf(),
+    };
+    // Private like a home (0700), which this directory may become or already be.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| CliError::new("io", 1, format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir.join("relay.db"))
+}
+
+pub async fn run(home: Option<PathBuf>, args: RelayArgs, out: &Out) -> Result<ExitCode, CliError> {
     let tls_files = (args.tls_cert.clone(), args.tls_key.clone());
-    let (listen, config) = settings(args)?;
+    let (listen, config) = settings(args, home.as_deref())?;
     let db = config.db_path.clone();
     let tls = match (&tls_files.0, &tls_files.1) {
         (Some(cert), Some(key)) => Some(
@@ -298,10 +309,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.toml");
         std::fs::write(&path, block).unwrap();
-        let (listen, c) = settings(RelayArgs {
-            config: Some(path),
-            ..Default::default()
-        })
+        let (listen, c) = settings(
+            RelayArgs {
+                config: Some(path),
+                ..Default::default()
+            },
+            Some(dir.path()),
+        )
         .unwrap();
         let d = tincan_relay::Config::new(c.db_path.clone());
         assert_eq!(listen, "127.0.0.1:8787");
@@ -329,8 +343,14 @@ mod tests {
             queue_cap: Some(9),
             ..Default::default()
         };
-        let (listen, c) = settings(args).unwrap();
+        let home = Some(dir.path());
+        let (listen, c) = settings(args, home).unwrap();
         assert_eq!(listen, "127.0.0.1:8787");
+        assert_eq!(
+            c.db_path,
+            Path::new("/tmp/x.db"),
+            "the file's db wins over the home"
+        );
         assert_eq!(c.queue_cap, 9, "flag wins");
         assert_eq!(
             c.message_ttl,
@@ -340,25 +360,55 @@ mod tests {
         assert_eq!(c.rate_per_ip.per_sec, 7.5);
         assert_eq!(c.max_open_invites, 100, "default");
         assert_eq!(c.write_behind, Duration::from_millis(50), "default");
-        let c = settings(RelayArgs {
-            write_behind_ms: Some(0),
-            ..Default::default()
-        })
+        let c = settings(
+            RelayArgs {
+                write_behind_ms: Some(0),
+                ..Default::default()
+            },
+            home,
+        )
         .unwrap()
         .1;
         assert_eq!(c.write_behind, Duration::ZERO, "0 turns write-behind off");
-        let err = settings(RelayArgs {
-            write_behind_ms: Some(60_000),
-            ..Default::default()
-        })
+        let err = settings(
+            RelayArgs {
+                write_behind_ms: Some(60_000),
+                ..Default::default()
+            },
+            home,
+        )
         .unwrap_err();
         assert!(err.message.contains("write_behind_ms"), "{}", err.message);
         std::fs::write(&path, "queue_capp = 5\n").unwrap();
-        let err = settings(RelayArgs {
-            config: Some(path),
-            ..Default::default()
-        })
+        let err = settings(
+            RelayArgs {
+                config: Some(path),
+                ..Default::default()
+            },
+            home,
+        )
         .unwrap_err();
         assert!(err.message.contains("queue_capp"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_given_home_holds_the_default_database_and_db_still_wins() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("relay-home");
+        let (_, c) = settings(RelayArgs::default(), Some(&home)).unwrap();
+        assert_eq!(c.db_path, home.join("relay.db"));
+        let mode = std::fs::metadata(&home).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "created private, like a home");
+        let db = dir.path().join("elsewhere.db");
+        let (_, c) = settings(
+            RelayArgs {
+                db: Some(db.clone()),
+                ..Default::default()
+            },
+            Some(&home),
+        )
+        .unwrap();
+        assert_eq!(c.db_path, db, "--db wins over the home");
     }
 }

@@ -20,6 +20,9 @@ use crate::cmd::home_dir;
 use crate::cmd::serve::{ServeLimits, Server};
 use crate::output::{CliError, Out};
 
+/// The `--max-turns` of the printed hand-off line when `room open` has none of its own.
+const HANDOFF_MAX_TURNS: u64 = 20;
+
 /// How long a stopped process has between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -172,17 +175,7 @@ pub async fn open(home: Option<PathBuf>, args: OpenArgs, out: &Out) -> Result<Ex
         .on_message
         .clone()
         .unwrap_or_else(|| "YOUR_HANDLER".into());
-    // The guest's serve stops with ours when both count to the same --max-turns.
-    let max_turns = args
-        .limits
-        .max_turns
-        .map(|n| format!(" --max-turns {n}"))
-        .unwrap_or_default();
-    let handoff = format!(
-        "tincan serve --join {} --on-message {} --seed 'Hello!'{max_turns}",
-        crate::cmd::shell_quote(&url),
-        crate::cmd::shell_quote(&handler)
-    );
+    let handoff = handoff_line(&url, &handler, args.limits.max_turns);
     let fingerprint = keys.fingerprint();
     out.print(
         json!({
@@ -217,6 +210,19 @@ pub async fn open(home: Option<PathBuf>, args: OpenArgs, out: &Out) -> Result<Ex
         }
         None => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// The `serve --join` line printed for the other agent. It always carries `--max-turns`: two
+/// handlers run as printed would otherwise answer each other forever (each turn a paid call when
+/// they are LLMs). With our own `--max-turns` both sides count to the same number and stop
+/// together; without it the guest stops after [`HANDOFF_MAX_TURNS`].
+fn handoff_line(invite: &str, handler: &str, max_turns: Option<u64>) -> String {
+    format!(
+        "tincan serve --join {} --on-message {} --seed 'Hello!' --max-turns {}",
+        crate::cmd::shell_quote(invite),
+        crate::cmd::shell_quote(handler),
+        max_turns.unwrap_or(HANDOFF_MAX_TURNS)
+    )
 }
 
 /// Port 0 means "any free port": pick one now, since the room is keyed by its port.
@@ -314,16 +320,21 @@ fn start_relay(room_dir: &Path, listen: SocketAddr, local: SocketAddr) -> Result
 
 fn status(home: Option<PathBuf>, out: &Out) -> Result<ExitCode, CliError> {
     let dir = home_dir(home)?;
-    let peers = if dir.join("tincan.db").exists() {
-        Home::open(&dir)?.peers()?.len()
+    let peer_relays: Vec<String> = if dir.join("tincan.db").exists() {
+        Home::open(&dir)?
+            .peers()?
+            .into_iter()
+            .map(|p| p.relay_url)
+            .collect()
     } else {
-        0
+        Vec::new()
     };
     let now = now_secs();
     let rooms: Vec<_> = Room::list(&dir)
         .into_iter()
         .map(|r| {
             let stats = r.stats();
+            let peers = r.peers_among(&peer_relays);
             json!({
                 "port": r.port, "relay_url": r.relay_url, "public_url": r.public_url,
                 "relay_pid": r.relay_pid, "running": r.relay_running(),
@@ -471,7 +482,6 @@ fn stop(home: Option<PathBuf>, args: StopArgs, out: &Out) -> Result<ExitCode, Cl
     Ok(ExitCode::SUCCESS)
 }
 
-/// Quotes `s` for a POSIX shell.
 /// `5s`, `12m 5s`, `3h 2m`, `2d 4h`: the two largest units.
 fn uptime(secs: u64) -> String {
     let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
@@ -524,6 +534,15 @@ mod tests {
         let text = status_text(&[r]);
         assert!(!text.contains("null"), "{text}");
         assert!(text.contains("serve   none"), "{text}");
+    }
+
+    #[test]
+    fn the_handoff_line_always_ends_the_conversation() {
+        assert_eq!(
+            handoff_line("http://h:1/invite#x", "cat", None),
+            "tincan serve --join 'http://h:1/invite#x' --on-message 'cat' --seed 'Hello!' --max-turns 20"
+        );
+        assert!(handoff_line("u", "cat", Some(10)).ends_with(" --max-turns 10"));
     }
 
     #[test]

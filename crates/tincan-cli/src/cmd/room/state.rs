@@ -7,6 +7,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
+use tincan_client::tincan_proto::invite::normalize_relay_url;
 
 use crate::output::CliError;
 
@@ -120,6 +121,20 @@ impl Room {
     pub fn relay_log(&self) -> PathBuf {
         self.dir.join("relay.log")
     }
+
+    /// How many of the home's peers, given by their stored relay URLs, are this room's: paired
+    /// through its invite URL (`public_url`) or reached at its local one. Other rooms and relays
+    /// of the same home are not counted.
+    pub fn peers_among(&self, peer_relays: &[String]) -> usize {
+        let own = [
+            normalize_relay_url(&self.relay_url),
+            normalize_relay_url(&self.public_url),
+        ];
+        peer_relays
+            .iter()
+            .filter(|r| own.contains(&normalize_relay_url(r)))
+            .count()
+    }
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<(), CliError> {
@@ -196,4 +211,33 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_room_counts_only_the_peers_of_its_own_relay() {
+        let room = Room {
+            dir: PathBuf::from("/h/rooms/8788"),
+            port: 8788,
+            listen: "127.0.0.1:8788".into(),
+            relay_url: "http://127.0.0.1:8788".into(),
+            public_url: "https://quiet-river.trycloudflare.com".into(),
+            relay_pid: 1,
+            tunnel_pid: None,
+            serve_pid: None,
+            started_at: 0,
+        };
+        let peers = [
+            "https://quiet-river.trycloudflare.com/",
+            "http://127.0.0.1:8788",
+            "http://127.0.0.1:8787",
+            "https://relay.example.org",
+        ]
+        .map(String::from);
+        assert_eq!(room.peers_among(&peers), 2);
+        assert_eq!(room.peers_among(&[]), 0);
+    }
 }

@@ -1,7 +1,7 @@
 //! `--tunnel`: a Cloudflare quick tunnel (`cloudflared tunnel --url`) in front of the relay.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::output::CliError;
@@ -80,26 +80,36 @@ pub fn start(bin: &Path, target: &str, log: &Path) -> Result<Tunnel, CliError> {
             std::thread::spawn(move || child.wait());
             return Ok(Tunnel { pid, url });
         }
-        let exited = matches!(child.try_wait(), Ok(Some(_)));
-        if exited || Instant::now() > deadline {
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            let why = if exited {
-                "exited"
-            } else {
-                "gave no URL within 30s"
-            };
             return Err(CliError::new(
                 "tunnel_failed",
                 1,
-                format!(
-                    "cloudflared {why}; its log ({}):\n{}",
-                    log.display(),
-                    super::state::log_tail(log, 10)
-                ),
+                failure(exited, log, &super::state::log_tail(log, 10)),
             ));
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Why no tunnel came up: how cloudflared ended (`exited`, or still running at the deadline)
+/// and the `tail` of its log, or that the log is empty.
+fn failure(exited: Option<ExitStatus>, log: &Path, tail: &str) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let why = match exited {
+        Some(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exited with status {code} before reporting a URL"),
+            (None, Some(signal)) => format!("was killed by signal {signal} before reporting a URL"),
+            (None, None) => format!("ended ({status}) before reporting a URL"),
+        },
+        None => format!("gave no URL within {}s", URL_TIMEOUT.as_secs()),
+    };
+    if tail.trim().is_empty() {
+        format!("cloudflared {why}; its log ({}) is empty", log.display())
+    } else {
+        format!("cloudflared {why}; its log ({}):\n{tail}", log.display())
     }
 }
 
@@ -118,7 +128,23 @@ fn find_url(text: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::find_url;
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    #[test]
+    fn a_failure_names_the_exit_status_and_an_empty_log() {
+        let log = Path::new("/h/rooms/1/tunnel.log");
+        assert_eq!(
+            failure(Some(ExitStatus::from_raw(1 << 8)), log, ""),
+            "cloudflared exited with status 1 before reporting a URL; its log (/h/rooms/1/tunnel.log) is empty"
+        );
+        assert_eq!(
+            failure(Some(ExitStatus::from_raw(1 << 8)), log, "failed to connect"),
+            "cloudflared exited with status 1 before reporting a URL; its log (/h/rooms/1/tunnel.log):\nfailed to connect"
+        );
+        assert!(failure(None, log, "").starts_with("cloudflared gave no URL within 30s"));
+    }
 
     #[test]
     fn finds_the_quick_tunnel_url_in_cloudflared_output() {
