@@ -3,6 +3,7 @@
 mod cli;
 mod cmd;
 mod output;
+mod signals;
 
 use std::process::ExitCode;
 

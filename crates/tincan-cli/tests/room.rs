@@ -287,7 +287,7 @@ fn without_cloudflared_the_error_says_how_to_install_it_and_public_url_is_used_a
         !home.join(format!("rooms/{port}")).exists(),
         "the failed room left its directory"
     );
-    // One that fails without a word: the error gives its exit status and says the log is empty.
+    // One that fails without a word: the error gives its exit status and says it printed nothing.
     let silent = dir.path().join("silent-cloudflared");
     script(&silent, "exit 3\n");
     let mut h = Running::spawn(
@@ -301,7 +301,7 @@ fn without_cloudflared_the_error_says_how_to_install_it_and_public_url_is_used_a
     assert_eq!(err["code"], "tunnel_failed", "{:?}", h.seen);
     let msg = err["message"].as_str().unwrap();
     assert!(
-        msg.contains("exited with status 3") && msg.ends_with("is empty"),
+        msg.contains("exited with status 3") && msg.ends_with("printed nothing"),
         "{msg}"
     );
 

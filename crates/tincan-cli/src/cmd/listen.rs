@@ -22,6 +22,10 @@ pub async fn run(home: Option<PathBuf>, args: ListenArgs, out: &Out) -> Result<E
     let deadline = args
         .timeout
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    // One pair of listeners for the whole run, made before it says it listens: a Ctrl-C (or
+    // SIGTERM) at any point is seen and ends the run cleanly (the marks of what was shown are
+    // written).
+    let mut shutdown = crate::signals::Shutdown::install();
     if !out.json {
         crate::output::eprintln_safe(&format!("listening on {relay} (Ctrl-C to stop)"));
     }
@@ -35,7 +39,7 @@ pub async fn run(home: Option<PathBuf>, args: ListenArgs, out: &Out) -> Result<E
         };
         let event = tokio::select! {
             e = next => e,
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = shutdown.recv() => return Ok(ExitCode::SUCCESS),
         };
         let Some(event) = event else {
             // Timed out. Never having reached the relay is the failure to report, not the quiet.

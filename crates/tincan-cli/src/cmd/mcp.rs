@@ -91,6 +91,7 @@ pub async fn run(home: Option<PathBuf>, args: McpArgs, out: &Out) -> Result<Exit
     match http {
         None => tincan_mcp::serve_stdio(hub).await.map_err(mcp_err)?,
         Some(addr) => {
+            let shutdown = crate::signals::Shutdown::install();
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| crate::cmd::bind_error(&e, &addr.to_string(), "--http"))?;
@@ -101,27 +102,12 @@ pub async fn run(home: Option<PathBuf>, args: McpArgs, out: &Out) -> Result<Exit
             crate::output::eprintln_safe(&format!(
                 "tincan mcp: Streamable HTTP on http://{local}/mcp"
             ));
-            tincan_mcp::serve_http(listener, hub, shutdown_signal())
+            tincan_mcp::serve_http(listener, hub, shutdown.wait())
                 .await
                 .map_err(mcp_err)?;
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn mcp_err(e: McpError) -> CliError {

@@ -238,10 +238,13 @@ pub async fn run(home: Option<PathBuf>, args: RelayArgs, out: &Out) -> Result<Ex
     // that cannot be opened, is refused first.
     let relay = tincan_relay::Relay::open(config)
         .map_err(|e| relay_error(e, &db, "cannot start the relay"))?;
+    // Installed before `listening` is said: a stop sent right after it gets the graceful
+    // shutdown.
+    let shutdown = crate::signals::Shutdown::install();
     let served = async move {
         match tls {
-            Some(tls) => relay.serve_tls(listener, tls, shutdown_signal()).await,
-            None => relay.serve_tcp(listener, shutdown_signal()).await,
+            Some(tls) => relay.serve_tls(listener, tls, shutdown.wait()).await,
+            None => relay.serve_tcp(listener, shutdown.wait()).await,
         }
     };
     out.print(
@@ -267,28 +270,6 @@ fn relay_error(e: tincan_relay::RelayError, db: &std::path::Path, what: &str) ->
                 db.display()
             ),
         ),
-    }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -87,7 +87,7 @@ pub fn start(bin: &Path, target: &str, log: &Path) -> Result<Tunnel, CliError> {
             return Err(CliError::new(
                 "tunnel_failed",
                 1,
-                failure(exited, log, &super::state::log_tail(log, 10)),
+                failure(exited, &super::state::log_tail(log, 10)),
             ));
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -95,8 +95,9 @@ pub fn start(bin: &Path, target: &str, log: &Path) -> Result<Tunnel, CliError> {
 }
 
 /// Why no tunnel came up: how cloudflared ended (`exited`, or still running at the deadline)
-/// and the `tail` of its log, or that the log is empty.
-fn failure(exited: Option<ExitStatus>, log: &Path, tail: &str) -> String {
+/// and the `tail` of its log, or that it printed nothing. The log's path is not named: a room
+/// that fails to open removes its new directory, log included.
+fn failure(exited: Option<ExitStatus>, tail: &str) -> String {
     use std::os::unix::process::ExitStatusExt;
     let why = match exited {
         Some(status) => match (status.code(), status.signal()) {
@@ -107,9 +108,9 @@ fn failure(exited: Option<ExitStatus>, log: &Path, tail: &str) -> String {
         None => format!("gave no URL within {}s", URL_TIMEOUT.as_secs()),
     };
     if tail.trim().is_empty() {
-        format!("cloudflared {why}; its log ({}) is empty", log.display())
+        format!("cloudflared {why}, and printed nothing")
     } else {
-        format!("cloudflared {why}; its log ({}):\n{tail}", log.display())
+        format!("cloudflared {why}; its output ended with:\n{tail}")
     }
 }
 
@@ -133,17 +134,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_failure_names_the_exit_status_and_an_empty_log() {
-        let log = Path::new("/h/rooms/1/tunnel.log");
+    fn a_failure_names_the_exit_status_and_whether_anything_was_printed() {
         assert_eq!(
-            failure(Some(ExitStatus::from_raw(1 << 8)), log, ""),
-            "cloudflared exited with status 1 before reporting a URL; its log (/h/rooms/1/tunnel.log) is empty"
+            failure(Some(ExitStatus::from_raw(1 << 8)), ""),
+            "cloudflared exited with status 1 before reporting a URL, and printed nothing"
         );
         assert_eq!(
-            failure(Some(ExitStatus::from_raw(1 << 8)), log, "failed to connect"),
-            "cloudflared exited with status 1 before reporting a URL; its log (/h/rooms/1/tunnel.log):\nfailed to connect"
+            failure(Some(ExitStatus::from_raw(1 << 8)), "failed to connect"),
+            "cloudflared exited with status 1 before reporting a URL; its output ended with:\nfailed to connect"
         );
-        assert!(failure(None, log, "").starts_with("cloudflared gave no URL within 30s"));
+        assert!(failure(None, "").starts_with("cloudflared gave no URL within 30s"));
     }
 
     #[test]

@@ -109,6 +109,8 @@ impl<'a> Server<'a> {
     /// (peer, text): sent first, as turn 1.
     pub async fn run(mut self, seed: Option<(String, String)>) -> Result<ExitCode, CliError> {
         let me = self.client.home().identity()?.peer_id().to_string();
+        // Installed before `serving` is said: a stop sent right after it gets the shutdown.
+        let mut shutdown = crate::signals::Shutdown::install();
         self.emit(
             json!({"event": "serving", "id": me, "relay": self.client.relay_url(), "max_turns": self.limits.max_turns, "concurrency": self.limits.concurrency}),
             || format!("serving as {} on {} (Ctrl-C to stop)", &me[..12], self.client.relay_url()),
@@ -116,8 +118,6 @@ impl<'a> Server<'a> {
         if let Some((to, text)) = seed {
             self.seed(&to, &text).await?;
         }
-        let shutdown = shutdown_signal();
-        tokio::pin!(shutdown);
         let reason = loop {
             self.dispatch();
             if self.finished() {
@@ -127,7 +127,7 @@ impl<'a> Server<'a> {
             let stats_due = self.stats_due();
             let step = tokio::select! {
                 biased;
-                _ = &mut shutdown => Step::Stop("signal"),
+                _ = shutdown.recv() => Step::Stop("signal"),
                 Some(r) = self.jobs.join_next(), if !self.jobs.is_empty() => Step::Job(r),
                 e = self.client.next_event() => Step::Event(e),
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => Step::Wake,
@@ -497,19 +497,4 @@ impl<'a> Server<'a> {
 fn display(id: &PeerId, name: &Option<String>) -> String {
     name.clone()
         .unwrap_or_else(|| id.to_string()[..12].to_string())
-}
-
-pub(crate) async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
