@@ -494,3 +494,25 @@ fn a_handler_that_does_not_exist_is_reported_as_not_found() {
     s.terminate();
     assert!(s.wait_exit(WAIT).success());
 }
+
+#[test]
+fn a_stop_sent_the_moment_serve_says_serving_gets_the_clean_shutdown() {
+    let w = World::new();
+    // The signal handlers exist before `serving` is printed, so however soon the stop comes,
+    // serve ends through its shutdown (a `done` event, exit 0), never by the default action.
+    for round in 0..10 {
+        let mut s = w.serve_a("cat", &[]);
+        s.wait_event("serving", WAIT);
+        s.terminate();
+        let status = s.wait_exit(WAIT);
+        s.poll();
+        assert!(
+            status.success(),
+            "round {round}: {status:?}; stderr: {}",
+            s.stderr()
+        );
+        let done = s.events("done");
+        assert_eq!(done.len(), 1, "round {round}: {:#?}", s.seen);
+        assert_eq!(done[0]["reason"], "signal", "round {round}");
+    }
+}
