@@ -271,16 +271,24 @@ fn without_cloudflared_the_error_says_how_to_install_it_and_public_url_is_used_a
     );
     assert!(!port_open(port), "no relay may be left behind");
 
+    // `room open --tunnel` with a stand-in cloudflared named `name` running `body`; it fails.
+    let open_failing = |name: &str, body: &str| {
+        let stand_in = dir.path().join(name);
+        script(&stand_in, body);
+        let mut h = Running::spawn(
+            &home,
+            &["room", "open", "--listen", &listen, "--tunnel"],
+            &[("TINCAN_CLOUDFLARED", stand_in.to_str().unwrap())],
+            dir.path(),
+        );
+        assert_ne!(h.wait_exit(WAIT).code(), Some(0));
+        h
+    };
     // A cloudflared that fails: the room is undone, down to its directory.
-    let broken = dir.path().join("broken-cloudflared");
-    script(&broken, "echo 'failed to connect' >&2\nexit 1\n");
-    let mut h = Running::spawn(
-        &home,
-        &["room", "open", "--listen", &listen, "--tunnel"],
-        &[("TINCAN_CLOUDFLARED", broken.to_str().unwrap())],
-        dir.path(),
+    let h = open_failing(
+        "broken-cloudflared",
+        "echo 'failed to connect' >&2\nexit 1\n",
     );
-    assert_ne!(h.wait_exit(WAIT).code(), Some(0));
     assert_eq!(h.seen[0]["error"]["code"], "tunnel_failed", "{:?}", h.seen);
     assert!(!port_open(port), "no relay may be left behind");
     assert!(
@@ -288,15 +296,7 @@ fn without_cloudflared_the_error_says_how_to_install_it_and_public_url_is_used_a
         "the failed room left its directory"
     );
     // One that fails without a word: the error gives its exit status and says it printed nothing.
-    let silent = dir.path().join("silent-cloudflared");
-    script(&silent, "exit 3\n");
-    let mut h = Running::spawn(
-        &home,
-        &["room", "open", "--listen", &listen, "--tunnel"],
-        &[("TINCAN_CLOUDFLARED", silent.to_str().unwrap())],
-        dir.path(),
-    );
-    assert_ne!(h.wait_exit(WAIT).code(), Some(0));
+    let h = open_failing("silent-cloudflared", "exit 3\n");
     let err = &h.seen[0]["error"];
     assert_eq!(err["code"], "tunnel_failed", "{:?}", h.seen);
     let msg = err["message"].as_str().unwrap();
