@@ -109,16 +109,22 @@ impl Home {
         if let Some(p) = by("alias")? {
             // An alias that is also the start of another peer's id (that peer paired after the
             // alias was set) could mean either: say so rather than guess.
-            let shadowed = self
-                .peers()?
-                .into_iter()
-                .find(|other| other.id != p.id && other.id.to_string().starts_with(&lower));
+            // (One query, not a read of every peer: `send` resolves its peer on every call.)
+            let shadowed: Option<String> = self
+                .conn
+                .prepare_cached(
+                    "SELECT id FROM peers WHERE substr(id, 1, ?2) = ?1 AND id != ?3 LIMIT 1",
+                )?
+                .query_row(params![lower, lower.len() as i64, p.id.to_string()], |r| {
+                    r.get(0)
+                })
+                .optional()?;
             return match shadowed {
                 None => Ok(p),
                 Some(other) => Err(ClientError::AliasShadowsId {
                     name: name.to_string(),
                     aliased: p.id.to_string(),
-                    other: other.id.to_string(),
+                    other,
                 }),
             };
         }
