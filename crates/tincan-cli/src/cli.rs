@@ -168,7 +168,8 @@ pub struct RelayArgs {
     #[arg(long, env = "TINCAN_RELAY_LISTEN")]
     pub listen: Option<String>,
     /// SQLite database file, which also keeps the token secrets (default: relay.db in the home
-    /// when --home or TINCAN_HOME is given, else in the platform data dir).
+    /// when --home or TINCAN_HOME is given, unless only the platform data dir has one; else in
+    /// the platform data dir).
     #[arg(long, env = "TINCAN_RELAY_DB")]
     pub db: Option<PathBuf>,
     /// Terminate TLS in the relay: PEM certificate chain (with --tls-key).

@@ -165,11 +165,12 @@ pub fn note_other_relays(home: &Home, relay: &str) {
     ));
 }
 
-/// ` --home DIR` for a command line this command suggests, when the user chose the home with
-/// `--home` (not through `TINCAN_HOME`, which the suggested command inherits); else nothing.
+/// ` --home DIR` for a command line this command suggests, unless the suggested command would
+/// reach that home without it (no `--home` given, or the same dir as `TINCAN_HOME`, which it
+/// inherits); else nothing. A `--home` given over a different `TINCAN_HOME` is named.
 pub fn home_flag(home: &Option<PathBuf>) -> String {
     match home {
-        Some(dir) if env_home().is_none() => {
+        Some(dir) if env_home().as_ref() != Some(dir) => {
             let d = dir.display().to_string();
             if d.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "/._-~".contains(c))

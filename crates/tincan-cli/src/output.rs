@@ -44,7 +44,6 @@ impl From<ClientError> for CliError {
             ClientError::NoIdentity
             | ClientError::UnknownPeer(_)
             | ClientError::AmbiguousPeer(_)
-            | ClientError::AliasShadowsId { .. }
             | ClientError::BadAlias(_)
             | ClientError::BadKeyFile
             | ClientError::MissingKeyFile(_)

@@ -1050,7 +1050,7 @@ fn relays_of_two_homes_run_side_by_side_each_with_its_database_in_its_home() {
     let data = dir.path().join("data");
     let (h1, h2) = (dir.path().join("h1"), dir.path().join("h2"));
     // --home for one, TINCAN_HOME for the other: both are a home given explicitly.
-    let (_r1, first) = relay_for_home(Some(&h1), None, &data);
+    let (r1, first) = relay_for_home(Some(&h1), None, &data);
     let (_r2, second) = relay_for_home(None, Some(&h2), &data);
     for (home, ev) in [(&h1, &first), (&h2, &second)] {
         assert_eq!(ev["event"], "listening", "{ev}");
@@ -1060,9 +1060,23 @@ fn relays_of_two_homes_run_side_by_side_each_with_its_database_in_its_home() {
     }
     assert!(!data.exists(), "no relay used the shared data dir");
     // Without a home the data dir is the default, as before.
-    let (_r3, third) = relay_for_home(None, None, &data);
+    let (r3, third) = relay_for_home(None, None, &data);
     let shared = data.join("tincan/relay.db");
     assert_eq!(third["db"], shared.to_str().unwrap(), "{third}");
+    drop(r3);
+    // An upgrade: a home without a relay.db of its own keeps the data dir's, with what it holds
+    // (pairings, queue, token keys), rather than start an empty one; a home with one uses it.
+    let h3 = dir.path().join("h3");
+    let (r4, fourth) = relay_for_home(Some(&h3), None, &data);
+    assert_eq!(fourth["db"], shared.to_str().unwrap(), "{fourth}");
+    assert!(!h3.join("relay.db").exists());
+    drop((r1, r4));
+    let (_r5, fifth) = relay_for_home(Some(&h1), None, &data);
+    assert_eq!(
+        fifth["db"],
+        h1.join("relay.db").to_str().unwrap(),
+        "{fifth}"
+    );
 }
 
 #[test]
@@ -1203,6 +1217,29 @@ fn an_empty_tincan_home_means_the_default_home_and_a_set_one_is_used() {
     assert!(default.join("tincan.db").exists());
     let chosen = tmp.path().join("chosen");
     assert_eq!(run(chosen.to_str().unwrap()), chosen);
+    // A hint names `--home` when the flag overrode a different TINCAN_HOME (the suggested
+    // command would inherit that one), and not when the flag says what the variable says.
+    let hint = |flag: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tincan"))
+            .arg("--home")
+            .arg(flag)
+            .args(["--json", "whoami"])
+            .env("TINCAN_HOME", &chosen)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["error"]["code"], "no_identity", "{v}");
+        v["error"]["message"].as_str().unwrap().to_string()
+    };
+    let other = tmp.path().join("other");
+    let m = hint(&other);
+    assert!(
+        m.contains(&format!("run `tincan --home {} setup`", other.display())),
+        "{m}"
+    );
+    std::fs::remove_file(chosen.join("tincan.db")).unwrap();
+    let m = hint(&chosen);
+    assert!(m.contains("run `tincan setup`"), "{m}");
 }
 
 #[test]

@@ -610,17 +610,22 @@ impl<'a> Session<'a> {
         // The transaction is committed: the application may have the messages now, while the
         // acknowledgements are written (a reply can be sealing on the other core meanwhile).
         let rest = hand_over_ready(self.events, events).map_err(|_| End::Stop)?;
-        for d in &deliveries {
-            ws.feed(Message::Binary(
-                ClientFrame::Ack { seq: d.relay_seq }.encode().into(),
-            ))
-            .await
-            .map_err(|e| End::Lost(e.to_string()))?;
+        let acked = async {
+            for d in &deliveries {
+                ws.feed(Message::Binary(
+                    ClientFrame::Ack { seq: d.relay_seq }.encode().into(),
+                ))
+                .await?;
+            }
+            ws.flush().await
         }
-        ws.flush().await.map_err(|e| End::Lost(e.to_string()))?;
+        .await;
+        // The rows are committed either way: their events go to the application even if the
+        // acks did not (a redelivery is then a duplicate and shows nothing).
         hand_over_rest(self.events, rest)
             .await
-            .map_err(|_| End::Stop)
+            .map_err(|_| End::Stop)?;
+        acked.map_err(|e| End::Lost(e.to_string()))
     }
 }
 

@@ -33,18 +33,6 @@ pub enum ClientError {
     /// More than one peer matches a prefix.
     #[error("'{0}' matches more than one peer; use more characters or an alias")]
     AmbiguousPeer(String),
-    /// A name is one peer's alias and the start of another peer's id.
-    #[error(
-        "'{name}' is the alias of peer {aliased} and also the start of peer {other}'s id; use more characters of the id you mean, or rename the alias with `tincan peers alias`"
-    )]
-    AliasShadowsId {
-        /// The name given.
-        name: String,
-        /// The peer whose alias it is.
-        aliased: String,
-        /// The peer whose id starts with it.
-        other: String,
-    },
     /// An alias is taken or malformed.
     #[error("invalid alias: {0}")]
     BadAlias(String),
@@ -148,7 +136,7 @@ impl ClientError {
             Self::BadKeyFile => "bad_key_file",
             Self::MissingKeyFile(_) => "missing_key_file",
             Self::UnknownPeer(_) => "unknown_peer",
-            Self::AmbiguousPeer(_) | Self::AliasShadowsId { .. } => "ambiguous_peer",
+            Self::AmbiguousPeer(_) => "ambiguous_peer",
             Self::BadAlias(_) => "bad_alias",
             Self::Invite(e) => match e {
                 InviteError::Foreign => "invite_foreign",

@@ -488,18 +488,21 @@ async fn open_rows(
     // Committed: the application may have what fits in its queue while the ack is on its way.
     let rest =
         hand_over_ready(events, opened).map_err(|_| RowsError::Lost("client closed".into()))?;
-    http.call(
-        reqwest::Method::POST,
-        "/v1/ack",
-        Some(json!({ "seqs": seqs })),
-        Duration::from_secs(10),
-    )
-    .await
-    .map_err(|e| match e {
-        CallError::Relay { message, .. } | CallError::Transport(message) => message,
-    })?;
+    let acked = http
+        .call(
+            reqwest::Method::POST,
+            "/v1/ack",
+            Some(json!({ "seqs": seqs })),
+            Duration::from_secs(10),
+        )
+        .await;
+    // Committed either way: the events go to the application even if the ack did not (a
+    // redelivery is then a duplicate and shows nothing).
     hand_over_rest(events, rest)
         .await
         .map_err(|_| RowsError::Lost("client closed".into()))?;
+    acked.map_err(|e| match e {
+        CallError::Relay { message, .. } | CallError::Transport(message) => message,
+    })?;
     Ok(last)
 }

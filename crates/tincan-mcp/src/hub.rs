@@ -427,7 +427,7 @@ impl From<ClientError> for ToolFailure {
             );
         }
         let hint = match &e {
-            ClientError::AmbiguousPeer(_) | ClientError::AliasShadowsId { .. } => {
+            ClientError::AmbiguousPeer(_) => {
                 " Call list_peers and pass a peer's id or alias as `to`/`from`."
             }
             ClientError::TooLong { .. } => " Split the text into several messages.",

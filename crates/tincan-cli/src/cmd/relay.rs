@@ -156,20 +156,42 @@ fn settings(args: RelayArgs, home: Option<&Path>) -> Result<(String, Config), Cl
     Ok((listen, c))
 }
 
-/// `relay.db` in `home` if given, else in the platform data dir; the directory is created.
+/// `relay.db` in `home` if given (unless only the data dir has one), else in the platform data
+/// dir; the directory is created.
 fn default_db(home: Option<&Path>) -> Result<PathBuf, CliError> {
+    let data_dir =
+        directories::ProjectDirs::from("", "", "tincan").map(|d| d.data_dir().to_path_buf());
+    default_db_in(home, data_dir)
+}
+
+/// [`default_db`] with the platform data dir given.
+fn default_db_in(home: Option<&Path>, data_dir: Option<PathBuf>) -> Result<PathBuf, CliError> {
     let dir = match home {
-        Some(h) => h.to_path_buf(),
-        None => directories::ProjectDirs::from("", "", "tincan")
-            .ok_or_else(|| {
-                CliError::new(
-                    "no_data_dir",
-                    2,
-                    "cannot find a data directory; pass --db PATH or --home DIR",
-                )
-            })?
-            .data_dir()
-            .to_path_buf(),
+        Some(h) => {
+            // A relay that ran before relays kept their database in the home has its pairings,
+            // queue and token keys in the data dir: keep using that file rather than start
+            // afresh and strand what it holds.
+            let earlier = data_dir.as_ref().map(|d| d.join("relay.db"));
+            if !h.join("relay.db").exists()
+                && let Some(earlier) = earlier.filter(|p| p.exists())
+            {
+                crate::output::eprintln_safe(&format!(
+                    "note: using the existing relay database {} (made before relays kept theirs in the home); \
+                     move it to {} to keep it there, or pass --db to choose",
+                    earlier.display(),
+                    h.join("relay.db").display()
+                ));
+                return Ok(earlier);
+            }
+            h.to_path_buf()
+        }
+        None => data_dir.ok_or_else(|| {
+            CliError::new(
+                "no_data_dir",
+                2,
+                "cannot find a data directory; pass --db PATH or --home DIR",
+            )
+        })?,
     };
     // Private like a home (0700), which this directory may become or already be.
     std::fs::DirBuilder::new()
@@ -377,10 +399,29 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("relay-home");
-        let (_, c) = settings(RelayArgs::default(), Some(&home)).unwrap();
-        assert_eq!(c.db_path, home.join("relay.db"));
+        let data = dir.path().join("data");
+        let db = default_db_in(Some(&home), Some(data.clone())).unwrap();
+        assert_eq!(db, home.join("relay.db"));
         let mode = std::fs::metadata(&home).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700, "created private, like a home");
+        // No home: the data dir.
+        assert_eq!(
+            default_db_in(None, Some(data.clone())).unwrap(),
+            data.join("relay.db")
+        );
+        // A database a relay made in the data dir before (an upgrade) is kept, not stranded,
+        // until the home has one of its own.
+        std::fs::write(data.join("relay.db"), b"").unwrap();
+        let fresh = dir.path().join("fresh-home");
+        assert_eq!(
+            default_db_in(Some(&fresh), Some(data.clone())).unwrap(),
+            data.join("relay.db")
+        );
+        std::fs::write(home.join("relay.db"), b"").unwrap();
+        assert_eq!(
+            default_db_in(Some(&home), Some(data.clone())).unwrap(),
+            home.join("relay.db")
+        );
         let db = dir.path().join("elsewhere.db");
         let (_, c) = settings(
             RelayArgs {

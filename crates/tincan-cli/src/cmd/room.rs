@@ -177,6 +177,11 @@ pub async fn open(home: Option<PathBuf>, args: OpenArgs, out: &Out) -> Result<Ex
         .unwrap_or_else(|| "YOUR_HANDLER".into());
     let handoff = handoff_line(&url, &handler, args.limits.max_turns);
     let fingerprint = keys.fingerprint();
+    // Before the room is announced: a `room stop` right after it gets serve's clean shutdown.
+    let shutdown = args
+        .on_message
+        .is_some()
+        .then(crate::signals::Shutdown::install);
     out.print(
         json!({
             "event": "room_open", "invite": url, "handoff": handoff, "relay_url": room.relay_url,
@@ -196,8 +201,8 @@ pub async fn open(home: Option<PathBuf>, args: OpenArgs, out: &Out) -> Result<Ex
             )
         },
     );
-    match args.on_message {
-        Some(cmd) => {
+    match (args.on_message, shutdown) {
+        (Some(cmd), Some(shutdown)) => {
             Server::new(
                 client,
                 cmd,
@@ -205,10 +210,10 @@ pub async fn open(home: Option<PathBuf>, args: OpenArgs, out: &Out) -> Result<Ex
                 out,
                 Some(room_dir.join("serve.json")),
             )
-            .run(None)
+            .run(None, shutdown)
             .await
         }
-        None => Ok(ExitCode::SUCCESS),
+        _ => Ok(ExitCode::SUCCESS),
     }
 }
 

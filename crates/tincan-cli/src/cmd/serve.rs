@@ -117,8 +117,10 @@ pub async fn run(home: Option<PathBuf>, args: ServeArgs, out: &Out) -> Result<Ex
         (Some(text), Some(to)) => Some((to, text)),
         _ => None,
     };
+    // Before `serving` is said (see `signals`).
+    let shutdown = crate::signals::Shutdown::install();
     Server::new(client, args.on_message, args.limits, out, None)
-        .run(seed)
+        .run(seed, shutdown)
         .await
 }
 

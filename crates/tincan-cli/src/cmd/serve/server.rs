@@ -105,12 +105,15 @@ impl<'a> Server<'a> {
         }
     }
 
-    /// Serves until `--max-turns` ends every conversation, or SIGTERM/SIGINT. `seed` is
-    /// (peer, text): sent first, as turn 1.
-    pub async fn run(mut self, seed: Option<(String, String)>) -> Result<ExitCode, CliError> {
+    /// Serves until `--max-turns` ends every conversation, or SIGTERM/SIGINT through
+    /// `shutdown` (installed by the caller before it announced anything, so a stop sent right
+    /// after an announcement gets this shutdown). `seed` is (peer, text): sent first, as turn 1.
+    pub async fn run(
+        mut self,
+        seed: Option<(String, String)>,
+        mut shutdown: crate::signals::Shutdown,
+    ) -> Result<ExitCode, CliError> {
         let me = self.client.home().identity()?.peer_id().to_string();
-        // Installed before `serving` is said: a stop sent right after it gets the shutdown.
-        let mut shutdown = crate::signals::Shutdown::install();
         self.emit(
             json!({"event": "serving", "id": me, "relay": self.client.relay_url(), "max_turns": self.limits.max_turns, "concurrency": self.limits.concurrency}),
             || format!("serving as {} on {} (Ctrl-C to stop)", &me[..12], self.client.relay_url()),
