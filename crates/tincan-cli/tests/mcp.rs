@@ -465,9 +465,34 @@ fn rpc(
     panic!("the server closed stdout before answering {req}");
 }
 
+type Lines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
+
+/// Spawns `tincan mcp` as built by `cmd` (stdin and stdout piped here) and runs the MCP
+/// `initialize` handshake as `client`; returns the server, its stdin and its output lines.
+fn initialized(mut cmd: Command, client: &str) -> (Kill, std::process::ChildStdin, Lines) {
+    use std::io::BufRead;
+    let mut server = Kill(
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = server.0.stdin.take().unwrap();
+    let mut lines = std::io::BufReader::new(server.0.stdout.take().unwrap()).lines();
+    let init = rpc(
+        &mut stdin,
+        &mut lines,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": client, "version": "1"}}}),
+    );
+    assert!(init["result"].is_object(), "{init}");
+    (server, stdin, lines)
+}
+
 #[test]
 fn no_log_level_shows_peer_text_or_invite_secrets_through_the_mcp_library() {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     // The MCP library logs request arguments and results at debug; they hold a peer's plaintext
     // (check_messages) and invite secrets (accept_invite).
     const SECRET: &str = "peer-plaintext-6f1d2c";
@@ -493,28 +518,13 @@ fn no_log_level_shows_peer_text_or_invite_secrets_through_the_mcp_library() {
             .to_string();
         let secret_part = invite.split('#').nth(1).unwrap().to_string();
         let log = dir.path().join(format!("mcp-{level}.log"));
-        let mut server = Kill(
-            Command::new(bin())
-                .arg("--home")
-                .arg(&a)
-                .arg("mcp")
-                .env("TINCAN_LOG", level)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap(),
-        );
-        let mut stdin = server.0.stdin.take().unwrap();
-        let mut lines = std::io::BufReader::new(server.0.stdout.take().unwrap()).lines();
-        let init = rpc(
-            &mut stdin,
-            &mut lines,
-            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-06-18", "capabilities": {},
-                "clientInfo": {"name": "log-test", "version": "1"}}}),
-        );
-        assert!(init["result"].is_object(), "{init}");
+        let mut cmd = Command::new(bin());
+        cmd.arg("--home")
+            .arg(&a)
+            .arg("mcp")
+            .env("TINCAN_LOG", level)
+            .stderr(std::fs::File::create(&log).unwrap());
+        let (mut server, mut stdin, mut lines) = initialized(cmd, "log-test");
         writeln!(
             stdin,
             "{}",
@@ -809,4 +819,41 @@ fn a_restarted_server_says_what_waits_unannounced() {
     let checked = server.call("check_messages", json!({}));
     let text = checked.to_string();
     assert!(text.contains("one") && text.contains("two"), "{checked}");
+}
+
+#[test]
+fn a_line_that_is_not_json_gets_a_parse_error_and_the_session_goes_on() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("a");
+    Cli::new(bin()).setup(&home);
+    let mut cmd = Command::new(bin());
+    cmd.arg("--home")
+        .arg(&home)
+        .arg("mcp")
+        .stderr(Stdio::null());
+    let (mut server, mut stdin, mut lines) = initialized(cmd, "parse-test");
+    // JSON-RPC 2.0: a line that is not JSON is answered with -32700 and a null id.
+    writeln!(stdin, "this is not json {{").unwrap();
+    stdin.flush().unwrap();
+    let answer: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(answer["error"]["code"], -32700, "{answer}");
+    assert_eq!(answer["id"], Value::Null, "{answer}");
+    // The session is still there.
+    writeln!(
+        stdin,
+        "{}",
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    )
+    .unwrap();
+    let tools = rpc(
+        &mut stdin,
+        &mut lines,
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    );
+    assert!(tools["result"]["tools"].is_array(), "{tools}");
+    // Closing stdin ends the server cleanly.
+    drop(stdin);
+    let status = server.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
 }

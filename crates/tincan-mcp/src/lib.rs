@@ -17,6 +17,7 @@ pub mod hub;
 pub mod install;
 pub mod serve;
 pub mod server;
+mod stdio;
 
 pub use error::{InstallError, McpError};
 pub use flood::PushLimit;

@@ -15,14 +15,19 @@ use crate::server::TincanMcp;
 
 /// Serves one session on stdin/stdout until the client closes it.
 pub async fn serve_stdio(hub: Arc<Hub>) -> Result<(), McpError> {
+    // Lines that are not JSON are answered with -32700 on the way in (`stdio`).
+    let io = crate::stdio::checked(tokio::io::stdin(), tokio::io::stdout());
     let running = TincanMcp::new(hub)
-        .serve(rmcp::transport::stdio())
+        .serve((io.reader, io.writer))
         .await
         .map_err(|e| McpError::Transport(e.to_string()))?;
-    running
+    let done = running
         .waiting()
         .await
-        .map_err(|e| McpError::Transport(e.to_string()))?;
+        .map_err(|e| McpError::Transport(e.to_string()));
+    // rmcp has dropped its end: the last answers are written once the output task drains it.
+    let _ = io.output.await;
+    done?;
     Ok(())
 }
 
