@@ -1,7 +1,8 @@
 //! Erasing old message text (`tincan prune`): a home keeps every received text in the clear until
 //! told otherwise, so a copy of its database is a copy of the conversation history. Pruning takes
-//! the text out of the table *and* out of the files: freed space is zeroed (`secure_delete`) and
-//! the WAL, which still holds the old pages, is truncated.
+//! the text out of the table *and* out of the files: freed space is zeroed (`secure_delete`), the
+//! database is rebuilt from its current rows (`VACUUM`: pages reused as the tables grew can hold
+//! stale copies of rows), and the WAL, which still holds the old pages, is truncated.
 
 use rusqlite::{TransactionBehavior, params};
 
@@ -47,6 +48,12 @@ impl Home {
         let result = self.prune_rows(before_ms as i64, now_ms as i64);
         self.conn.pragma_update(None, "secure_delete", was)?;
         let mut pruned = result?;
+        // Zeroing what the erase freed is not enough: pages the tables split and reused as
+        // they grew (long before this prune) can still hold stale copies of rows, text
+        // included. VACUUM rebuilds the database from its current rows only, and the
+        // checkpoint below writes that image over the file and cuts it to size. Run every time,
+        // so a prune that failed here is finished by the next one.
+        self.conn.execute_batch("VACUUM")?;
         // `busy` is 1 when a reader, or this home's own background checkpoint running at that
         // moment (which SQLite does not wait for), kept the checkpoint from finishing: a few
         // tries over half a second get past the latter.
@@ -145,6 +152,36 @@ mod tests {
         // The agent is not offered the erased entry.
         let pending = t.b.agent_pending(None, 10).unwrap();
         assert_eq!(pending.len(), 1, "only the unread message");
+    }
+
+    #[test]
+    fn erased_text_is_gone_from_pages_that_table_growth_split_and_reused_earlier() {
+        // Enough rows that the inbox table splits its pages several times as it grows: a page
+        // that held rows and was reused (an interior page, a freed page) kept stale copies of
+        // their text, which erasing the rows themselves did not reach.
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = paired(dir.path());
+        let bdir = dir.path().join("b");
+        let texts: Vec<String> = (0..120)
+            .map(|i| format!("SPLIT-SECRET-{i:03}-{}", "p".repeat(90)))
+            .collect();
+        for chunk in texts.chunks(10) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            t.a.queue_texts(&t.b_id, &refs, now_ms()).unwrap();
+            let rows = take(&mut t.a);
+            kinds(&mut t.b, t.a_id, &rows);
+        }
+        let read = t.b.unconsumed(1000).unwrap();
+        assert_eq!(read.len(), 120);
+        t.b.mark_consumed(read.last().unwrap().seq).unwrap();
+        let cutoff = now_ms() + 1;
+        let p = t.b.prune(cutoff, cutoff).unwrap();
+        assert_eq!(p.erased, 120, "{p:?}");
+        assert!(p.wal_truncated);
+        assert!(
+            !on_disk(&bdir, "SPLIT-SECRET-"),
+            "erased text is gone from every page of the files"
+        );
     }
 
     #[test]
