@@ -183,8 +183,10 @@ pub async fn run(command: &str, job: Job, limits: Limits, groups: &Groups) -> Ou
     if let Some(g) = pgid {
         groups.update(true, g);
     }
+    // Read on its own task, so what a handler said before a timeout is still reported.
+    let stderr = tokio::spawn(read_tail(child.stderr.take(), STDERR_TAIL));
     let outcome = tokio::time::timeout(limits.timeout, drive(&mut child, job.text, limits)).await;
-    let outcome = match outcome {
+    let mut outcome = match outcome {
         Ok(o) => o,
         Err(_) => Outcome::Failed(Failure::new(
             "timeout",
@@ -199,6 +201,12 @@ pub async fn run(command: &str, job: Job, limits: Limits, groups: &Groups) -> Ou
         stop_group(Pid::from_raw(g), &mut child).await;
         groups.update(false, g);
     }
+    // The group is gone, so its stderr is closed (a process that left the group and kept the
+    // pipe gets a moment, not a wait).
+    let stderr = tokio::time::timeout(Duration::from_secs(1), stderr).await;
+    if let (Outcome::Failed(f), Ok(Ok(tail))) = (&mut outcome, stderr) {
+        f.stderr = tail;
+    }
     outcome
 }
 
@@ -212,23 +220,16 @@ async fn drive(child: &mut Child, text: String, limits: Limits) -> Outcome {
         }
     };
     let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let (_, out, err) = tokio::join!(
-        writer,
-        read_capped(stdout, limits.max_output),
-        read_tail(stderr, STDERR_TAIL)
-    );
+    let (_, out) = tokio::join!(writer, read_capped(stdout, limits.max_output));
+    // (A failure's stderr is filled in by the caller, which reads it on its own task.)
     let Some(out) = out else {
-        return Outcome::Failed(Failure {
-            stderr: err,
-            ..Failure::new(
-                "output_too_large",
-                format!(
-                    "the handler wrote more than {} bytes; it was stopped",
-                    limits.max_output
-                ),
-            )
-        });
+        return Outcome::Failed(Failure::new(
+            "output_too_large",
+            format!(
+                "the handler wrote more than {} bytes; it was stopped",
+                limits.max_output
+            ),
+        ));
     };
     let status = match child.wait().await {
         Ok(s) => s,
@@ -253,16 +254,15 @@ async fn drive(child: &mut Child, text: String, limits: Limits) -> Outcome {
         };
         return Outcome::Failed(Failure {
             exit_code: status.code(),
-            stderr: err,
             ..Failure::new(code, message)
         });
     }
     match String::from_utf8(out) {
         Ok(s) => Outcome::Reply(s.trim().to_string()),
-        Err(_) => Outcome::Failed(Failure {
-            stderr: err,
-            ..Failure::new("bad_output", "the handler's output is not UTF-8".into())
-        }),
+        Err(_) => Outcome::Failed(Failure::new(
+            "bad_output",
+            "the handler's output is not UTF-8".into(),
+        )),
     }
 }
 
@@ -361,6 +361,34 @@ mod tests {
             max_output: 1 << 20,
         };
         run(command, job(text), limits, &Groups::default()).await
+    }
+
+    #[tokio::test]
+    async fn what_a_handler_wrote_to_stderr_before_it_timed_out_is_reported() {
+        let limits = Limits {
+            timeout: Duration::from_millis(300),
+            max_output: 1 << 20,
+        };
+        let out = run(
+            "echo working-on-it >&2; exec sleep 30",
+            job("x"),
+            limits,
+            &Groups::default(),
+        )
+        .await;
+        let Outcome::Failed(f) = out else {
+            panic!("a timeout is a failure")
+        };
+        assert_eq!(f.code, "timeout");
+        assert_eq!(f.stderr, "working-on-it");
+        // And as before for a handler that fails on its own.
+        let Outcome::Failed(f) = go("echo bad-input >&2; exit 3", "x").await else {
+            panic!("exit 3 is a failure")
+        };
+        assert_eq!(
+            (f.code, f.exit_code, f.stderr.as_str()),
+            ("exit", Some(3), "bad-input")
+        );
     }
 
     #[tokio::test]
