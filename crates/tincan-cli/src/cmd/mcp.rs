@@ -141,8 +141,10 @@ fn install_cmd(home: Option<PathBuf>, args: InstallArgs, out: &Out) -> Result<Ex
         .ok_or_else(|| CliError::new("no_home", 3, "HOME is not set"))?;
     let dirs = Dirs {
         home: user_home,
-        xdg_config: std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from),
-        codex_home: std::env::var_os("CODEX_HOME").map(PathBuf::from),
+        // The XDG spec: empty or relative means unset. An empty CODEX_HOME likewise (else the
+        // config would be written relative to the current directory).
+        xdg_config: env_dir(std::env::var_os("XDG_CONFIG_HOME"), true),
+        codex_home: env_dir(std::env::var_os("CODEX_HOME"), false),
     };
     let cmd = server_command(home)?;
     let changes = install::plan(kind, &dirs, &cmd)
@@ -183,6 +185,13 @@ fn install_text(changes: &[Change], backups: &BTreeMap<PathBuf, PathBuf>, print:
     s.trim_end().to_string()
 }
 
+/// A directory from an environment variable's value: `None` when unset or empty, or when
+/// `absolute_only` and it is relative.
+fn env_dir(value: Option<std::ffi::OsString>, absolute_only: bool) -> Option<PathBuf> {
+    let dir = PathBuf::from(value.filter(|v| !v.is_empty())?);
+    (!absolute_only || dir.is_absolute()).then_some(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +220,16 @@ mod tests {
             install_text(&changes, &backups, false),
             "created /h/new.json\nupdated /h/old.json (previous version in /h/old.json.bak)\n/h/same.json already up to date"
         );
+    }
+
+    #[test]
+    fn an_empty_or_relative_config_dir_counts_as_unset() {
+        let v = |s: &str| Some(std::ffi::OsString::from(s));
+        assert_eq!(env_dir(None, true), None);
+        assert_eq!(env_dir(v(""), true), None);
+        assert_eq!(env_dir(v(""), false), None);
+        assert_eq!(env_dir(v("rel/dir"), true), None);
+        assert_eq!(env_dir(v("rel/dir"), false), Some(PathBuf::from("rel/dir")));
+        assert_eq!(env_dir(v("/x/y"), true), Some(PathBuf::from("/x/y")));
     }
 }
