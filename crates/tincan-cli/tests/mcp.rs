@@ -433,6 +433,16 @@ fn peers_block_allow_and_allowlist_mode_through_the_cli() {
     assert_eq!(c.run(&b, &["send", &a_id, "not yet allowed"]).code, 0);
     let r = c.run(&a, &["listen", "--timeout", "2"]);
     assert!(!r.stdout.contains("not yet allowed"), "{r:?}");
+    // `peers` says the mode is on, so a silent peer is explained.
+    assert_eq!(c.run(&a, &["peers"]).json()["allowlist_only"], true);
+    let out = Command::new(bin())
+        .arg("--home")
+        .arg(&a)
+        .arg("peers")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("allowlist-only mode is on"), "{text}");
 
     c.run(&a, &["peers", "allow", &b_id]);
     assert_eq!(c.run(&b, &["send", &a_id, "allowed now"]).code, 0);

@@ -39,6 +39,7 @@ pub fn run(home: Option<PathBuf>, args: PeersArgs, out: &Out) -> Result<ExitCode
         None => {
             let peers = h.peers()?;
             let policies = h.peer_policies()?;
+            let allowlist_only = h.allowlist_only()?;
             if out.json {
                 let list: Vec<_> = peers
                     .iter()
@@ -55,12 +56,20 @@ pub fn run(home: Option<PathBuf>, args: PeersArgs, out: &Out) -> Result<ExitCode
                         })
                     })
                     .collect();
-                crate::output::line(&crate::output::json_line(&json!({ "peers": list })));
+                crate::output::line(&crate::output::json_line(
+                    &json!({ "peers": list, "allowlist_only": allowlist_only }),
+                ));
             } else if peers.is_empty() {
                 crate::output::line(
                     "no peers yet: `tincan invite create` or `tincan invite accept '<url>'`",
                 );
             } else {
+                if allowlist_only {
+                    crate::output::line(
+                        "allowlist-only mode is on: only peers marked [allowed] get through \
+                         (`tincan peers allow <peer>`, `tincan peers allowlist off`)",
+                    );
+                }
                 for p in peers {
                     let policy = policies.get(&p.id).copied().unwrap_or_default();
                     crate::output::line(&format!(
