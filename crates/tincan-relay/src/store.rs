@@ -123,14 +123,20 @@ impl Stored {
 /// Where a reply to a request goes: the requesting connection's response queue.
 pub type Responder = mpsc::UnboundedSender<RelayFrame>;
 
+/// A message a sender handed the relay: what the store checks, writes and routes. Handed back
+/// whole when it cannot be written, so the send can be refused.
+struct NewMessage {
+    sender: PeerId,
+    id: MessageId,
+    to: PeerId,
+    body: Vec<u8>,
+    now_ms: u64,
+}
+
 enum Cmd {
     Send {
-        sender: PeerId,
+        msg: NewMessage,
         req: u32,
-        id: MessageId,
-        to: PeerId,
-        body: Vec<u8>,
-        now_ms: u64,
         respond: Responder,
     },
     Ack {
@@ -285,12 +291,14 @@ impl Store {
         respond: Responder,
     ) {
         self.submit(Cmd::Send {
-            sender,
+            msg: NewMessage {
+                sender,
+                id,
+                to,
+                body,
+                now_ms,
+            },
             req,
-            id,
-            to,
-            body,
-            now_ms,
             respond,
         });
     }

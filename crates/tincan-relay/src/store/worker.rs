@@ -406,63 +406,45 @@ impl Worker {
     #[allow(clippy::result_large_err)]
     fn apply(&mut self, cmd: Cmd, fx: &mut Effects) -> Result<(), (Cmd, StoreError)> {
         match cmd {
-            Cmd::Send {
-                sender,
-                req,
-                id,
-                to,
-                body,
-                now_ms,
-                respond,
-            } => match self.insert_message(sender, id, to, body, now_ms) {
-                Ok(Inserted::New { msg, offered }) => {
-                    // Forwarded at once, before the commit (see the module docs): only `Sent`
-                    // waits for durability.
-                    if !offered {
-                        self.router.deliver(&to, msg.clone());
+            Cmd::Send { msg, req, respond } => {
+                let to = msg.to;
+                match self.insert_message(msg) {
+                    Ok(Inserted::New { msg, offered }) => {
+                        // Forwarded at once, before the commit (see the module docs): only `Sent`
+                        // waits for durability.
+                        if !offered {
+                            self.router.deliver(&to, msg.clone());
+                        }
+                        self.written(fx, respond, req, to, msg);
                     }
-                    self.written(fx, respond, req, to, msg);
-                }
-                Ok(Inserted::Deferred(msg)) => self.pending.push(pending::Entry {
-                    msg,
-                    to,
-                    req,
-                    respond,
-                    due: std::time::Instant::now() + self.write_behind,
-                }),
-                Ok(Inserted::Duplicate(seq)) => {
-                    Metrics::inc(&self.metrics.messages_deduplicated);
-                    // A resend of a message still unwritten: it is written now, and both
-                    // requests get their `Sent` after this commit.
-                    if let Some(entry) = self.pending.take(seq) {
-                        self.write_pending(vec![entry], fx);
-                    }
-                    fx.replies.push((respond, RelayFrame::Sent { req, seq }))
-                }
-                Ok(Inserted::Refused(code, message)) => fx.replies.push((
-                    respond,
-                    RelayFrame::Error {
+                    Ok(Inserted::Deferred(msg)) => self.pending.push(pending::Entry {
+                        msg,
+                        to,
                         req,
-                        code,
-                        retry_after_ms: retry_after(code),
-                        message,
-                    },
-                )),
-                Err((e, body)) => {
-                    return Err((
-                        Cmd::Send {
-                            sender,
+                        respond,
+                        due: std::time::Instant::now() + self.write_behind,
+                    }),
+                    Ok(Inserted::Duplicate(seq)) => {
+                        Metrics::inc(&self.metrics.messages_deduplicated);
+                        // A resend of a message still unwritten: it is written now, and both
+                        // requests get their `Sent` after this commit.
+                        if let Some(entry) = self.pending.take(seq) {
+                            self.write_pending(vec![entry], fx);
+                        }
+                        fx.replies.push((respond, RelayFrame::Sent { req, seq }))
+                    }
+                    Ok(Inserted::Refused(code, message)) => fx.replies.push((
+                        respond,
+                        RelayFrame::Error {
                             req,
-                            id,
-                            to,
-                            body,
-                            now_ms,
-                            respond,
+                            code,
+                            retry_after_ms: retry_after(code),
+                            message,
                         },
-                        e,
-                    ));
+                    )),
+                    Err((e, msg)) => return Err((Cmd::Send { msg, req, respond }, e)),
                 }
-            },
+            }
             // Applied in bulk by `apply_acks` after the rest of the batch (or, for messages
             // still unwritten, by `ack_pending` before it).
             Cmd::Ack { .. } => {}
@@ -609,15 +591,8 @@ impl Worker {
     /// Answers a command the store could not apply, holding its path if it was a send.
     fn refuse(&mut self, cmd: Cmd, e: &StoreError) {
         let (code, why) = classify(e);
-        if let Cmd::Send {
-            sender,
-            to,
-            id,
-            now_ms,
-            ..
-        } = &cmd
-        {
-            self.hold(*sender, *to, *id, (code, &why, HeldBy::Store), *now_ms);
+        if let Cmd::Send { msg: m, .. } = &cmd {
+            self.hold(m.sender, m.to, m.id, (code, &why, HeldBy::Store), m.now_ms);
         }
         fail(cmd, code, &why);
     }

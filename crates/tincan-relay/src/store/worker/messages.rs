@@ -13,8 +13,8 @@ use super::{
 };
 use crate::metrics::Metrics;
 use crate::store::{
-    Cmd, FETCH_MAX_BYTES, Fetched, Responder, StoreError, Stored, classify, message_id, pair_key,
-    peer, pending, queued, retry_after,
+    Cmd, FETCH_MAX_BYTES, Fetched, NewMessage, Responder, StoreError, Stored, classify, message_id,
+    pair_key, peer, pending, queued, retry_after,
 };
 
 impl Worker {
@@ -82,14 +82,10 @@ impl Worker {
         Ok(out)
     }
 
-    pub(super) fn insert_message(
-        &mut self,
-        sender: PeerId,
-        id: MessageId,
-        to: PeerId,
-        body: Vec<u8>,
-        now_ms: u64,
-    ) -> Result<Inserted, Unwritten> {
+    // The error hands the message back (as `apply` does the command): the rare path.
+    #[allow(clippy::result_large_err)]
+    pub(super) fn insert_message(&mut self, m: NewMessage) -> Result<Inserted, Unwritten> {
+        let (sender, id, to, now_ms) = (m.sender, m.id, m.to, m.now_ms);
         if let Some(h) = self.held.get(&(sender, to)) {
             if h.id != id && now_ms < h.until_ms {
                 match h.by {
@@ -107,7 +103,7 @@ impl Worker {
             }
             self.held.remove(&(sender, to));
         }
-        let result = self.insert_message_inner(sender, id, to, body, now_ms)?;
+        let result = self.insert_message_inner(m)?;
         if let Inserted::Refused(code @ (ErrorCode::QueueFull | ErrorCode::StorageFull), message) =
             &result
         {
@@ -146,14 +142,15 @@ impl Worker {
         );
     }
 
-    fn insert_message_inner(
-        &mut self,
-        sender: PeerId,
-        id: MessageId,
-        to: PeerId,
-        body: Vec<u8>,
-        now_ms: u64,
-    ) -> Result<Inserted, Unwritten> {
+    #[allow(clippy::result_large_err)]
+    fn insert_message_inner(&mut self, m: NewMessage) -> Result<Inserted, Unwritten> {
+        let NewMessage {
+            sender,
+            id,
+            to,
+            body,
+            now_ms,
+        } = m;
         if self.require_pairing && !self.pairs.contains(&pair_key(sender, to)) {
             return Ok(Inserted::Refused(
                 ErrorCode::NotPaired,
@@ -208,7 +205,16 @@ impl Worker {
         if let Err(e) = self.write_row(&msg, &to) {
             // Not handed to anyone (a connection that refused it dropped its copy).
             let body = Arc::try_unwrap(msg).map_or_else(|m| m.body.clone(), |m| m.body);
-            return Err((e.into(), body));
+            return Err((
+                e.into(),
+                NewMessage {
+                    sender,
+                    id,
+                    to,
+                    body,
+                    now_ms,
+                },
+            ));
         }
         self.next_seq += 1;
         self.index.insert(seq, to, sender, id);
@@ -417,5 +423,5 @@ pub(super) enum Inserted {
     Refused(ErrorCode, String),
 }
 
-/// A send the store could not write, with its body handed back for the refusal.
-type Unwritten = (StoreError, Vec<u8>);
+/// A send the store could not write, handed back whole for the refusal.
+type Unwritten = (StoreError, NewMessage);
