@@ -11,8 +11,8 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWrite
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// Longest line taken (rmcp's own default, 16 MiB); a longer one is answered as a parse error.
-pub(crate) const MAX_LINE: usize = 16 * 1024 * 1024;
+/// Longest line taken: rmcp's own limit; a longer one is answered as a parse error.
+pub(crate) const MAX_LINE: usize = rmcp::transport::async_rw::DEFAULT_MAX_LINE_LENGTH;
 /// In-memory pipe buffers between this layer and rmcp.
 const PIPE: usize = 64 * 1024;
 
