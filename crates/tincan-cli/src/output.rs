@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use serde_json::{Value, json};
 use tincan_client::ClientError;
+use tincan_client::Event;
 
 /// An error with a stable code, a message saying what to do, and an exit code.
 #[derive(Debug)]
@@ -196,6 +197,36 @@ pub fn json_line(value: &Value) -> String {
 /// relay or an invite inside it cannot start a line of its own that looks like something else.
 pub fn error_text(message: &str) -> String {
     format!("error: {}", terminal_safe(message).replace('\n', "\n  "))
+}
+
+/// A `withheld` event as `listen` and `serve` print it: the JSON, and the text form (who, what
+/// and why, and where to look; never the text). `None` for any other event.
+pub fn withheld(event: &Event) -> Option<(Value, String)> {
+    let Event::Withheld {
+        from,
+        from_name,
+        id,
+        kind,
+        reason,
+    } = event
+    else {
+        return None;
+    };
+    let who = match from_name {
+        Some(name) => format!("{} ({})", terminal_safe(name), &from.to_string()[..12]),
+        None => from.to_string(),
+    };
+    let what = if *kind == "message" {
+        "a message".to_string()
+    } else {
+        format!("an entry ({kind})")
+    };
+    Some((
+        json!({"event": "withheld", "from": from.to_string(), "from_name": from_name, "id": id.to_string(), "kind": kind, "reason": reason}),
+        format!(
+            "withheld {what} from {who}: {reason}; it stays unread in the inbox (see `tincan peers`)"
+        ),
+    ))
 }
 
 /// A peer's text for a terminal, every line under `tag` (e.g. `[alice]`): made safe with

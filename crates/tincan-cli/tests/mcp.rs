@@ -426,6 +426,16 @@ fn peers_block_allow_and_allowlist_mode_through_the_cli() {
     assert_eq!(c.run(&b, &["send", &a_id, "blocked text"]).code, 0);
     let r = c.run(&a, &["listen", "--timeout", "2"]);
     assert!(!r.stdout.contains("blocked text"), "{r:?}");
+    // Held back, but said: who, what and why, never the text.
+    let held = withheld(&r);
+    assert_eq!(held.len(), 1, "{r:?}");
+    assert_eq!(held[0]["from"], b_id.as_str());
+    assert_eq!(held[0]["kind"], "message");
+    assert_eq!(held[0]["reason"], "peer is blocked");
+    assert!(held[0].get("text").is_none(), "{r:?}");
+    // Said once: the next listen does not repeat it.
+    let r = c.run(&a, &["listen", "--timeout", "1"]);
+    assert!(!r.stdout.contains("withheld"), "{r:?}");
 
     c.run(&a, &["peers", "unblock", &b_id]);
     let r = c.run(&a, &["peers", "allowlist", "on"]);
@@ -433,6 +443,12 @@ fn peers_block_allow_and_allowlist_mode_through_the_cli() {
     assert_eq!(c.run(&b, &["send", &a_id, "not yet allowed"]).code, 0);
     let r = c.run(&a, &["listen", "--timeout", "2"]);
     assert!(!r.stdout.contains("not yet allowed"), "{r:?}");
+    let held = withheld(&r);
+    assert_eq!(held.len(), 1, "{r:?}");
+    assert_eq!(
+        held[0]["reason"],
+        "allowlist-only mode and the peer is not allowed"
+    );
     // `peers` says the mode is on, so a silent peer is explained.
     assert_eq!(c.run(&a, &["peers"]).json()["allowlist_only"], true);
     let out = Command::new(bin())
@@ -455,6 +471,14 @@ fn peers_block_allow_and_allowlist_mode_through_the_cli() {
     let withheld: Vec<_> = log.iter().filter(|e| e["event"] == "withheld").collect();
     assert_eq!(withheld.len(), 2, "{log:?}");
     assert_eq!(c.run(&a, &["audit", "verify"]).code, 0);
+}
+
+/// The `withheld` events a `listen --json` run printed.
+fn withheld(r: &tincan_testkit::process::Run) -> Vec<Value> {
+    r.events()
+        .into_iter()
+        .filter(|e| e["event"] == "withheld")
+        .collect()
 }
 
 /// One JSON-RPC exchange over the server's stdio: writes `req`, returns the response to its id.

@@ -479,6 +479,42 @@ fn wait_gone(pid: u32) {
 }
 
 #[test]
+fn a_blocked_peers_message_is_reported_as_withheld_and_never_reaches_the_handler() {
+    let w = World::new();
+    let ran = w.path("ran");
+    let mut s = w.serve_a(&format!("cat >> {}; echo ok", ran.display()), &[]);
+    assert_eq!(s.wait_event("peer_joined", WAIT)["peer"], w.b_id.as_str());
+    let r = cli().run(&w.path("a"), &["peers", "block", &w.b_id]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let held = w.send_from_b("blocked-text-91c2");
+    let e = s.wait_event("withheld", WAIT);
+    assert_eq!(e["id"], held.as_str());
+    assert_eq!(e["from"], w.b_id.as_str());
+    assert_eq!(e["reason"], "peer is blocked");
+    assert!(e.get("text").is_none(), "{e}");
+
+    // Unblocked, the next message is handled as usual; the withheld one stays withheld.
+    cli().run(&w.path("a"), &["peers", "unblock", &w.b_id]);
+    let next = w.send_from_b("after-unblock");
+    assert_eq!(s.wait_event("replied", WAIT)["in_reply_to"], next.as_str());
+    s.terminate();
+    assert!(s.wait_exit(WAIT).success());
+    let done = &s.events("done")[0];
+    assert_eq!(done["withheld"], 1, "{done}");
+    assert_eq!(done["received"], 1, "{done}");
+    assert!(
+        s.events("received")
+            .iter()
+            .all(|e| e["id"] != held.as_str())
+    );
+    let seen = std::fs::read_to_string(&ran).unwrap();
+    assert_eq!(
+        seen, "after-unblock",
+        "the handler saw only the allowed message"
+    );
+}
+
+#[test]
 fn a_handler_that_does_not_exist_is_reported_as_not_found() {
     let w = World::new();
     let mut s = w.serve_a("tincan-no-such-handler-7f3a", &[]);

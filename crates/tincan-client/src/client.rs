@@ -101,6 +101,21 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// An inbox entry the peer policy refuses (a blocked peer, or one not allowed in
+    /// allowlist-only mode) was set aside: its text is never handed over, it stays in the inbox
+    /// marked withheld, and a later unblock or allow does not release it.
+    Withheld {
+        /// The sender.
+        from: PeerId,
+        /// The sender's alias, if set.
+        from_name: Option<String>,
+        /// The entry's message id.
+        id: MessageId,
+        /// What was held back: `message`, `peer_joined` or `rejected`.
+        kind: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The relay deferred an outgoing message because of a limit; it is retried automatically.
     /// Reported once per pause, for the first refused message (the sends in flight behind it
     /// are refused with it and wait with it).
@@ -702,13 +717,23 @@ fn entry_event(
             Ok(on)
         }
     };
-    match home.admit_with(&e, policy, allowlist) {
-        Ok(true) => {}
-        Ok(false) => return None,
+    let withheld = match home.admit_with(&e, policy, allowlist) {
+        Ok(None) => None,
+        Ok(Some(reason)) => Some(reason),
         Err(err) => {
             tracing::warn!(error = %err, "cannot apply the peer policy; withholding the entry");
-            return None;
+            Some("the peer policy could not be read; kept unshown to be safe")
         }
+    };
+    if let Some(reason) = withheld {
+        // Said without its text, so the user learns that (and why) something is held back.
+        return Some(Event::Withheld {
+            from: e.from,
+            from_name: standing.and_then(|s| s.alias.clone()),
+            id: e.id,
+            kind: e.kind.as_str(),
+            reason: reason.to_string(),
+        });
     }
     let event = match e.kind {
         InboxKind::Message => Event::Message(ReceivedMessage {

@@ -116,6 +116,12 @@ fn print_event(client: &Client, event: &Event, out: &Out) -> std::io::Result<boo
             })?;
             true
         }
+        e @ Event::Withheld { .. } => {
+            if let Some((value, text)) = crate::output::withheld(e) {
+                out.try_print(value, || text)?;
+            }
+            false
+        }
         Event::Rejected { from, reason } => {
             out.try_print(
                 json!({"event": "rejected", "from": from.to_string(), "reason": reason}),

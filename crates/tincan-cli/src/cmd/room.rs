@@ -354,6 +354,7 @@ fn status(home: Option<PathBuf>, out: &Out) -> Result<ExitCode, CliError> {
                 "send_errors": stats["send_errors"].as_u64().unwrap_or(0),
                 "deferred": stats["deferred"].as_u64().unwrap_or(0),
                 "dropped": stats["dropped"].as_u64().unwrap_or(0),
+                "withheld": stats["withheld"].as_u64().unwrap_or(0),
                 "relay_log": r.relay_log().display().to_string(),
             })
         })
@@ -420,7 +421,7 @@ fn status_text(rooms: &[Value]) -> String {
                 ));
             }
             lines.push(format!(
-                "  {} received, {} replied, {} without reply, {}, {}, {} deferred, {} dropped",
+                "  {} received, {} replied, {} without reply, {}, {}, {} deferred, {} dropped, {} withheld",
                 r["received"],
                 r["replied"],
                 r["no_reply"].as_u64().unwrap_or(0),
@@ -428,6 +429,7 @@ fn status_text(rooms: &[Value]) -> String {
                 count(r, "send_errors", "send error"),
                 r["deferred"].as_u64().unwrap_or(0),
                 r["dropped"],
+                r["withheld"].as_u64().unwrap_or(0),
             ));
             lines.join("\n")
         })
@@ -511,7 +513,7 @@ mod tests {
                 "serve_pid": 43, "tunnel_pid": tunnel, "tunnel_running": false,
                 "uptime_secs": 5, "peers": peers, "received": 3, "replied": 2,
                 "handler_errors": errors, "dropped": 1, "serving": true,
-                "no_reply": 4, "send_errors": errors, "deferred": 6,
+                "no_reply": 4, "send_errors": errors, "deferred": 6, "withheld": 7,
             })
         };
         assert_eq!(
@@ -520,11 +522,11 @@ mod tests {
              \x20 relay   pid 42 running · https://t.example (local http://127.0.0.1:8787) · log /h/rooms/8787/relay.log\n\
              \x20 serve   pid 43 serving\n\
              \x20 tunnel  pid 44 stopped\n\
-             \x20 3 received, 2 replied, 4 without reply, 1 handler error, 1 send error, 6 deferred, 1 dropped\n\
+             \x20 3 received, 2 replied, 4 without reply, 1 handler error, 1 send error, 6 deferred, 1 dropped, 7 withheld\n\
              room on port 8787 · up 5s · 2 peers\n\
              \x20 relay   pid 42 running · https://t.example (local http://127.0.0.1:8787) · log /h/rooms/8787/relay.log\n\
              \x20 serve   pid 43 serving\n\
-             \x20 3 received, 2 replied, 4 without reply, 0 handler errors, 0 send errors, 6 deferred, 1 dropped"
+             \x20 3 received, 2 replied, 4 without reply, 0 handler errors, 0 send errors, 6 deferred, 1 dropped, 7 withheld"
         );
     }
 

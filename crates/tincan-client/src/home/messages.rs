@@ -73,7 +73,8 @@ pub enum InboxKind {
 }
 
 impl InboxKind {
-    fn as_str(self) -> &'static str {
+    /// Stable name: `message`, `peer_joined`, `rejected`.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Message => "message",
             Self::PeerJoined => "peer_joined",

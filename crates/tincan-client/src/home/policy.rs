@@ -138,17 +138,18 @@ impl Home {
     /// shown; a refused entry is marked withheld and consumed, and the audit log records it once.
     pub fn admit(&self, e: &InboxEntry) -> Result<bool, ClientError> {
         let reason = self.refusal(&e.from, e.kind)?;
-        self.admit_or_withhold(e, reason)
+        Ok(self.admit_or_withhold(e, reason)?.is_none())
     }
 
     /// [`Home::admit`] with the sender's policy already read (see [`Home::standing`]);
-    /// `allowlist_only` is asked only when it matters.
+    /// `allowlist_only` is asked only when it matters. Returns why the entry is withheld, or
+    /// `None` when it may be shown.
     pub fn admit_with(
         &self,
         e: &InboxEntry,
         policy: PeerPolicy,
         allowlist_only: impl FnOnce() -> Result<bool, ClientError>,
-    ) -> Result<bool, ClientError> {
+    ) -> Result<Option<&'static str>, ClientError> {
         let reason = refusal(policy, e.kind, allowlist_only)?;
         self.admit_or_withhold(e, reason)
     }
@@ -157,9 +158,9 @@ impl Home {
         &self,
         e: &InboxEntry,
         reason: Option<&'static str>,
-    ) -> Result<bool, ClientError> {
+    ) -> Result<Option<&'static str>, ClientError> {
         let Some(reason) = reason else {
-            return Ok(true);
+            return Ok(None);
         };
         let n = self.conn.execute(
             "UPDATE inbox SET withheld = ?1, consumed = 1 WHERE seq = ?2 AND withheld IS NULL",
@@ -172,14 +173,14 @@ impl Home {
                 json!({
                     "peer": e.from.to_string(),
                     "message_id": e.id.to_string(),
-                    "kind": kind_name(e.kind),
+                    "kind": e.kind.as_str(),
                     "reason": reason,
                     "received_at": e.received_at,
                 }),
                 now_ms(),
             )?;
         }
-        Ok(false)
+        Ok(Some(reason))
     }
 }
 
@@ -214,12 +215,4 @@ fn refusal(
         }
         _ => None,
     })
-}
-
-fn kind_name(k: InboxKind) -> &'static str {
-    match k {
-        InboxKind::Message => "message",
-        InboxKind::PeerJoined => "peer_joined",
-        InboxKind::Rejected => "rejected",
-    }
 }

@@ -48,6 +48,7 @@ struct Stats {
     send_errors: u64,
     deferred: u64,
     dropped: u64,
+    withheld: u64,
 }
 
 enum Step {
@@ -187,6 +188,12 @@ impl<'a> Server<'a> {
                 json!({"event": "peer_joined", "peer": peer.to_string(), "fingerprint": fingerprint}),
                 || format!("peer joined: {peer}\nfingerprint: {fingerprint}  (compare it with theirs out of band)"),
             ),
+            e @ Event::Withheld { .. } => {
+                self.stats.withheld += 1;
+                if let Some((value, text)) = crate::output::withheld(&e) {
+                    self.emit(value, || text);
+                }
+            }
             Event::Rejected { from, reason } => self.emit(
                 json!({"event": "rejected", "from": from.to_string(), "reason": reason}),
                 || format!("rejected a message claiming to be from {from}: {}", terminal_safe(&reason)),
@@ -441,7 +448,7 @@ impl<'a> Server<'a> {
             json!({
                 "event": "done", "reason": reason, "turns": turns, "received": s.received,
                 "replied": s.replied, "handler_errors": s.handler_errors, "dropped": s.dropped,
-                "unhandled": unhandled, "given_back": given_back, "outbox_flushed": flushed,
+                "withheld": s.withheld, "unhandled": unhandled, "given_back": given_back, "outbox_flushed": flushed,
             }),
             || format!("done ({reason}): {turns} turns, {} replies", s.replied),
         );
@@ -488,7 +495,7 @@ impl<'a> Server<'a> {
             "uptime_secs": self.started.elapsed().as_secs(), "conversations": self.peers.len(),
             "received": s.received, "replied": s.replied, "no_reply": s.no_reply,
             "handler_errors": s.handler_errors, "send_errors": s.send_errors,
-            "deferred": s.deferred, "dropped": s.dropped,
+            "deferred": s.deferred, "dropped": s.dropped, "withheld": s.withheld,
         });
         let tmp = path.with_extension("tmp");
         if std::fs::write(&tmp, v.to_string()).is_ok() {
