@@ -80,7 +80,8 @@ pub enum InviteCmd {
     },
     /// Accept an invite link and pair with its maker.
     Accept {
-        /// The invite URL (quote it: it contains '#').
+        /// The invite URL (quote it: it contains '#'), or `-` to read it from stdin, which keeps
+        /// its secret out of the process list that other local users can read.
         url: String,
         /// Seconds to wait for the relay.
         #[arg(long, default_value_t = 10)]

@@ -227,6 +227,93 @@ fn send_lines_sends_each_line_as_its_own_message_sealed_together() {
 }
 
 #[test]
+fn an_invite_url_can_come_on_stdin_so_its_secret_stays_out_of_the_process_list() {
+    let w = World::new();
+    let c = cli();
+    let (a, b, g) = (w.home("a"), w.home("b"), w.home("g"));
+    let a_id = c.setup(&a);
+    let b_id = c.setup(&b);
+    let invite = |c: &Cli| {
+        c.run(&a, &["invite", "create", "--relay", &w.relay.url()])
+            .json()["url"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let url = invite(&c);
+    let r = c.run_stdin(
+        &b,
+        &["invite", "accept", "-"],
+        Some(&format!("\n  {url}  \n")),
+    );
+    assert_eq!(
+        (r.code, r.json()["peer"].as_str()),
+        (0, Some(a_id.as_str())),
+        "{r:?}"
+    );
+    // Nothing on stdin: said plainly, nothing spent.
+    let r = c.run_stdin(&b, &["invite", "accept", "-"], Some(" \n"));
+    assert_eq!((r.code, r.error_code().as_str()), (2, "bad_input"), "{r:?}");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stdin"),
+        "{r:?}"
+    );
+
+    // `serve --join -`: a guest with no identity yet joins, seeds, and ends at --max-turns.
+    let url = invite(&c);
+    let guest = {
+        let (c, g, url) = (cli(), g.clone(), url.clone());
+        std::thread::spawn(move || {
+            c.run_stdin(
+                &g,
+                &[
+                    "serve",
+                    "--join",
+                    "-",
+                    "--on-message",
+                    "cat",
+                    "--seed",
+                    "hi from g",
+                    "--max-turns",
+                    "2",
+                ],
+                Some(&format!("{url}\n")),
+            )
+        })
+    };
+    let of = |r: &tincan_testkit::process::Run, kind: &str| -> Vec<Value> {
+        r.events()
+            .into_iter()
+            .filter(|e| e["event"] == kind)
+            .collect()
+    };
+    // A takes B's join first, then the guest's join and its seed.
+    let joined = |c: &Cli| loop {
+        let r = c.run(&a, &["listen", "--timeout", "10", "--once"]);
+        let j = of(&r, "peer_joined");
+        assert_eq!(j.len(), 1, "{r:?}");
+        let id = j[0]["peer"].as_str().unwrap().to_string();
+        if id != b_id {
+            break id;
+        }
+    };
+    let g_id = joined(&c);
+    let r = c.run(&a, &["listen", "--timeout", "10", "--once"]);
+    assert_eq!(of(&r, "message")[0]["text"], "hi from g", "{r:?}");
+    assert_eq!(c.run(&a, &["send", &g_id, "last word"]).code, 0);
+    let r = guest.join().unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    let events = r.events();
+    assert_eq!(events[0]["event"], "joined", "{r:?}");
+    assert_eq!(events[0]["peer"], a_id.as_str());
+    let done = events.iter().find(|e| e["event"] == "done").unwrap();
+    assert_eq!(done["reason"], "max_turns", "{r:?}");
+}
+
+#[test]
 fn invite_used_twice_tampered_expired_and_foreign() {
     let w = World::new();
     let c = cli();

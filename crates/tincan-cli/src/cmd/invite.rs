@@ -69,7 +69,8 @@ async fn accept(
 ) -> Result<ExitCode, CliError> {
     let flag = crate::cmd::home_flag(&home);
     let h = open_home(home)?;
-    let invite = Invite::parse(url, now_secs()).map_err(tincan_client::ClientError::from)?;
+    let url = crate::cmd::invite_url(url)?;
+    let invite = Invite::parse(&url, now_secs()).map_err(tincan_client::ClientError::from)?;
     if invite.inviter.ed25519 == h.identity()?.peer_id() {
         return Err(tincan_client::ClientError::OwnInvite.into());
     }

@@ -43,7 +43,8 @@ pub struct ServeArgs {
     /// The peer the seed goes to: id, unique prefix or alias.
     #[arg(long, value_name = "PEER", requires = "seed")]
     pub to: Option<String>,
-    /// Accept this invite first (making an identity if there is none), then serve.
+    /// Accept this invite first (making an identity if there is none), then serve. `-` reads
+    /// the URL from stdin, which keeps its secret out of the process list.
     #[arg(long, value_name = "INVITE_URL")]
     pub join: Option<String>,
     /// Relay to use (default: the --to peer's relay, else the last relay used).
@@ -160,9 +161,10 @@ async fn join(
     home: Option<PathBuf>,
     url: &str,
 ) -> Result<(Client, tincan_client::PeerRecord), CliError> {
+    let url = crate::cmd::invite_url(url)?;
     let mut h = crate::cmd::open_dir(&home_dir(home)?)?;
     h.setup()?;
-    let invite = Invite::parse(url, now_secs()).map_err(ClientError::from)?;
+    let invite = Invite::parse(&url, now_secs()).map_err(ClientError::from)?;
     if invite.inviter.ed25519 == h.identity()?.peer_id() {
         return Err(ClientError::OwnInvite.into());
     }
