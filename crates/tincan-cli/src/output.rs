@@ -79,12 +79,18 @@ impl From<ClientError> for CliError {
 /// What to do about a relay that cannot be reached, from what the attempt reported.
 fn unreachable_hint(reason: &str) -> &'static str {
     let r = reason.to_ascii_lowercase();
-    if r.contains("refused") {
+    if r.contains("too_many_connections") {
+        "the relay is at its connection limit (for your address, or in all): stop other tincan processes using it, or ask its operator to raise max_connections_per_ip / max_connections"
+    } else if r.contains("(rate_limited") {
+        "the relay is limiting how fast your address connects: wait a moment and try again"
+    } else if r.contains("refused") {
         "nothing is listening there: is `tincan relay` running, and are host and port right?"
     } else if r.contains("invalidcontenttype") || r.contains("corrupt message") {
         "the relay there does not speak TLS: use an http:// URL"
     } else if r.contains("http version") || r.contains("httparse") {
         "the relay there speaks TLS: use an https:// URL"
+    } else if r.contains("causedasendentity") {
+        "the relay's certificate is a CA certificate used as the server's own, which TLS clients refuse: make a server certificate with basicConstraints CA:FALSE (README, \"Run a relay\")"
     } else if r.contains("certificate") || r.contains("unknownissuer") {
         "its TLS certificate is not trusted here: point SSL_CERT_FILE at the CA that signed it"
     } else if r.contains("timed out") {
@@ -273,6 +279,18 @@ mod tests {
         assert!(hint("httparse error: invalid HTTP version").contains("https://"));
         assert!(hint("invalid peer certificate: UnknownIssuer").contains("SSL_CERT_FILE"));
         assert!(hint("connect timed out").contains("firewall"));
+        assert!(
+            hint("the relay turned the connection away (HTTP 503): too many connections from your address (limit 2); close some first (too_many_connections; retry after 1000 ms)")
+                .contains("max_connections_per_ip")
+        );
+        assert!(
+            hint("the relay turned the connection away (HTTP 429): slow down (rate_limited; retry after 5 ms)")
+                .contains("wait a moment")
+        );
+        assert!(
+            hint("invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))")
+                .contains("CA:FALSE")
+        );
         let e = CliError::from(ClientError::Unreachable {
             url: "http://127.0.0.1:1".into(),
             reason: "IO error: Connection refused (os error 111)".into(),

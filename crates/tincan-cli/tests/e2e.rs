@@ -1249,6 +1249,81 @@ fn listen_on_a_home_whose_inbox_is_corrupt_stops_and_loses_nothing() {
 }
 
 #[test]
+fn a_message_over_a_lowered_max_body_fails_alone_and_the_ones_after_it_go_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start_with(
+        Path::new(env!("CARGO_BIN_EXE_tincan")),
+        dir.path(),
+        &["--max-body", "2000"],
+    );
+    let c = cli();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let a_id = c.setup(&a);
+    c.setup(&b);
+    c.pair(&a, &b, &relay.url());
+    // Sealed and padded, 5,000 characters are well over 2,000 + the frame slack: the relay used
+    // to drop the connection and the client to resend it forever, holding back everything after.
+    let big = "z".repeat(5000);
+    let started = std::time::Instant::now();
+    let r = c.run(&b, &["send", &a_id, &big, "--timeout", "20"]);
+    assert_eq!((r.code, r.error_code().as_str()), (7, "too_large"), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "said at once");
+    let r = c.run(&b, &["send", &a_id, "small after big"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = c.run(&a, &["listen", "--timeout", "3"]);
+    assert_eq!(messages(&r.events()), ["small after big"], "{r:?}");
+}
+
+#[test]
+fn a_relay_at_its_connection_limit_says_so_instead_of_looking_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start_with(
+        Path::new(env!("CARGO_BIN_EXE_tincan")),
+        dir.path(),
+        &["--max-connections-per-ip", "1"],
+    );
+    let c = cli();
+    let a = dir.path().join("a");
+    c.setup(&a);
+    c.setup(&dir.path().join("h"));
+    // One connection held open by a listener; the next one from this address is turned away.
+    let mut holder = std::process::Command::new(env!("CARGO_BIN_EXE_tincan"))
+        .arg("--home")
+        .arg(dir.path().join("h"))
+        .args(["serve", "--on-message", "cat", "--relay", &relay.url()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let r = loop {
+        let r = c.run(&a, &["invite", "create", "--relay", &relay.url()]);
+        if r.code != 0 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        // The holder was not connected yet: this one got the only slot.
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(r.error_code(), "relay_unreachable", "{r:?}");
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("too_many_connections"), "{message}");
+    assert!(message.contains("limit 1"), "{message}");
+    assert!(
+        message.contains("max_connections_per_ip"),
+        "hint: {message}"
+    );
+    // The operator sees it too: one line (per 10 s) naming the limit.
+    let log = relay.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("connection refused") && l.contains("max_connections_per_ip")),
+        "{log}"
+    );
+}
+
+#[test]
 fn a_send_the_relay_defers_says_when_to_come_back_and_stays_queued() {
     let dir = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start_with(

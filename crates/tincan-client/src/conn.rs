@@ -21,6 +21,8 @@ type Events = mpsc::Sender<(Event, Option<i64>)>;
 const PING_EVERY: Duration = Duration::from_secs(15);
 const SILENCE_LIMIT: Duration = Duration::from_secs(45);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A connection that lasted this long was healthy: the next attempt starts the backoff over.
+const STABLE: Duration = Duration::from_secs(1);
 const OUTBOX_BATCH: usize = 512;
 const MAX_DRAIN: usize = 512;
 /// How long a relay acknowledgement may wait to share a transaction with a delivery or a send
@@ -28,6 +30,18 @@ const MAX_DRAIN: usize = 512;
 const ACK_DELAY: Duration = Duration::from_millis(20);
 /// Acknowledgements written at once however soon, bounding memory and the replay after a crash.
 const MAX_PENDING_ACKS: usize = 4096;
+
+/// The backoff before reconnecting after a session that lasted `lasted`: started over after a
+/// healthy one, kept (and so still growing) after one the relay ended at once, so a connection
+/// that dies right after it is made (a relay refusing something on every attempt) is not retried
+/// in a tight loop.
+pub(crate) fn after_session(backoff: Duration, lasted: Duration) -> Duration {
+    if lasted >= STABLE {
+        Duration::from_millis(50)
+    } else {
+        backoff
+    }
+}
 
 /// The WebSocket URL for a relay URL.
 pub(crate) fn ws_url(relay_url: &str) -> Result<String, ClientError> {
@@ -76,7 +90,7 @@ pub(crate) async fn run(
     loop {
         match connect(&shared, opts.receive).await {
             Ok(ws) => {
-                backoff = Duration::from_millis(50);
+                let up = std::time::Instant::now();
                 failing = Failing::default();
                 report_connected(&shared, &events);
                 let end = Session::new(&shared, &events, opts.receive)
@@ -93,6 +107,7 @@ pub(crate) async fn run(
                     End::Lost(reason) => {
                         tracing::info!(reason = %reason, "disconnected from relay");
                         report_lost(&shared, &events, reason);
+                        backoff = after_session(backoff, up.elapsed());
                     }
                     End::Broken(reason) => {
                         tracing::error!(reason = %reason, "stopped");
@@ -177,7 +192,7 @@ async fn connect(shared: &Shared, receive: bool) -> Result<Ws, ClientError> {
     )
     .await
     .map_err(|_| unreachable("connect timed out".into()))?
-    .map_err(|e| unreachable(e.to_string()))?;
+    .map_err(|e| unreachable(handshake_failure(e)))?;
     let nonce = match next_frame(&mut ws).await? {
         RelayFrame::Challenge { version, nonce } if version == PROTOCOL_VERSION => nonce,
         RelayFrame::Challenge { version, .. } => {
@@ -211,6 +226,28 @@ async fn connect(shared: &Shared, receive: bool) -> Result<Ws, ClientError> {
         RelayFrame::Error { code, message, .. } => Err(ClientError::Relay { code, message }),
         other => Err(unreachable(format!("unexpected frame {other:?}"))),
     }
+}
+
+/// Why the WebSocket handshake failed. A relay that turns a connection away before the upgrade
+/// (a connection limit, the per-address rate) answers with a JSON error body; its code and
+/// message say more than the HTTP status line alone.
+fn handshake_failure(e: tokio_tungstenite::tungstenite::Error) -> String {
+    if let tokio_tungstenite::tungstenite::Error::Http(response) = &e
+        && let Some(body) = response.body()
+        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
+        && let (Some(code), Some(message)) =
+            (v["error"]["code"].as_str(), v["error"]["message"].as_str())
+    {
+        let retry = v["error"]["retry_after_ms"]
+            .as_u64()
+            .map(|ms| format!("; retry after {ms} ms"))
+            .unwrap_or_default();
+        return format!(
+            "the relay turned the connection away (HTTP {}): {message} ({code}{retry})",
+            response.status().as_u16()
+        );
+    }
+    e.to_string()
 }
 
 async fn next_frame(ws: &mut Ws) -> Result<RelayFrame, ClientError> {

@@ -170,7 +170,7 @@ pub(crate) async fn run(
     loop {
         match http.authenticate(&shared).await {
             Ok(()) => {
-                backoff = Duration::from_millis(50);
+                let up = std::time::Instant::now();
                 failing = Failing::default();
                 report_connected(&shared, &events);
                 let reason = session(
@@ -186,6 +186,7 @@ pub(crate) async fn run(
                     None => return,
                     Some(reason) => {
                         report_lost(&shared, &events, reason);
+                        backoff = crate::conn::after_session(backoff, up.elapsed());
                     }
                 }
             }

@@ -179,11 +179,15 @@ fn authenticate(
         })?;
     shared.tokens.verify(value, now_ms() / 1000).map_err(|e| {
         Metrics::inc(&shared.metrics.auth_failures);
-        unauthorized(match e {
+        let why = match e {
             TokenError::Malformed => "token is malformed",
-            TokenError::BadSignature => "token is not valid on this relay",
+            TokenError::BadSignature => {
+                "token is not valid on this relay (or was made under a signing key retired since); get a new one from POST /v1/auth/token"
+            }
             TokenError::Expired => "token expired; get a new one from POST /v1/auth/token",
-        })
+        };
+        crate::notice::auth_failed(&shared.notices, remote.ip(), why);
+        unauthorized(why)
     })
 }
 
@@ -280,6 +284,7 @@ async fn token(
         .ok_or_else(|| bad_request("signature must be 64 bytes, base64url without padding"))?;
     let fail = |m: &str| {
         Metrics::inc(&shared.metrics.auth_failures);
+        crate::notice::auth_failed(&shared.notices, remote.ip(), m);
         error_response(StatusCode::UNAUTHORIZED, "auth_failed", m, 0)
     };
     if !shared.challenges.redeem(&nonce) {

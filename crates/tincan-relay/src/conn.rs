@@ -37,7 +37,7 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, remote: Socket
         unflushed: 0,
         rate_held: None,
     };
-    match conn.authenticate(stream).await {
+    match conn.authenticate(stream, remote).await {
         Some((peer, receive, stream)) => {
             tracing::debug!(%remote, %peer, receive, "authenticated");
             conn.run(peer, receive, stream).await;
@@ -58,7 +58,11 @@ struct Conn {
 }
 
 impl Conn {
-    async fn authenticate(&mut self, mut stream: Stream) -> Option<(PeerId, bool, Stream)> {
+    async fn authenticate(
+        &mut self,
+        mut stream: Stream,
+        remote: SocketAddr,
+    ) -> Option<(PeerId, bool, Stream)> {
         let mut nonce = [0u8; 32];
         rand::rng().fill_bytes(&mut nonce);
         self.send_now(RelayFrame::Challenge {
@@ -106,12 +110,9 @@ impl Conn {
         // connection can answer it.
         if identity::verify(&peer, labels::RELAY_CHALLENGE, &nonce, &signature).is_err() {
             Metrics::inc(&self.shared.metrics.auth_failures);
-            self.error(
-                0,
-                ErrorCode::AuthFailed,
-                "challenge signature does not verify for that identity",
-            )
-            .await;
+            let why = "challenge signature does not verify for that identity";
+            crate::notice::auth_failed(&self.shared.notices, remote.ip(), why);
+            self.error(0, ErrorCode::AuthFailed, why).await;
             return None;
         }
         Some((peer, receive, stream))

@@ -70,6 +70,9 @@ pub(crate) fn check_ip_rate(shared: &Shared, ip: IpAddr) -> Result<(), Response>
     shared.ip_rate.take(ip, Instant::now()).map_err(|wait| {
         Metrics::inc(&shared.metrics.rate_limited_ip);
         let r = shared.config.rate_per_ip;
+        if let Some(unlogged) = shared.notices.ip_rate.due(crate::now_ms()) {
+            tracing::warn!(%ip, rate_per_ip = r.per_sec, burst_per_ip = r.burst, unlogged, "requests refused: over rate_per_ip (HTTP 429); unlogged = refusals of any address since the last such line");
+        }
         error_response(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -105,6 +108,13 @@ async fn ws(
     }
     if let Err(limit) = shared.conns.open(ip) {
         Metrics::inc(&shared.metrics.connections_refused);
+        if let Some(unlogged) = shared.notices.connections.due(crate::now_ms()) {
+            let (limit_name, n) = match limit {
+                ConnLimit::Total(n) => ("max_connections", n),
+                ConnLimit::PerIp(n) => ("max_connections_per_ip", n),
+            };
+            tracing::warn!(%ip, limit = limit_name, value = n, unlogged, "connection refused: at a connection limit (HTTP 503); unlogged = refusals since the last such line");
+        }
         let message = match limit {
             ConnLimit::Total(n) => format!("relay is at its connection limit ({n}); retry later"),
             ConnLimit::PerIp(n) => {
@@ -123,7 +133,10 @@ async fn ws(
         shared: shared.clone(),
         ip,
     };
-    let max = shared.config.max_body + 1024;
+    // Frames are read up to the protocol's largest body whatever `max_body` says, so a client
+    // whose message is over a lowered `max_body` gets `too_large` tied to its request (and can
+    // fail just that message) instead of a closed connection it would retry forever.
+    let max = crate::MAX_BODY_LIMIT.max(shared.config.max_body) + 1024;
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
@@ -165,7 +178,12 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let gauges = Gauges {
         connections: shared.conns.total() as u64,
         online: shared.router.online() as u64,
-        queued: shared.store.stats().await.unwrap_or(0),
+        // As in `/health`: a stuck store must not hang the scrape (the gauge reads 0 then).
+        queued: tokio::time::timeout(Duration::from_secs(2), shared.store.stats())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0),
         ..Gauges::default()
     }
     .with_store_files(&shared.config.db_path);

@@ -20,6 +20,7 @@ mod extract;
 mod http;
 mod limits;
 mod metrics;
+mod notice;
 mod router;
 mod sockets;
 pub mod store;
@@ -140,6 +141,8 @@ pub(crate) struct Shared {
     pub ip_rate: limits::Buckets<std::net::IpAddr>,
     pub tokens: token::TokenKeys,
     pub challenges: api::Challenges,
+    /// Log lines for refusals, rate limited (`notice.rs`).
+    pub notices: notice::Notices,
 }
 
 /// Serves the relay on `listener` until `shutdown` resolves, then closes connections cleanly and
@@ -181,6 +184,7 @@ impl Relay {
         let shared = Arc::new(Shared {
             tokens,
             challenges: api::Challenges::default(),
+            notices: notice::Notices::default(),
             conns: limits::ConnCounter::new(config.max_connections, config.max_connections_per_ip),
             sockets: {
                 let (total, per_ip) =

@@ -22,6 +22,7 @@
 //! writes themselves. Multi-statement commands (invites, sweeps) run inside their own savepoint.
 
 mod pending;
+mod private;
 mod queued;
 mod recent;
 mod schema;
@@ -71,6 +72,14 @@ pub enum StoreError {
     #[error("cannot use the lock file {path}: {error}")]
     LockFile {
         /// The lock file.
+        path: String,
+        /// What failed.
+        error: std::io::Error,
+    },
+    /// The database files could not be created or made private to this user.
+    #[error("cannot make {path} private to this user (it holds the token secret): {error}")]
+    Private {
+        /// The file.
         path: String,
         /// What failed.
         error: std::io::Error,
@@ -225,6 +234,12 @@ impl Store {
         // One relay per database: two writers would each keep their own in-memory index and
         // sequence counter over the same rows.
         let lock = lock_db(&config.db_path)?;
+        for path in private::make_private(&config.db_path)? {
+            tracing::warn!(
+                path = %path.display(),
+                "this database file was readable by other users; made it readable by this user only (it holds the token secret)"
+            );
+        }
         let mut conn = Connection::open(&config.db_path)?;
         // A corrupt or foreign file fails here with SQLite's own words ("file is not a database").
         conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))?;

@@ -388,15 +388,21 @@ async fn a_new_database_uses_16_kib_pages() {
     assert_eq!(page, 16_384);
 }
 
+/// A relay on `db` with a pair and one message queued for B; returns it and A.
+async fn one_queued(db: &std::path::Path) -> (InProcessRelay, Identity) {
+    let (a, b) = (Identity::generate(), Identity::generate());
+    let r = InProcessRelay::start(Config::new(db.to_path_buf())).await;
+    pair(&r.url, &a, &b).await;
+    let mut c = RawConn::authed(&r.url, &a, false).await;
+    send(&mut c, 1, [1; 16], &b, b"queued".to_vec()).await;
+    (r, a)
+}
+
 #[tokio::test]
 async fn a_stopped_relay_has_closed_its_database_files() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("relay.db");
-    let (a, b) = (Identity::generate(), Identity::generate());
-    let r = InProcessRelay::start(Config::new(db.clone())).await;
-    pair(&r.url, &a, &b).await;
-    let mut c = RawConn::authed(&r.url, &a, false).await;
-    send(&mut c, 1, [1; 16], &b, b"queued".to_vec()).await;
+    let (r, _) = one_queued(&db).await;
     r.stop().await;
     // The last connection to close removes the WAL and the shared-memory file; either left
     // behind means a thread of the store still had the database open after `stop` returned.
@@ -433,4 +439,28 @@ async fn a_second_relay_on_the_same_database_is_refused_until_the_first_stops() 
     // Stopping it releases the database at once.
     let again = InProcessRelay::start(Config::new(db)).await;
     again.stop().await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_database_files_are_private_to_the_relays_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.db");
+    // Made under the usual umask (022), the files would be readable by every local user.
+    let (r, a) = one_queued(&db).await;
+    let mut wal = db.clone().into_os_string();
+    wal.push("-wal");
+    let wal = std::path::PathBuf::from(wal);
+    assert_eq!(mode(&db), 0o600, "the database holds the token secret");
+    assert_eq!(mode(&wal), 0o600, "the WAL holds pages of it");
+    r.stop().await;
+    // A database an operator left readable is tightened at start.
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = InProcessRelay::start(Config::new(db.clone())).await;
+    // Served (so the store is open) once a connection authenticates.
+    RawConn::authed(&r.url, &a, false).await;
+    assert_eq!(mode(&db), 0o600);
+    r.stop().await;
 }

@@ -63,6 +63,12 @@ fn duration(
     }
 }
 
+/// The smallest `max_body`: a pairing's sealed join must fit, or accepting an invite would claim it
+/// and then fail.
+const MIN_BODY: usize = 1024;
+/// The smallest `max_db_bytes`: the schema alone takes a few pages.
+const MIN_DB_BYTES: u64 = 64 * 1024;
+
 /// Merges flags/environment over the file over the defaults. The default database is
 /// `relay.db` in `home` when one was given (`--home` or `TINCAN_HOME`), so relays of two homes
 /// do not share one; else in the platform data dir.
@@ -80,10 +86,18 @@ fn settings(args: RelayArgs, home: Option<&Path>) -> Result<(String, Config), Cl
         None => default_db(home)?,
     };
     let mut c = Config::new(db);
+    // Where a bad value may have come from, for the errors below.
+    let sources = match &args.config {
+        Some(p) => format!(
+            " (set by its flag, its TINCAN_RELAY_ variable, or {})",
+            p.display()
+        ),
+        None => " (set by its flag or its TINCAN_RELAY_ variable)".to_string(),
+    };
     let max_body = args.max_body.or(file.max_body).unwrap_or(c.max_body);
-    if max_body == 0 || max_body > tincan_relay::MAX_BODY_LIMIT {
+    if !(MIN_BODY..=tincan_relay::MAX_BODY_LIMIT).contains(&max_body) {
         return Err(bad_config(format!(
-            "max_body must be between 1 and {} bytes",
+            "max_body is {max_body}{sources}; it must be between {MIN_BODY} (a pairing's join is about 430 bytes sealed) and {} bytes",
             tincan_relay::MAX_BODY_LIMIT
         )));
     }
@@ -133,6 +147,28 @@ fn settings(args: RelayArgs, home: Option<&Path>) -> Result<(String, Config), Cl
         .unwrap_or(c.max_open_invites);
     c.max_pairs = args.max_pairs.or(file.max_pairs).unwrap_or(c.max_pairs);
     c.max_db_bytes = args.max_db_bytes.or(file.max_db_bytes).or(c.max_db_bytes);
+    // A cap of 0 would refuse everything (unlike a rate, where 0 means unlimited): say so at start.
+    for (name, value) in [
+        ("max_connections", c.max_connections as u64),
+        ("max_connections_per_ip", c.max_connections_per_ip as u64),
+        ("queue_cap", c.queue_cap),
+        ("max_queued", c.max_queued),
+        ("max_open_invites", u64::from(c.max_open_invites)),
+        ("max_pairs", c.max_pairs),
+    ] {
+        if value == 0 {
+            return Err(bad_config(format!(
+                "{name} is 0{sources}, which would refuse every request; give at least 1 (caps have no \"unlimited\" value: use a large number)"
+            )));
+        }
+    }
+    if let Some(bytes) = c.max_db_bytes
+        && bytes < MIN_DB_BYTES
+    {
+        return Err(bad_config(format!(
+            "max_db_bytes is {bytes}{sources}; it must be at least {MIN_DB_BYTES} (64 KiB)"
+        )));
+    }
     if let Some(ms) = args.write_behind_ms.or(file.write_behind_ms) {
         if ms > 10_000 {
             return Err(bad_config(format!(
@@ -284,6 +320,9 @@ fn relay_error(e: tincan_relay::RelayError, db: &std::path::Path, what: &str) ->
         tincan_relay::RelayError::Store(e @ tincan_relay::store::StoreError::InUse(_)) => {
             CliError::new("db_in_use", 2, e.to_string())
         }
+        tincan_relay::RelayError::Store(e @ tincan_relay::store::StoreError::Private { .. }) => {
+            CliError::new("bad_db", 2, e.to_string())
+        }
         e => CliError::new(
             "relay_failed",
             1,
@@ -392,6 +431,94 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.message.contains("queue_capp"), "{}", err.message);
+    }
+
+    #[test]
+    fn caps_of_zero_and_too_small_sizes_are_refused_naming_the_setting_and_where_it_was_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Some(dir.path());
+        let refused = |args: RelayArgs| settings(args, home).unwrap_err().message;
+        for (name, args) in [
+            (
+                "max_connections",
+                RelayArgs {
+                    max_connections: Some(0),
+                    ..Default::default()
+                },
+            ),
+            (
+                "max_connections_per_ip",
+                RelayArgs {
+                    max_connections_per_ip: Some(0),
+                    ..Default::default()
+                },
+            ),
+            (
+                "queue_cap",
+                RelayArgs {
+                    queue_cap: Some(0),
+                    ..Default::default()
+                },
+            ),
+            (
+                "max_queued",
+                RelayArgs {
+                    max_queued: Some(0),
+                    ..Default::default()
+                },
+            ),
+            (
+                "max_open_invites",
+                RelayArgs {
+                    max_open_invites: Some(0),
+                    ..Default::default()
+                },
+            ),
+            (
+                "max_pairs",
+                RelayArgs {
+                    max_pairs: Some(0),
+                    ..Default::default()
+                },
+            ),
+            (
+                "max_body",
+                RelayArgs {
+                    max_body: Some(300),
+                    ..Default::default()
+                },
+            ),
+            (
+                "max_db_bytes",
+                RelayArgs {
+                    max_db_bytes: Some(1000),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let message = refused(args);
+            assert!(message.starts_with(&format!("{name} is ")), "{message}");
+        }
+        // A file's value names the file.
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, "queue_cap = 0\n").unwrap();
+        let message = refused(RelayArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        });
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        // The smallest allowed values start.
+        let (_, c) = settings(
+            RelayArgs {
+                max_body: Some(MIN_BODY),
+                max_db_bytes: Some(MIN_DB_BYTES),
+                queue_cap: Some(1),
+                ..Default::default()
+            },
+            home,
+        )
+        .unwrap();
+        assert_eq!((c.max_body, c.queue_cap), (MIN_BODY, 1));
     }
 
     #[test]
