@@ -90,7 +90,7 @@ fn unreachable_hint(reason: &str) -> &'static str {
     } else if r.contains("http version") || r.contains("httparse") {
         "the relay there speaks TLS: use an https:// URL"
     } else if r.contains("causedasendentity") {
-        "the relay's certificate is a CA certificate used as the server's own, which TLS clients refuse: make a server certificate with basicConstraints CA:FALSE (README, \"Run a relay\")"
+        "the relay's certificate is a CA certificate used as the server's own, which TLS clients refuse: make a server certificate with basicConstraints CA:FALSE (README, \"Running a relay\")"
     } else if r.contains("certificate") || r.contains("unknownissuer") {
         "its TLS certificate is not trusted here: point SSL_CERT_FILE at the CA that signed it"
     } else if r.contains("timed out") {

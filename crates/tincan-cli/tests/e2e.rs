@@ -264,26 +264,24 @@ fn an_invite_url_can_come_on_stdin_so_its_secret_stays_out_of_the_process_list()
 
     // `serve --join -`: a guest with no identity yet joins, seeds, and ends at --max-turns.
     let url = invite(&c);
-    let guest = {
+    let guest = |seed: &'static str| {
         let (c, g, url) = (cli(), g.clone(), url.clone());
         std::thread::spawn(move || {
-            c.run_stdin(
-                &g,
-                &[
-                    "serve",
-                    "--join",
-                    "-",
-                    "--on-message",
-                    "cat",
-                    "--seed",
-                    "hi from g",
-                    "--max-turns",
-                    "2",
-                ],
-                Some(&format!("{url}\n")),
-            )
+            let args = [
+                "serve",
+                "--join",
+                "-",
+                "--on-message",
+                "cat",
+                "--seed",
+                seed,
+                "--max-turns",
+                "2",
+            ];
+            c.run_stdin(&g, &args, Some(&format!("{url}\n")))
         })
     };
+    let running = guest("hi from g");
     let of = |r: &tincan_testkit::process::Run, kind: &str| -> Vec<Value> {
         r.events()
             .into_iter()
@@ -304,13 +302,44 @@ fn an_invite_url_can_come_on_stdin_so_its_secret_stays_out_of_the_process_list()
     let r = c.run(&a, &["listen", "--timeout", "10", "--once"]);
     assert_eq!(of(&r, "message")[0]["text"], "hi from g", "{r:?}");
     assert_eq!(c.run(&a, &["send", &g_id, "last word"]).code, 0);
-    let r = guest.join().unwrap();
+    let r = running.join().unwrap();
     assert_eq!(r.code, 0, "{r:?}");
     let events = r.events();
     assert_eq!(events[0]["event"], "joined", "{r:?}");
     assert_eq!(events[0]["peer"], a_id.as_str());
+    assert_eq!(events[0]["resumed"], false);
     let done = events.iter().find(|e| e["event"] == "done").unwrap();
     assert_eq!(done["reason"], "max_turns", "{r:?}");
+
+    // The same line run again: the invite is spent, but this home took it, so it serves again.
+    let running = guest("hi again");
+    let r = c.run(&a, &["listen", "--timeout", "10", "--once"]);
+    assert_eq!(of(&r, "message")[0]["text"], "hi again", "{r:?}");
+    assert_eq!(c.run(&a, &["send", &g_id, "bye"]).code, 0);
+    let r = running.join().unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        (
+            r.events()[0]["event"].as_str(),
+            r.events()[0]["resumed"].as_bool()
+        ),
+        (Some("joined"), Some(true)),
+        "{r:?}"
+    );
+    // `invite accept` of it says the same instead of "ask for a new one".
+    let r = c.run_stdin(&g, &["invite", "accept", "-"], Some(&url));
+    assert_eq!(
+        (r.code, r.error_code().as_str()),
+        (4, "invite_used"),
+        "{r:?}"
+    );
+    assert_eq!(r.json()["error"]["paired_with"], a_id.as_str(), "{r:?}");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already paired")
+    );
 }
 
 #[test]

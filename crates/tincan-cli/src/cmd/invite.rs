@@ -24,6 +24,49 @@ pub async fn run(home: Option<PathBuf>, cmd: InviteCmd, out: &Out) -> Result<Exi
     }
 }
 
+/// The paired inviter when accepting `invite` failed because it was used and this home is already
+/// paired with its inviter: most likely this home accepted it before (a command run twice).
+pub(crate) fn paired_inviter(
+    e: &tincan_client::ClientError,
+    client: &Client,
+    invite: &Invite,
+) -> Option<tincan_client::PeerRecord> {
+    let used = matches!(
+        e,
+        tincan_client::ClientError::Relay {
+            code: tincan_client::tincan_proto::frame::ErrorCode::InviteUsed,
+            ..
+        }
+    );
+    used.then(|| client.home().peer(&invite.inviter.ed25519).ok().flatten())
+        .flatten()
+}
+
+/// A failed accept as the user should hear it: a used invite whose inviter this home is already
+/// paired with says so and how to go on, instead of "ask the inviter for a new one".
+fn used_but_paired(
+    e: tincan_client::ClientError,
+    client: &Client,
+    invite: &Invite,
+    flag: &str,
+) -> CliError {
+    match paired_inviter(&e, client, invite) {
+        Some(peer) => {
+            let short = &peer.id.to_string()[..8];
+            CliError::new(
+                "invite_used",
+                4,
+                format!(
+                    "invite already used, and this home is already paired with its inviter {} (probably by this invite, accepted before): nothing to do; send with `tincan{flag} send {short} …`",
+                    peer.id
+                ),
+            )
+            .with(json!({"paired_with": peer.id.to_string()}))
+        }
+        None => e.into(),
+    }
+}
+
 async fn create(
     home: Option<PathBuf>,
     relay: Option<String>,
@@ -79,7 +122,10 @@ async fn accept(
     client
         .wait_connected_within(timeout, CONNECT_ATTEMPTS)
         .await?;
-    let peer = client.accept_invite(&invite, timeout).await?;
+    let peer = match client.accept_invite(&invite, timeout).await {
+        Ok(peer) => peer,
+        Err(e) => return Err(used_but_paired(e, &client, &invite, &flag)),
+    };
     client.home().set_setting("relay", client.relay_url())?;
     let fp = peer.fingerprint();
     out.print(

@@ -92,10 +92,14 @@ pub async fn run(home: Option<PathBuf>, args: ServeArgs, out: &Out) -> Result<Ex
     }
     let (client, to) = match &args.join {
         Some(url) => {
-            let (client, peer) = join(home, url).await?;
+            let (client, peer, resumed) = join(home, url).await?;
             out.print(
-                json!({"event": "joined", "peer": peer.id.to_string(), "fingerprint": peer.fingerprint(), "relay": client.relay_url()}),
-                || format!("paired with {}\nfingerprint: {}  (compare it with theirs out of band)", peer.id, peer.fingerprint()),
+                json!({"event": "joined", "peer": peer.id.to_string(), "fingerprint": peer.fingerprint(), "relay": client.relay_url(), "resumed": resumed}),
+                || if resumed {
+                    format!("invite already used by this home: already paired with {}; serving it again", peer.id)
+                } else {
+                    format!("paired with {}\nfingerprint: {}  (compare it with theirs out of band)", peer.id, peer.fingerprint())
+                },
             );
             (client, args.to.or(Some(peer.id.to_string())))
         }
@@ -156,11 +160,13 @@ pub(crate) fn serve_options() -> ClientOptions {
     }
 }
 
-/// Opens (or creates) the home and accepts the invite at `url`.
+/// Opens (or creates) the home and accepts the invite at `url`; `true` when the invite was used
+/// and this home is already paired with its inviter (the same `--join` run again), so serving
+/// resumes with that peer.
 async fn join(
     home: Option<PathBuf>,
     url: &str,
-) -> Result<(Client, tincan_client::PeerRecord), CliError> {
+) -> Result<(Client, tincan_client::PeerRecord, bool), CliError> {
     let url = crate::cmd::invite_url(url)?;
     let mut h = crate::cmd::open_dir(&home_dir(home)?)?;
     h.setup()?;
@@ -169,7 +175,14 @@ async fn join(
         return Err(ClientError::OwnInvite.into());
     }
     let client = Client::connect(h, &invite.relay_url, serve_options(), CONNECT_TIMEOUT).await?;
-    let peer = client.accept_invite(&invite, CONNECT_TIMEOUT).await?;
+    let (peer, resumed) = match client.accept_invite(&invite, CONNECT_TIMEOUT).await {
+        Ok(peer) => (peer, false),
+        // The hand-off line run again: this home took this invite before, so go on with it.
+        Err(e) => match crate::cmd::invite::paired_inviter(&e, &client, &invite) {
+            Some(peer) => (peer, true),
+            None => return Err(e.into()),
+        },
+    };
     client.home().set_setting("relay", client.relay_url())?;
-    Ok((client, peer))
+    Ok((client, peer, resumed))
 }
