@@ -161,7 +161,17 @@ fn two_serve_processes_talk_ten_turns_through_a_room_then_status_and_stop() {
         assert!(p.events("handler_error").is_empty());
     }
 
-    // The relay outlives the serve loop; status shows it with its counts.
+    // The relay outlives the serve loop, and the host was told so and how to close it.
+    let left = &h.events("room_left_open")[0];
+    assert_eq!(left["port"], port);
+    assert!(
+        left["stop"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("room stop --port {port}")),
+        "{left}"
+    );
+    // Status shows it with its counts.
     let st = cli().run(&host, &["room", "status"]).json();
     let room = &st["rooms"][0];
     assert_eq!(room["port"], port);
@@ -461,5 +471,7 @@ fn two_rooms_of_one_home_serve_side_by_side_and_stop_together() {
     assert_eq!(r.code, 0, "{r:?}");
     for r in &mut rooms {
         assert!(r.wait_exit(WAIT).success());
+        // Closed by `room stop`: nothing says the room is left open.
+        assert!(r.events("room_left_open").is_empty(), "{:#?}", r.seen);
     }
 }

@@ -203,7 +203,7 @@ pub async fn open(home: Option<PathBuf>, args: OpenArgs, out: &Out) -> Result<Ex
     );
     match (args.on_message, shutdown) {
         (Some(cmd), Some(shutdown)) => {
-            Server::new(
+            let served = Server::new(
                 client,
                 cmd,
                 args.limits,
@@ -211,7 +211,27 @@ pub async fn open(home: Option<PathBuf>, args: OpenArgs, out: &Out) -> Result<Ex
                 Some(room_dir.join("serve.json")),
             )
             .run(None, shutdown)
-            .await
+            .await;
+            // Serving ended (Ctrl-C, `--max-turns`), but the relay (and tunnel) stay up so the
+            // other agent still gets what was sent to it: say so, and how to close the room.
+            if room.relay_running() && !room.stopping() {
+                let stop = format!("tincan{flag} room stop --port {port}");
+                out.print(
+                    json!({"event": "room_left_open", "port": port, "relay_pid": room.relay_pid, "tunnel_pid": room.tunnel_pid, "public_url": room.public_url, "stop": stop}),
+                    || {
+                        let what = if room.tunnel_pid.is_some() {
+                            "relay and tunnel keep"
+                        } else {
+                            "relay keeps"
+                        };
+                        format!(
+                            "serving stopped; the room's {what} running at {} for the other agent. Close it with `{stop}`.",
+                            room.public_url
+                        )
+                    },
+                );
+            }
+            served
         }
         _ => Ok(ExitCode::SUCCESS),
     }
@@ -467,6 +487,7 @@ fn stop(home: Option<PathBuf>, args: StopArgs, out: &Out) -> Result<ExitCode, Cl
     let mut stopped = Vec::new();
     for r in &targets {
         // The serve loop first (it flushes its replies), then the tunnel, then the relay.
+        r.mark_stopping();
         let serve_clean = match r.serve_pid {
             Some(p) if r.serving() && p != std::process::id() => {
                 stop_process(p, SERVE, false, STOP_GRACE)

@@ -85,6 +85,8 @@ impl Room {
             "tunnel_pid": self.tunnel_pid, "serve_pid": self.serve_pid,
             "started_at": self.started_at,
         });
+        // A mark left by a `room stop` that died half-way would hide the next room's notice.
+        let _ = std::fs::remove_file(self.dir.join("stopping"));
         write_atomic(&self.dir.join("room.json"), &v.to_string())?;
         write_atomic(
             &self.dir.join("relay.pid"),
@@ -97,9 +99,21 @@ impl Room {
         let _ = std::fs::remove_file(self.dir.join("room.json"));
         let _ = std::fs::remove_file(self.dir.join("relay.pid"));
         let _ = std::fs::remove_file(self.dir.join("serve.json"));
+        let _ = std::fs::remove_file(self.dir.join("stopping"));
     }
 
     /// Whether its relay is still running.
+    /// Marks the room as being closed by `room stop`, before its serve is stopped, so that serve
+    /// does not tell the user the room is still open.
+    pub fn mark_stopping(&self) {
+        let _ = std::fs::write(self.dir.join("stopping"), b"");
+    }
+
+    /// Whether `room stop` is closing the room (or has closed it).
+    pub fn stopping(&self) -> bool {
+        self.dir.join("stopping").exists() || !self.dir.exists()
+    }
+
     pub fn relay_running(&self) -> bool {
         running(self.relay_pid, RELAY)
     }
