@@ -402,6 +402,21 @@ fn install_merges_each_clients_config_and_print_writes_nothing() {
             .all(|f| f["changed"] == false),
         "{again}"
     );
+    assert_eq!(again["identity_created"], false);
+
+    // A home with no identity yet gets one, so the server the client starts can run.
+    let fresh = dir.path().join("fresh");
+    let (code, stdout, stderr) = run(Command::new(bin())
+        .arg("--home")
+        .arg(&fresh)
+        .args(["--json", "mcp", "install", "--client", "codex"])
+        .env("HOME", &user)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("CODEX_HOME"));
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    let v: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(v["identity_created"], true, "{v}");
+    assert_eq!(Cli::new(bin()).run(&fresh, &["whoami"]).code, 0);
 }
 
 #[test]

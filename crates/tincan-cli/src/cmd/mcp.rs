@@ -138,7 +138,13 @@ fn install_cmd(home: Option<PathBuf>, args: InstallArgs, out: &Out) -> Result<Ex
     };
     let user_home = std::env::var_os("HOME")
         .map(PathBuf::from)
-        .ok_or_else(|| CliError::new("no_home", 3, "HOME is not set"))?;
+        .ok_or_else(|| {
+            CliError::new(
+                "no_home",
+                3,
+                "HOME is not set: set it to your home directory (the MCP clients' configuration files live under it; XDG_CONFIG_HOME and CODEX_HOME move them)",
+            )
+        })?;
     let dirs = Dirs {
         home: user_home,
         // The XDG spec: empty or relative means unset. An empty CODEX_HOME likewise (else the
@@ -146,7 +152,16 @@ fn install_cmd(home: Option<PathBuf>, args: InstallArgs, out: &Out) -> Result<Ex
         xdg_config: env_dir(std::env::var_os("XDG_CONFIG_HOME"), true),
         codex_home: env_dir(std::env::var_os("CODEX_HOME"), false),
     };
-    let cmd = server_command(home)?;
+    let cmd = server_command(home.clone())?;
+    // The server the client will start needs an identity: make one now (as `setup` would), so
+    // the client does not just show a failed server.
+    let created = if args.print {
+        None
+    } else {
+        let mut h = crate::cmd::open_dir(&home_dir(home)?)?;
+        let (keys, created) = h.setup()?;
+        Some((keys.ed25519.to_string(), created))
+    };
     let changes = install::plan(kind, &dirs, &cmd)
         .map_err(|e| CliError::new("config_unusable", 3, e.to_string()))?;
     let backups = if args.print {
@@ -158,8 +173,13 @@ fn install_cmd(home: Option<PathBuf>, args: InstallArgs, out: &Out) -> Result<Ex
         .iter()
         .map(|c| json!({"path": c.path.display().to_string(), "changed": c.changed, "snippet": c.snippet}))
         .collect();
-    out.print(json!({"client": format!("{kind:?}").to_lowercase(), "written": !args.print, "files": files}), || {
-        install_text(&changes, &backups, args.print)
+    let identity_created = created.as_ref().is_some_and(|c| c.1);
+    out.print(json!({"client": format!("{kind:?}").to_lowercase(), "written": !args.print, "files": files, "identity_created": identity_created}), || {
+        let mut text = install_text(&changes, &backups, args.print);
+        if let Some((id, true)) = &created {
+            text.push_str(&format!("\nmade an identity for this home (it had none): {id}"));
+        }
+        text
     });
     Ok(ExitCode::SUCCESS)
 }
