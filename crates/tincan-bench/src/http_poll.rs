@@ -50,7 +50,7 @@ pub async fn run(p: &Params, bar: &ProgressBar) -> Result<Outcome> {
 }
 
 async fn measure(url: &str, p: &Params, bar: &ProgressBar) -> Result<Outcome> {
-    let http = reqwest::Client::builder()
+    let http = tincan_client::http_client_builder()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(p.pairs * (p.concurrency + 2))
         .timeout(Duration::from_secs(30))

@@ -176,7 +176,7 @@ fn nofile_soft_limit() -> Result<u64> {
 
 /// The relay's own count of open connections, from /health.
 async fn relay_connections(url: &str) -> Result<usize> {
-    let v: serde_json::Value = reqwest::Client::new()
+    let v: serde_json::Value = tincan_client::http_client()
         .get(format!("{url}/health"))
         .timeout(Duration::from_secs(5))
         .send()

@@ -212,7 +212,7 @@ pub struct StoreMetrics {
 
 impl StoreMetrics {
     pub async fn scrape(url: &str) -> Result<Self> {
-        let text = reqwest::Client::new()
+        let text = tincan_client::http_client()
             .get(format!("{url}/metrics"))
             .timeout(Duration::from_secs(10))
             .send()

@@ -52,6 +52,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&cli);
+    // Every client this command starts takes its transport from here (`Client::start`).
+    if let Err(message) = tincan_client::Transport::from_env() {
+        return out.fail(&CliError::new("usage", 2, message));
+    }
     let runtime = if serves_one_line(&cli.command) {
         tokio::runtime::Builder::new_current_thread()
     } else {

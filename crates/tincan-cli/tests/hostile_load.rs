@@ -165,7 +165,11 @@ async fn a_connection_flood_is_refused_clearly_and_memory_stays_bounded() {
     assert_eq!(refused, 400);
     // Unauthenticated connections are closed after the auth timeout; meanwhile the relay is up.
     assert!(relay.alive());
-    let health = reqwest::get(format!("{}/health", relay.url)).await.unwrap();
+    let health = tincan_client::http_client()
+        .get(format!("{}/health", relay.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status().as_u16(), 200);
     let during = relay.rss_kb();
     assert!(

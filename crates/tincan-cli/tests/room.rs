@@ -423,6 +423,57 @@ fn agents_talk_over_wss_to_a_relay_that_terminates_tls_itself() {
         &[("SSL_CERT_FILE", "/nonexistent")],
     );
     assert_eq!(code, 5, "{out:?}");
+
+    // The HTTP transport (`TINCAN_TRANSPORT=http`: token, POST, long-poll) over the same TLS,
+    // with the same trust.
+    let http = [("SSL_CERT_FILE", cert_s), ("TINCAN_TRANSPORT", "http")];
+    let c = dir.path().join("c");
+    assert_eq!(run_env(&c, &["setup"], &http).0, 0);
+    let (code, out) = run_env(&a, &["invite", "create", "--relay", &relay_url], &env);
+    assert_eq!(code, 0, "{out:?}");
+    let url = out[0]["url"].as_str().unwrap().to_string();
+    let (code, out) = run_env(&c, &["invite", "accept", &url], &http);
+    assert_eq!(code, 0, "{out:?}");
+    let (code, out) = run_env(&c, &["send", &a_id, "over https"], &http);
+    assert_eq!(code, 0, "{out:?}");
+    let (_, out) = run_env(&a, &["listen", "--timeout", "3"], &env);
+    let c_id = out
+        .iter()
+        .find(|e| e["event"] == "peer_joined")
+        .map(|e| e["peer"].as_str().unwrap().to_string())
+        .expect("C's join");
+    assert!(
+        out.iter()
+            .any(|e| e["event"] == "message" && e["text"] == "over https"),
+        "{out:?}"
+    );
+    assert_eq!(run_env(&a, &["send", &c_id, "back"], &env).0, 0);
+    let (_, out) = run_env(&c, &["listen", "--timeout", "3"], &http);
+    assert!(
+        out.iter()
+            .any(|e| e["event"] == "message" && e["text"] == "back"),
+        "{out:?}"
+    );
+    // It went over the HTTP API, not a WebSocket.
+    let metrics = std::process::Command::new("curl")
+        .args(["-sS", "--cacert", cert_s])
+        .arg(format!("{relay_url}/metrics"))
+        .output()
+        .expect("curl");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let requests: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tincan_http_requests_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(requests >= 4, "{metrics}");
+    // A transport nobody knows is refused before anything starts.
+    let (code, out) = run_env(
+        &c,
+        &["listen", "--timeout", "1"],
+        &[("TINCAN_TRANSPORT", "carrier-pigeon")],
+    );
+    assert_eq!(code, 2, "{out:?}");
 }
 
 #[test]

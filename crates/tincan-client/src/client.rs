@@ -56,6 +56,27 @@ pub enum Transport {
     Http,
 }
 
+impl Transport {
+    /// The transport `TINCAN_TRANSPORT` names: `http` for [`Transport::Http`]; `ws`,
+    /// `websocket`, empty or unset for [`Transport::WebSocket`]. Anything else is an error
+    /// naming the value.
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("TINCAN_TRANSPORT") {
+            Err(std::env::VarError::NotPresent) => Ok(Self::WebSocket),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err("TINCAN_TRANSPORT is not valid UTF-8; use ws or http".into())
+            }
+            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "" | "ws" | "websocket" => Ok(Self::WebSocket),
+                "http" => Ok(Self::Http),
+                _ => Err(format!(
+                    "TINCAN_TRANSPORT is {v:?}; use ws (the default) or http"
+                )),
+            },
+        }
+    }
+}
+
 /// A message received from a peer.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ReceivedMessage {
@@ -252,9 +273,15 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Starts a client in the background; it keeps (re)connecting until dropped. A receiving
     /// client (`opts.receive`) holds the home's receiving lock for its relay while it lives, so
-    /// a second one on the same home and relay fails with [`ClientError::HomeBusy`].
+    /// a second one on the same home and relay fails with [`ClientError::HomeBusy`]. The
+    /// transport is the one `TINCAN_TRANSPORT` names ([`Transport::from_env`]; the WebSocket by
+    /// default); [`Client::start_with`] chooses it in code.
     pub fn start(home: Home, relay_url: &str, opts: ClientOptions) -> Result<Self, ClientError> {
-        Self::start_with(home, relay_url, opts, Transport::WebSocket)
+        let transport = Transport::from_env().unwrap_or_else(|e| {
+            tracing::warn!("{e}; using the WebSocket transport");
+            Transport::WebSocket
+        });
+        Self::start_with(home, relay_url, opts, transport)
     }
 
     /// Like [`Client::start`], over the chosen transport.

@@ -161,7 +161,7 @@ pub(crate) async fn run(
     }
     let mut http = Http {
         base: shared.relay_url.clone(),
-        client: reqwest::Client::new(),
+        client: crate::tls::http_client(),
         token: None,
     };
     let mut backoff = Duration::from_millis(50);

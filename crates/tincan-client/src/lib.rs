@@ -52,6 +52,8 @@ mod error;
 pub mod home;
 mod http_conn;
 mod receiving;
+mod tls;
+pub use tls::{http_client, http_client_builder};
 
 pub use client::{Client, ClientOptions, ConnState, Event, ReceivedMessage, Stopped, Transport};
 pub use error::ClientError;

@@ -215,7 +215,9 @@ async fn queue_cap_is_enforced_with_a_clear_error_and_duplicates_are_not_stored_
 
 /// `tincan_refused_total{limit="<limit>"}` from the relay's /metrics.
 async fn refused(url: &str, limit: &str) -> u64 {
-    let text = reqwest::get(format!("{url}/metrics"))
+    let text = tincan_client::http_client()
+        .get(format!("{url}/metrics"))
+        .send()
         .await
         .unwrap()
         .text()

@@ -29,7 +29,7 @@ impl Api {
     fn new(base: &str) -> Self {
         Self {
             base: base.to_string(),
-            http: reqwest::Client::new(),
+            http: tincan_client::http_client(),
         }
     }
 
@@ -299,7 +299,7 @@ async fn unpaired_oversized_malformed_and_rate_limited_requests_get_clear_errors
             .contains("per identity")
     );
     // Bodies and queries axum refuses before any handler: the same JSON error object.
-    let http = reqwest::Client::new();
+    let http = tincan_client::http_client();
     for (req, status) in [
         (
             http.post(format!("{}/v1/ack", r.url))
@@ -366,7 +366,9 @@ async fn openapi_health_and_metrics_are_served() {
         (200, "ok", "ok")
     );
     let _ = api.token(&Identity::generate()).await;
-    let text = reqwest::get(format!("{}/metrics", r.url))
+    let text = tincan_client::http_client()
+        .get(format!("{}/metrics", r.url))
+        .send()
         .await
         .unwrap()
         .text()
