@@ -85,7 +85,13 @@ impl Conn {
             }
             _ => return None,
         };
-        let (peer, signature, receive) = match ClientFrame::decode(&bytes, 0) {
+        let decoded = ClientFrame::decode(&bytes, 0);
+        let counted = match &decoded {
+            Ok(f) => frame_kind(f),
+            Err(_) => "undecodable",
+        };
+        Metrics::inc(&self.shared.metrics.frames_in[metrics::in_kind(counted)]);
+        let (peer, signature, receive) = match decoded {
             Ok(ClientFrame::Auth {
                 peer,
                 signature,
@@ -258,7 +264,7 @@ impl Conn {
                 } else {
                     0
                 };
-                Metrics::inc(&self.shared.metrics.frames_in[metrics::kind("error")]);
+                Metrics::inc(&self.shared.metrics.frames_in[metrics::in_kind("undecodable")]);
                 let (code, message) = match e {
                     tincan_proto::codec::DecodeError::TooLong { len, max, .. } => (
                         {
@@ -284,7 +290,7 @@ impl Conn {
                 };
             }
         };
-        Metrics::inc(&self.shared.metrics.frames_in[metrics::kind(frame_kind(&frame))]);
+        Metrics::inc(&self.shared.metrics.frames_in[metrics::in_kind(frame_kind(&frame))]);
         let held_back = match (&frame, self.rate_held) {
             (ClientFrame::Send { id, .. }, Some(h)) if *id != h => true,
             (ClientFrame::Send { .. }, Some(_)) => {
@@ -402,7 +408,7 @@ impl Conn {
     async fn feed_encoded(&mut self, kind: &str, bytes: Vec<u8>) -> bool {
         self.unflushed += 1;
         let m = &self.shared.metrics;
-        Metrics::inc(&m.frames_out[metrics::kind(kind)]);
+        Metrics::inc(&m.frames_out[metrics::out_kind(kind)]);
         if kind == "deliver" {
             Metrics::inc(&m.messages_delivered);
         }
@@ -410,7 +416,7 @@ impl Conn {
     }
 
     async fn send_now(&mut self, frame: RelayFrame) -> Option<()> {
-        Metrics::inc(&self.shared.metrics.frames_out[metrics::kind(out_kind(&frame))]);
+        Metrics::inc(&self.shared.metrics.frames_out[metrics::out_kind(out_kind(&frame))]);
         self.sink
             .send(Message::Binary(frame.encode().into()))
             .await
@@ -440,13 +446,14 @@ enum Handled {
 /// answers, or what it is.
 fn out_kind(f: &RelayFrame) -> &'static str {
     match f {
-        RelayFrame::Challenge { .. } | RelayFrame::AuthOk { .. } => "auth",
-        RelayFrame::Sent { .. } => "send",
+        RelayFrame::Challenge { .. } => "challenge",
+        RelayFrame::AuthOk { .. } => "auth_ok",
+        RelayFrame::Sent { .. } => "sent",
         RelayFrame::Deliver { .. } => "deliver",
-        RelayFrame::InviteRegistered { .. } => "register_invite",
-        RelayFrame::InviteClaimed { .. } => "claim_invite",
+        RelayFrame::InviteRegistered { .. } => "invite_registered",
+        RelayFrame::InviteClaimed { .. } => "invite_claimed",
         RelayFrame::Error { .. } => "error",
-        RelayFrame::Pong { .. } => "ping",
+        RelayFrame::Pong { .. } => "pong",
     }
 }
 

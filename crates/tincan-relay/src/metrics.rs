@@ -4,15 +4,27 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Frame kinds counted in `tincan_frames_total`.
-pub(crate) const FRAME_KINDS: [&str; 8] = [
+/// Frame types counted in `tincan_frames_total{dir="in"}`: the client frames, and frames that
+/// could not be decoded (malformed, over `max_body`).
+pub(crate) const IN_KINDS: [&str; 7] = [
     "auth",
     "send",
     "ack",
     "register_invite",
     "claim_invite",
     "ping",
+    "undecodable",
+];
+
+/// Frame types counted in `tincan_frames_total{dir="out"}`: the relay frames.
+pub(crate) const OUT_KINDS: [&str; 8] = [
+    "challenge",
+    "auth_ok",
+    "sent",
     "deliver",
+    "invite_registered",
+    "invite_claimed",
+    "pong",
     "error",
 ];
 
@@ -63,7 +75,7 @@ impl Histogram {
 pub(crate) struct Metrics {
     pub connections_total: AtomicU64,
     pub connections_refused: AtomicU64,
-    pub frames_in: [AtomicU64; 8],
+    pub frames_in: [AtomicU64; 7],
     pub frames_out: [AtomicU64; 8],
     pub messages_stored: AtomicU64,
     pub messages_unwritten: AtomicU64,
@@ -104,12 +116,20 @@ impl Gauges {
     }
 }
 
-/// Index of a frame kind in [`FRAME_KINDS`].
-pub(crate) fn kind(name: &str) -> usize {
-    FRAME_KINDS
+/// Index of a client frame type in [`IN_KINDS`] (unknown names count as `undecodable`).
+pub(crate) fn in_kind(name: &str) -> usize {
+    IN_KINDS
         .iter()
         .position(|k| *k == name)
-        .unwrap_or(FRAME_KINDS.len() - 1)
+        .unwrap_or(IN_KINDS.len() - 1)
+}
+
+/// Index of a relay frame type in [`OUT_KINDS`] (unknown names count as `error`).
+pub(crate) fn out_kind(name: &str) -> usize {
+    OUT_KINDS
+        .iter()
+        .position(|k| *k == name)
+        .unwrap_or(OUT_KINDS.len() - 1)
 }
 
 impl Metrics {
@@ -176,12 +196,14 @@ impl Metrics {
             out,
             "# HELP tincan_frames_total Frames by direction and type.\n# TYPE tincan_frames_total counter"
         );
-        for (i, k) in FRAME_KINDS.iter().enumerate() {
+        for (i, k) in IN_KINDS.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "tincan_frames_total{{dir=\"in\",type=\"{k}\"}} {}",
                 self.frames_in[i].load(Ordering::Relaxed)
             );
+        }
+        for (i, k) in OUT_KINDS.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "tincan_frames_total{{dir=\"out\",type=\"{k}\"}} {}",
@@ -302,7 +324,7 @@ mod tests {
     fn renders_prometheus_text() {
         let m = Metrics::default();
         Metrics::inc(&m.messages_stored);
-        m.frames_in[kind("send")].fetch_add(2, Ordering::Relaxed);
+        m.frames_in[in_kind("send")].fetch_add(2, Ordering::Relaxed);
         m.store_batch.observe(Duration::from_micros(300));
         m.store_batch.observe(Duration::from_secs(5));
         let text = m.render(&Gauges {

@@ -53,6 +53,55 @@ async fn malformed_and_unknown_frames_get_errors_and_the_relay_stays_up() {
 }
 
 #[tokio::test]
+async fn frames_are_counted_by_their_own_type_in_each_direction() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = relay(&dir, |c| c.max_body = 1000).await;
+    let (a, b) = (Identity::generate(), Identity::generate());
+    pair(&r.url, &a, &b).await;
+    let series = [
+        ("in", "auth"),
+        ("in", "send"),
+        ("in", "undecodable"),
+        ("out", "challenge"),
+        ("out", "auth_ok"),
+        ("out", "sent"),
+        ("out", "error"),
+    ];
+    let read = |url: String| async move {
+        let mut v = Vec::new();
+        for (dir, kind) in series {
+            let name = format!("tincan_frames_total{{dir=\"{dir}\",type=\"{kind}\"}}");
+            v.push(tincan_testkit::metric(&url, &name).await);
+        }
+        v
+    };
+    let before = read(r.url.clone()).await;
+    let mut c = RawConn::authed(&r.url, &a, false).await;
+    let send = |req: u32, len: usize| ClientFrame::Send {
+        req,
+        id: MessageId::from_bytes([req as u8; 16]),
+        to: b.peer_id(),
+        body: vec![0; len],
+    };
+    c.send(&send(1, 10)).await;
+    assert!(matches!(
+        c.recv().await,
+        Some(RelayFrame::Sent { req: 1, .. })
+    ));
+    c.send(&send(2, 1001)).await;
+    assert!(matches!(
+        c.recv().await,
+        Some(RelayFrame::Error { req: 2, .. })
+    ));
+    let after = read(r.url.clone()).await;
+    let delta: Vec<u64> = after.iter().zip(&before).map(|(x, y)| x - y).collect();
+    // One of each: Auth in, Challenge and AuthOk out (not both "auth"), Send in and Sent out
+    // (not "send" both ways), the oversized frame in as undecodable and its Error out.
+    assert_eq!(delta, [1, 1, 1, 1, 1, 1, 1], "{series:?}");
+    r.stop().await;
+}
+
+#[tokio::test]
 async fn oversized_body_is_refused_with_its_request_number() {
     let dir = tempfile::tempdir().unwrap();
     let r = relay(&dir, |c| c.max_body = 1000).await;
