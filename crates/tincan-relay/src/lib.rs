@@ -257,8 +257,27 @@ impl Relay {
     }
 }
 
+/// Makes a new token key when the current one is `token_rotate_every` old (checked at start and
+/// on every sweep, so at most a minute late, and across restarts).
+fn rotate_if_due(shared: &Shared) {
+    let now_s = now_ms() / 1000;
+    if shared.tokens.rotation_due(
+        now_s,
+        shared
+            .config
+            .token_rotate_every
+            .max(Duration::from_secs(60)),
+    ) {
+        if let Err(e) = shared.tokens.rotate(now_s) {
+            tracing::warn!(error = %e, "token secret rotation failed; keeping the current one");
+        } else {
+            tracing::info!("token secret rotated");
+        }
+    }
+}
+
 async fn sweep_loop(shared: Arc<Shared>) {
-    let mut last_rotation = now_ms() / 1000;
+    rotate_if_due(&shared);
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
@@ -266,16 +285,7 @@ async fn sweep_loop(shared: Arc<Shared>) {
         let now = std::time::Instant::now();
         shared.identity_rate.sweep(now);
         shared.ip_rate.sweep(now);
-        let rotate = shared.config.token_rotate_every.as_secs().max(60);
-        let now_s = now_ms() / 1000;
-        if now_s.saturating_sub(last_rotation) >= rotate {
-            if let Err(e) = shared.tokens.rotate(now_s) {
-                tracing::warn!(error = %e, "token secret rotation failed; keeping the current one");
-            } else {
-                tracing::info!("token secret rotated");
-            }
-            last_rotation = now_s;
-        }
+        rotate_if_due(&shared);
     }
 }
 

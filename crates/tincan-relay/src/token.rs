@@ -56,6 +56,8 @@ pub enum TokenError {
 struct Key {
     id: u32,
     secret: Zeroizing<[u8; 32]>,
+    /// When it was made (unix s).
+    created_at: u64,
     /// When a newer key replaced it (unix s); `None` for the current key.
     retired_at: Option<u64>,
 }
@@ -87,21 +89,23 @@ impl TokenKeys {
         )?;
         let mut keys = Vec::new();
         {
-            let mut stmt =
-                conn.prepare("SELECT id, secret, retired_at FROM token_keys ORDER BY id")?;
+            let mut stmt = conn
+                .prepare("SELECT id, secret, retired_at, created_at FROM token_keys ORDER BY id")?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, Vec<u8>>(1)?,
                     r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, i64>(3)?,
                 ))
             })?;
             for row in rows {
-                let (id, secret, retired) = row?;
+                let (id, secret, retired, created) = row?;
                 if let Ok(secret) = <[u8; 32]>::try_from(secret.as_slice()) {
                     keys.push(Key {
                         id: id as u32,
                         secret: Zeroizing::new(secret),
+                        created_at: created.max(0) as u64,
                         retired_at: retired.map(|r| r as u64),
                     });
                 }
@@ -152,9 +156,19 @@ impl TokenKeys {
         keys.push(Key {
             id,
             secret,
+            created_at: now,
             retired_at: None,
         });
         Ok(())
+    }
+
+    /// Whether the current key is `every` old or older at `now` (or there is none), so a new one
+    /// is due. Read from the key's own creation time, so a restart does not reset the clock.
+    pub fn rotation_due(&self, now: u64, every: Duration) -> bool {
+        self.read()
+            .iter()
+            .find(|k| k.retired_at.is_none())
+            .is_none_or(|k| now.saturating_sub(k.created_at) >= every.as_secs())
     }
 
     /// Issues a token for `peer`, valid until `now + ttl`. Returns it and its expiry.
@@ -236,6 +250,23 @@ mod tests {
             );
         }
         assert_eq!(k.verify("garbage", 1001), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn rotation_is_due_by_the_current_keys_age_which_a_restart_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let every = Duration::from_secs(100);
+        let k = keys(&dir);
+        // `keys` makes the first key at 1000.
+        assert!(!k.rotation_due(1099, every));
+        assert!(k.rotation_due(1100, every));
+        // Reloaded (a restart), the age is the same: the clock did not start over.
+        let k = keys(&dir);
+        assert!(k.rotation_due(1100, every));
+        k.rotate(1100).unwrap();
+        assert!(!k.rotation_due(1150, every));
+        assert!(!keys(&dir).rotation_due(1199, every));
+        assert!(keys(&dir).rotation_due(1200, every));
     }
 
     #[test]

@@ -291,6 +291,7 @@ pub async fn run(home: Option<PathBuf>, args: RelayArgs, out: &Out) -> Result<Ex
         "max_db_bytes": config.max_db_bytes,
         "write_behind_ms": config.write_behind.as_millis() as u64,
         "token_ttl_secs": config.token_ttl.as_secs(),
+        "token_rotate_secs": config.token_rotate_every.as_secs(),
     });
     // The store opens before anything says "listening": a database another relay holds, or one
     // that cannot be opened, is refused first.
