@@ -35,12 +35,19 @@ fn main() -> ExitCode {
                 } else {
                     message
                 };
+                let message = match env_note(&e) {
+                    Some(note) => format!("{message} {note}"),
+                    None => message.to_string(),
+                };
                 crate::output::line(&format!(
                     "{}",
                     serde_json::json!({"error": {"code": "usage", "message": message}})
                 ));
             } else {
                 let _ = e.print();
+                if let Some(note) = env_note(&e) {
+                    eprintln!("{note}");
+                }
             }
             return ExitCode::from(code);
         }
@@ -90,6 +97,42 @@ fn without_hidden(mut e: clap::Error) -> clap::Error {
         .collect();
     e.insert(ContextKind::ValidSubcommand, ContextValue::Strings(shown));
     e
+}
+
+/// For a bad value of an option that is also an environment variable which is set: that the
+/// value came (or may have come) from there, since clap names only the flag.
+fn env_note(e: &clap::Error) -> Option<String> {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+    let mut found = None;
+    env_of(&Cli::command(), long, &mut found);
+    let var = found?;
+    let value = std::env::var_os(&var)?;
+    let shown = value.to_string_lossy();
+    Some(if shown.trim().is_empty() {
+        format!("({var} is set but empty: unset it, or give it a value)")
+    } else {
+        format!("(the value may come from {var}={shown:?})")
+    })
+}
+
+/// The environment variable of the option `--long` anywhere under `cmd`.
+fn env_of(cmd: &clap::Command, long: &str, found: &mut Option<String>) {
+    for a in cmd.get_arguments() {
+        if a.get_long() == Some(long)
+            && let Some(env) = a.get_env()
+        {
+            *found = Some(env.to_string_lossy().into_owned());
+            return;
+        }
+    }
+    for sub in cmd.get_subcommands() {
+        env_of(sub, long, found);
+    }
 }
 
 /// The names of every hidden subcommand under `cmd`, at any depth.
@@ -142,7 +185,14 @@ fn init_logging(cli: &Cli) {
     } else {
         "warn"
     };
-    let filter = EnvFilter::try_from_env("TINCAN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let (filter, bad) = match EnvFilter::try_from_env("TINCAN_LOG") {
+        Ok(f) => (f, None),
+        // Unset is the default; a value that does not parse is said once it can be logged.
+        Err(e) => (
+            EnvFilter::new(default),
+            std::env::var("TINCAN_LOG").ok().map(|v| (v, e.to_string())),
+        ),
+    };
     // At `trace` these libraries log whole frames and headers (ciphertext, bearer tokens), and
     // rmcp logs tool arguments and results at `debug`. A filter of its own drops those events
     // whatever TINCAN_LOG says: as directives in TINCAN_LOG's filter, a more specific one
@@ -159,6 +209,11 @@ fn init_logging(cli: &Cli) {
         fmt.with_filter(cap).boxed()
     };
     tracing_subscriber::registry().with(filter).with(fmt).init();
+    if let Some((value, error)) = bad {
+        tracing::warn!(
+            "TINCAN_LOG={value:?} is not a log filter ({error}); using {default:?} (e.g. TINCAN_LOG=debug, or tincan_relay=debug,warn)"
+        );
+    }
 }
 
 /// Whether an event at `level` from `target` is one that can carry payloads or credentials.

@@ -1215,6 +1215,15 @@ fn relay_start_problems_get_their_own_codes_and_say_what_to_do() {
     let db = db.to_str().unwrap();
     let r = relay("127.0.0.1:99999", db);
     assert_eq!((r.code, r.error_code().as_str()), (2, "usage"), "{r:?}");
+    // A bad value from the environment is traced to its variable, not just the flag.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tincan"))
+        .args(["--json", "relay", "--listen", "127.0.0.1:0", "--db", db])
+        .env("TINCAN_RELAY_MAX_BODY", "abc")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("TINCAN_RELAY_MAX_BODY"), "{text}");
     let missing = w.dir.path().join("no/such/dir/r.db");
     let r = relay("127.0.0.1:0", missing.to_str().unwrap());
     assert_eq!((r.code, r.error_code().as_str()), (2, "bad_db"), "{r:?}");
