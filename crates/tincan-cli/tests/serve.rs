@@ -517,7 +517,17 @@ fn a_blocked_peers_message_is_reported_as_withheld_and_never_reaches_the_handler
 #[test]
 fn a_handler_that_does_not_exist_is_reported_as_not_found() {
     let w = World::new();
-    let mut s = w.serve_a("tincan-no-such-handler-7f3a", &[]);
+    // A plain command is checked at start: it would fail on every message.
+    for (handler, says) in [
+        ("tincan-no-such-handler-7f3a", "not found on PATH"),
+        ("./no/such/handler.sh --x", "does not exist"),
+    ] {
+        let r = cli().run(&w.path("a"), &["serve", "--on-message", handler]);
+        assert_eq!((r.code, r.error_code().as_str()), (2, "usage"), "{r:?}");
+        assert!(r.stdout.contains(says), "{r:?}");
+    }
+    // With shell syntax it is the shell's to judge when it runs: reported per message.
+    let mut s = w.serve_a("tincan-no-such-handler-7f3a \"$TINCAN_TURN\"", &[]);
     let id = w.send_from_b("anyone there?");
     let err = s.wait_event("handler_error", WAIT);
     assert_eq!(err["id"], id.as_str());

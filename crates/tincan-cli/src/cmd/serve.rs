@@ -134,7 +134,28 @@ pub(crate) fn parse_command(s: &str) -> Result<String, String> {
     if s.trim().is_empty() {
         return Err("the handler command is empty; give a command, e.g. --on-message cat".into());
     }
+    // A plain command whose program cannot be found would fail on every message, and an
+    // unattended conversation would stall at the first one: say so now. (A command with shell
+    // syntax is the shell's to judge, when it runs.)
+    if let Some(argv) = shell::direct_argv(s)
+        && let Some(program) = argv.first()
+        && !runnable(program)
+    {
+        return Err(if program.contains('/') {
+            format!("the handler `{program}` does not exist or is not executable; check the path (relative paths are from the current directory)")
+        } else {
+            format!("the handler `{program}` is not found on PATH; install it, or give its full path")
+        });
+    }
     Ok(s.to_string())
+}
+
+/// Whether `program` names an executable file, as `sh` would look for it.
+fn runnable(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    shell::locate(program).is_some_and(|p| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
 }
 
 /// `--max-output`: 1 byte up to the longest text a message can carry.
