@@ -41,6 +41,15 @@ def env_number(name, kind, default=None):
     return value
 
 
+# Where each runtime's extra options go, for the no-arguments error.
+ARGS_SETTING = {
+    "claude": "TINCAN_CLAUDE_ARGS (e.g. TINCAN_CLAUDE_ARGS='--model sonnet')",
+    "codex": "TINCAN_CODEX_ARGS (e.g. TINCAN_CODEX_ARGS='-m gpt-5')",
+    "opencode": "TINCAN_OPENCODE_ARGS",
+    "openai": "TINCAN_MODEL, OPENAI_BASE_URL and OPENAI_API_KEY",
+}
+
+
 def fail(message, code=2):
     print(f"tincan handler: {message}", file=sys.stderr)
     sys.exit(code)
@@ -198,6 +207,13 @@ def run_cli(argv, prompt, timeout=None):
 def main(runtime, respond):
     """Reads the message, calls respond(msg, history) -> reply, prints it, then saves the history:
     only a reply written and flushed to stdout is saved (serve may still refuse it afterwards)."""
+    if len(sys.argv) > 1:
+        # Settings come from the environment; an argument (e.g. --model) would be silently ignored.
+        setting = ARGS_SETTING.get(runtime, "the TINCAN_ settings in docs/HANDLERS.md")
+        fail(
+            f"this handler takes no arguments (got {' '.join(sys.argv[1:])!r}); "
+            f"set {setting} in serve's environment instead"
+        )
     try:
         msg = Message()
         history = History(runtime, msg.sender)

@@ -598,6 +598,28 @@ fn cli_handlers_without_their_cli_say_what_to_install() {
     }
 }
 
+#[test]
+fn a_handler_given_arguments_fails_naming_the_setting_to_use_instead() {
+    for (name, setting) in [
+        ("claude", "TINCAN_CLAUDE_ARGS"),
+        ("codex", "TINCAN_CODEX_ARGS"),
+        ("opencode", "TINCAN_OPENCODE_ARGS"),
+        ("openai", "TINCAN_MODEL"),
+    ] {
+        let out = handler_command(name, 1, &[])
+            .args(["--model", "opus"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{name}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("takes no arguments") && err.contains("--model") && err.contains(setting),
+            "{name}: {err}"
+        );
+    }
+}
+
 fn which_python() -> PathBuf {
     let out = Command::new("python3")
         .args(["-c", "import sys; print(sys.executable)"])

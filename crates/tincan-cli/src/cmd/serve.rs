@@ -142,9 +142,13 @@ pub(crate) fn parse_command(s: &str) -> Result<String, String> {
         && !runnable(program)
     {
         return Err(if program.contains('/') {
-            format!("the handler `{program}` does not exist or is not executable; check the path (relative paths are from the current directory)")
+            format!(
+                "the handler `{program}` does not exist or is not executable; check the path (relative paths are from the current directory)"
+            )
         } else {
-            format!("the handler `{program}` is not found on PATH; install it, or give its full path")
+            format!(
+                "the handler `{program}` is not found on PATH; install it, or give its full path"
+            )
         });
     }
     Ok(s.to_string())
