@@ -821,6 +821,12 @@ fn with_the_relay_down_create_invite_fails_at_once_and_send_message_says_queued(
         t.elapsed()
     );
 
+    // An argument of the wrong type is named in the error, so the agent knows what to fix.
+    let wrong = server.call("send_message", json!({"to": 1, "message": "x"}));
+    assert!(wrong.to_string().contains("parameter `to`"), "{wrong}");
+    let wrong = server.call("check_messages", json!({"wait_seconds": -5}));
+    assert!(wrong.to_string().contains("parameter `wait_seconds`"), "{wrong}");
+
     let t = Instant::now();
     let sent = server.call("send_message", json!({"to": b_id, "message": "later"}));
     assert_eq!(

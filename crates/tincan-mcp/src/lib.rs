@@ -15,6 +15,7 @@ pub mod flood;
 pub mod framing;
 pub mod hub;
 pub mod install;
+mod named;
 pub mod serve;
 pub mod server;
 mod stdio;
