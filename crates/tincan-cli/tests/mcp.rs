@@ -825,7 +825,10 @@ fn with_the_relay_down_create_invite_fails_at_once_and_send_message_says_queued(
     let wrong = server.call("send_message", json!({"to": 1, "message": "x"}));
     assert!(wrong.to_string().contains("parameter `to`"), "{wrong}");
     let wrong = server.call("check_messages", json!({"wait_seconds": -5}));
-    assert!(wrong.to_string().contains("parameter `wait_seconds`"), "{wrong}");
+    assert!(
+        wrong.to_string().contains("parameter `wait_seconds`"),
+        "{wrong}"
+    );
 
     let t = Instant::now();
     let sent = server.call("send_message", json!({"to": b_id, "message": "later"}));

@@ -391,6 +391,54 @@ async fn unacked_messages_are_redelivered_after_reconnect_and_acked_ones_are_not
 }
 
 #[tokio::test]
+async fn an_invite_id_registered_by_another_identity_stays_theirs_and_the_second_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = relay(&dir, |_| {}).await;
+    let (a, m) = (Identity::generate(), Identity::generate());
+    let expires_at = tincan_relay_now() + 3600;
+    let register = |req| ClientFrame::RegisterInvite {
+        req,
+        id: InviteId::from_bytes([9; 16]),
+        expires_at,
+    };
+    let mut ca = RawConn::authed(&r.url, &a, false).await;
+    ca.send(&register(1)).await;
+    assert!(matches!(
+        ca.recv().await,
+        Some(RelayFrame::InviteRegistered { req: 1 })
+    ));
+    // The same inviter again (its answer lost, say): fine.
+    ca.send(&register(2)).await;
+    assert!(matches!(
+        ca.recv().await,
+        Some(RelayFrame::InviteRegistered { req: 2 })
+    ));
+    // Someone else with the same id: refused, and the invite is still A's.
+    let mut cm = RawConn::authed(&r.url, &m, false).await;
+    cm.send(&register(3)).await;
+    assert!(matches!(
+        cm.recv().await,
+        Some(RelayFrame::Error {
+            req: 3,
+            code: ErrorCode::InviteUsed,
+            ..
+        })
+    ));
+    let b = Identity::generate();
+    let mut cb = RawConn::authed(&r.url, &b, false).await;
+    cb.send(&ClientFrame::ClaimInvite {
+        req: 4,
+        id: InviteId::from_bytes([9; 16]),
+    })
+    .await;
+    match cb.recv().await {
+        Some(RelayFrame::InviteClaimed { req: 4, inviter }) => assert_eq!(inviter, a.peer_id()),
+        other => panic!("expected A's invite, got {other:?}"),
+    }
+    r.stop().await;
+}
+
+#[tokio::test]
 async fn absurd_invite_expiry_is_refused_and_does_not_hurt_the_relay() {
     let dir = tempfile::tempdir().unwrap();
     let r = relay(&dir, |_| {}).await;

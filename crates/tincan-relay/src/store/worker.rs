@@ -503,7 +503,26 @@ impl Worker {
                     .conn
                     .prepare_cached("INSERT INTO invites (id, inviter, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING")
                     .and_then(|mut s| s.execute(params![id.as_bytes(), inviter.as_bytes(), expires_at as i64]));
+                // Nothing inserted: the id exists. The same inviter again (a retry whose answer
+                // was lost) is fine; another identity's invite stays theirs, and this one is told.
+                let taken = matches!(r, Ok(0))
+                    && self
+                        .conn
+                        .prepare_cached("SELECT inviter FROM invites WHERE id = ?1")
+                        .and_then(|mut s| {
+                            s.query_row(params![id.as_bytes()], |r| r.get::<_, Vec<u8>>(0))
+                        })
+                        .is_ok_and(|owner| owner.as_slice() != inviter.as_bytes());
                 match r {
+                    Ok(_) if taken => fx.replies.push((
+                        respond,
+                        RelayFrame::Error {
+                            req,
+                            code: ErrorCode::InviteUsed,
+                            retry_after_ms: 0,
+                            message: "that invite id is already registered by another identity; make a new invite".into(),
+                        },
+                    )),
                     Ok(_) => fx
                         .replies
                         .push((respond, RelayFrame::InviteRegistered { req })),
