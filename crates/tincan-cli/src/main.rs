@@ -35,6 +35,15 @@ fn main() -> ExitCode {
                 } else {
                     message
                 };
+                let missing;
+                let message = if e.kind()
+                    == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                {
+                    missing = missing_subcommand();
+                    missing.as_str()
+                } else {
+                    message
+                };
                 let message = match env_note(&e) {
                     Some(note) => format!("{message} {note}"),
                     None => message.to_string(),
@@ -97,6 +106,34 @@ fn without_hidden(mut e: clap::Error) -> clap::Error {
         .collect();
     e.insert(ContextKind::ValidSubcommand, ContextValue::Strings(shown));
     e
+}
+
+/// The usage error for a command given without its subcommand (`tincan room`): clap shows the
+/// help there, which under `--json` would leave just the command's description.
+fn missing_subcommand() -> String {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut path = vec!["tincan".to_string()];
+    for word in std::env::args().skip(1).filter(|a| !a.starts_with('-')) {
+        match cmd.find_subcommand(&word) {
+            Some(sub) => {
+                path.push(word.clone());
+                cmd = sub.clone();
+            }
+            // An option's value (`--home DIR`) or a word clap will reject anyway.
+            None => continue,
+        }
+    }
+    let subs: Vec<&str> = cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .map(|s| s.get_name())
+        .collect();
+    format!(
+        "`{}` needs a subcommand: one of {}",
+        path.join(" "),
+        subs.join(", ")
+    )
 }
 
 /// For a bad value of an option that is also an environment variable which is set: that the

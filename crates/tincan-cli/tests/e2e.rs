@@ -900,6 +900,14 @@ fn send_while_relay_is_down_is_queued_then_delivered() {
 fn errors_are_json_with_codes_and_exit_codes() {
     let w = World::new();
     let c = cli();
+    // A command without its subcommand says which it needs (clap would show the help).
+    let r = c.run(&w.home("a"), &["room"]);
+    assert_eq!((r.code, r.error_code().as_str()), (2, "usage"), "{r:?}");
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("`tincan room` needs a subcommand: one of open, status, stop"),
+        "{message}"
+    );
     // A home path that cannot be a directory is unusable, not a home without an identity; the
     // error names it.
     let file = w.home("a-file");
