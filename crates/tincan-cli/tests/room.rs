@@ -315,6 +315,28 @@ fn without_cloudflared_the_error_says_how_to_install_it_and_public_url_is_used_a
         "{msg}"
     );
 
+    // One whose helper process lives on after it fails: the helper is stopped with it (its
+    // process group), not left running.
+    let helper_pid = dir.path().join("helper.pid");
+    let h = open_failing(
+        "forking-cloudflared",
+        &format!("sleep 600 &\necho $! > {}\nexit 1\n", helper_pid.display()),
+    );
+    assert_eq!(h.seen[0]["error"]["code"], "tunnel_failed", "{:?}", h.seen);
+    let pid: u32 = std::fs::read_to_string(&helper_pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while alive(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !alive(pid),
+        "cloudflared's helper {pid} outlived the failed room"
+    );
+
     // Behind a reverse proxy: the invite carries the public URL.
     let r = cli().run(
         &home,

@@ -82,6 +82,14 @@ pub fn start(bin: &Path, target: &str, log: &Path) -> Result<Tunnel, CliError> {
         }
         let exited = child.try_wait().ok().flatten();
         if exited.is_some() || Instant::now() > deadline {
+            // The whole group (it leads its own): cloudflared may have started helpers that
+            // would outlive it.
+            if let Ok(pgid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pgid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
             let _ = child.kill();
             let _ = child.wait();
             return Err(CliError::new(
