@@ -79,6 +79,7 @@ fn two_serve_processes_talk_ten_turns_through_a_room_then_status_and_stop() {
     );
     // The guest stops with the host: the same --max-turns is in the line.
     assert!(handoff.ends_with(" --max-turns 10"), "{handoff}");
+    assert_eq!(opened["max_turns"], 10, "{opened}");
     let relay_pid = opened["relay_pid"].as_u64().unwrap() as u32;
     assert!(alive(relay_pid));
     assert!(host.join(format!("rooms/{port}/relay.pid")).exists());

@@ -189,6 +189,7 @@ pub async fn open(home: Option<PathBuf>, args: OpenArgs, out: &Out) -> Result<Ex
             "tunnel_pid": room.tunnel_pid, "id": keys.ed25519.to_string(),
             "fingerprint": fingerprint, "dir": room_dir.display().to_string(),
             "relay_log": room.relay_log().display().to_string(),
+            "max_turns": args.limits.max_turns,
         }),
         || {
             format!(
