@@ -26,6 +26,8 @@ use crate::{Config, RelayError};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most handshakes in flight at once; beyond it new connections wait in the kernel's backlog.
 const MAX_HANDSHAKES: usize = 256;
+/// Most handshakes in flight from one address; beyond it its new connections are closed at once.
+const MAX_HANDSHAKES_PER_IP: usize = 16;
 
 /// Why the certificate or key could not be used.
 #[derive(Debug, Error)]
@@ -132,11 +134,32 @@ async fn accept_loop(
     tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
 ) {
     let mut handshakes = JoinSet::new();
+    // Handshakes in progress per address: one address cannot take every slot and stall the TLS
+    // clients of all the others for the handshake timeout.
+    let mut per_ip: std::collections::HashMap<std::net::IpAddr, usize> =
+        std::collections::HashMap::new();
     loop {
         tokio::select! {
-            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
+            Some(done) = handshakes.join_next(), if !handshakes.is_empty() => {
+                if let Ok(ip) = done
+                    && let Some(n) = per_ip.get_mut(&ip)
+                {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_ip.remove(&ip);
+                    }
+                }
+            }
             accepted = listener.accept(), if handshakes.len() < MAX_HANDSHAKES => match accepted {
                 Ok((tcp, remote)) => {
+                    let ip = remote.ip();
+                    let n = per_ip.entry(ip).or_insert(0);
+                    if *n >= MAX_HANDSHAKES_PER_IP {
+                        // Closed at once (dropped): its TLS client sees the connection reset.
+                        tracing::debug!(%remote, "too many TLS handshakes in progress from this address");
+                        continue;
+                    }
+                    *n += 1;
                     let _ = tcp.set_nodelay(true);
                     let (acceptor, tx) = (acceptor.clone(), tx.clone());
                     handshakes.spawn(async move {
@@ -147,6 +170,7 @@ async fn accept_loop(
                             Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
                             Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                         }
+                        ip
                     });
                 }
                 Err(e) => {

@@ -107,6 +107,73 @@ async fn relay_serves_over_tls_and_a_stalled_handshake_blocks_no_one() {
     relay.await.unwrap().unwrap();
 }
 
+#[tokio::test]
+async fn one_address_cannot_hold_every_handshake_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    self_signed(dir.path());
+    let server =
+        tincan_relay::tls::load_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem"))
+            .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(tincan_relay::tls::run_tls(
+        listener,
+        server,
+        tincan_relay::Config::new(dir.path().join("relay.db")),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    // Sixteen connections from this address that never start their handshake take its share.
+    let mut stalled = Vec::new();
+    for _ in 0..16 {
+        stalled.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The next one is closed at once instead of holding a slot for the handshake timeout.
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(3), extra.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the 17th stalled handshake from one address was kept: {read:?}"
+    );
+    // Once they go, the address is served again.
+    drop(stalled);
+    let tls = client_config(&dir.path().join("cert.pem"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = tokio::time::timeout(Duration::from_secs(2), async {
+            let tcp = TcpStream::connect(addr).await.ok()?;
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut s = TlsConnector::from(tls.clone())
+                .connect(name, tcp)
+                .await
+                .ok()?;
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out).await;
+            Some(String::from_utf8_lossy(&out).into_owned())
+        })
+        .await;
+        if let Ok(Some(a)) = &answer
+            && a.starts_with("HTTP/1.1 200")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not served again: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    relay.await.unwrap().unwrap();
+}
+
 #[test]
 fn unreadable_or_mismatched_files_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
