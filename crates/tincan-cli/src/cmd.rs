@@ -126,38 +126,42 @@ fn home_unusable(dir: &std::path::Path, e: &std::io::Error) -> CliError {
     )
 }
 
-/// The relay to use: the flag, else the home's last relay.
 /// An invite URL as given on the command line, or read from stdin for `-` (first non-empty line),
 /// so its secret need not sit in the process's argument list, which other local users can read.
 pub fn invite_url(arg: &str) -> Result<String, CliError> {
     if arg != "-" {
         return Ok(arg.to_string());
     }
-    use std::io::Read;
-    let mut s = String::new();
-    std::io::stdin()
-        .take(64 * 1024)
-        .read_to_string(&mut s)
-        .map_err(|e| {
-            CliError::new(
-                "bad_input",
-                2,
-                format!("cannot read the invite URL from stdin: {e}"),
-            )
-        })?;
-    s.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .map(str::to_string)
-        .ok_or_else(|| {
-            CliError::new(
+    // Line by line, up to the first non-empty one: a URL pasted at a terminal is taken when
+    // Enter is pressed, without waiting for the end of input.
+    use std::io::{BufRead, Read};
+    let mut stdin = std::io::stdin().lock();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = Read::take(&mut stdin, 64 * 1024)
+            .read_line(&mut line)
+            .map_err(|e| {
+                CliError::new(
+                    "bad_input",
+                    2,
+                    format!("cannot read the invite URL from stdin: {e}"),
+                )
+            })?;
+        if n == 0 {
+            return Err(CliError::new(
                 "bad_input",
                 2,
                 "stdin held no invite URL: pipe the link in, as in `printf '%s\\n' '<url>' | tincan invite accept -`",
-            )
-        })
+            ));
+        }
+        if !line.trim().is_empty() {
+            return Ok(line.trim().to_string());
+        }
+    }
 }
 
+/// The relay to use: the flag, else the home's last relay.
 pub fn relay_for(home: &Home, flag: Option<String>) -> Result<String, CliError> {
     match flag {
         Some(r) => Ok(r),

@@ -251,6 +251,36 @@ fn an_invite_url_can_come_on_stdin_so_its_secret_stays_out_of_the_process_list()
         (0, Some(a_id.as_str())),
         "{r:?}"
     );
+    // A URL pasted at a terminal is taken at the end of its line: stdin stays open here.
+    let url = invite(&c);
+    let c2 = w.home("c2");
+    let c2_id = c.setup(&c2);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tincan"))
+        .arg("--home")
+        .arg(&c2)
+        .args(["--json", "invite", "accept", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    {
+        use std::io::Write;
+        writeln!(stdin, "{url}").unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited for the end of stdin"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(stdin);
+    assert!(status.success());
     // Nothing on stdin: said plainly, nothing spent.
     let r = c.run_stdin(&b, &["invite", "accept", "-"], Some(" \n"));
     assert_eq!((r.code, r.error_code().as_str()), (2, "bad_input"), "{r:?}");
@@ -288,13 +318,13 @@ fn an_invite_url_can_come_on_stdin_so_its_secret_stays_out_of_the_process_list()
             .filter(|e| e["event"] == kind)
             .collect()
     };
-    // A takes B's join first, then the guest's join and its seed.
+    // A takes B's and C2's joins first, then the guest's join and its seed.
     let joined = |c: &Cli| loop {
         let r = c.run(&a, &["listen", "--timeout", "10", "--once"]);
         let j = of(&r, "peer_joined");
         assert_eq!(j.len(), 1, "{r:?}");
         let id = j[0]["peer"].as_str().unwrap().to_string();
-        if id != b_id {
+        if id != b_id && id != c2_id {
             break id;
         }
     };
@@ -338,7 +368,39 @@ fn an_invite_url_can_come_on_stdin_so_its_secret_stays_out_of_the_process_list()
         r.json()["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("already paired")
+            .contains("already accepted this invite")
+    );
+
+    // An invite someone else used is not taken for this home's own, though it is paired with
+    // the same inviter: the plain invite_used, and no resumption.
+    let stolen = invite(&c);
+    let m = w.home("m");
+    c.setup(&m);
+    assert_eq!(c.run(&m, &["invite", "accept", &stolen]).code, 0);
+    let r = c.run_stdin(&g, &["invite", "accept", "-"], Some(&stolen));
+    assert_eq!(
+        (r.code, r.error_code().as_str()),
+        (4, "invite_used"),
+        "{r:?}"
+    );
+    assert!(r.json()["error"].get("paired_with").is_none(), "{r:?}");
+    let r = c.run_stdin(
+        &g,
+        &[
+            "serve",
+            "--join",
+            "-",
+            "--on-message",
+            "cat",
+            "--max-turns",
+            "1",
+        ],
+        Some(&stolen),
+    );
+    assert_eq!(
+        (r.code, r.error_code().as_str()),
+        (4, "invite_used"),
+        "{r:?}"
     );
 }
 

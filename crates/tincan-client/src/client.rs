@@ -747,9 +747,11 @@ fn entry_event(
     let withheld = match home.admit_with(&e, policy, allowlist) {
         Ok(None) => None,
         Ok(Some(reason)) => Some(reason),
+        // Not marked withheld (nor consumed): no event, so it is not marked handed over either,
+        // and the next client start offers it again.
         Err(err) => {
-            tracing::warn!(error = %err, "cannot apply the peer policy; withholding the entry");
-            Some("the peer policy could not be read; kept unshown to be safe")
+            tracing::warn!(error = %err, "cannot apply the peer policy; holding the entry back for now");
+            return None;
         }
     };
     if let Some(reason) = withheld {

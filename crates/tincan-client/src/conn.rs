@@ -788,3 +788,18 @@ pub(crate) fn report_lost(shared: &Shared, events: &Events, reason: String) {
         .send_replace(ConnState::Connecting(Some(reason.clone())));
     let _ = events.try_send((Event::Disconnected { reason }, None));
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn a_session_the_relay_ends_at_once_keeps_the_backoff_growing_and_a_healthy_one_resets_it() {
+        let b = Duration::from_millis(800);
+        assert_eq!(super::after_session(b, Duration::from_millis(20)), b);
+        assert_eq!(
+            super::after_session(b, Duration::from_secs(30)),
+            Duration::from_millis(50)
+        );
+    }
+}

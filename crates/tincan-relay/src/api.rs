@@ -186,7 +186,10 @@ fn authenticate(
             }
             TokenError::Expired => "token expired; get a new one from POST /v1/auth/token",
         };
-        crate::notice::auth_failed(&shared.notices, remote.ip(), why);
+        // An expired token is routine (clients renew on this 401), not a failure worth a warning.
+        if e != TokenError::Expired {
+            crate::notice::auth_failed(&shared.notices, remote.ip(), why);
+        }
         unauthorized(why)
     })
 }

@@ -24,8 +24,8 @@ pub async fn run(home: Option<PathBuf>, cmd: InviteCmd, out: &Out) -> Result<Exi
     }
 }
 
-/// The paired inviter when accepting `invite` failed because it was used and this home is already
-/// paired with its inviter: most likely this home accepted it before (a command run twice).
+/// The inviter, when accepting `invite` failed because it was used and it was this home that
+/// used it (a command run twice): the home records each invite it accepts.
 pub(crate) fn paired_inviter(
     e: &tincan_client::ClientError,
     client: &Client,
@@ -38,12 +38,19 @@ pub(crate) fn paired_inviter(
             ..
         }
     );
-    used.then(|| client.home().peer(&invite.inviter.ed25519).ok().flatten())
-        .flatten()
+    if !used {
+        return None;
+    }
+    let home = client.home();
+    let took = home.accepted_invite(&invite.id).ok().flatten()?;
+    if took != invite.inviter.ed25519 {
+        return None;
+    }
+    home.peer(&took).ok().flatten()
 }
 
-/// A failed accept as the user should hear it: a used invite whose inviter this home is already
-/// paired with says so and how to go on, instead of "ask the inviter for a new one".
+/// A failed accept as the user should hear it: an invite this home itself used before says so
+/// and how to go on, instead of "ask the inviter for a new one".
 fn used_but_paired(
     e: tincan_client::ClientError,
     client: &Client,
@@ -57,7 +64,7 @@ fn used_but_paired(
                 "invite_used",
                 4,
                 format!(
-                    "invite already used, and this home is already paired with its inviter {} (probably by this invite, accepted before): nothing to do; send with `tincan{flag} send {short} …`",
+                    "this home already accepted this invite: it is paired with {}; nothing to do. Send with `tincan{flag} send {short} …`",
                     peer.id
                 ),
             )

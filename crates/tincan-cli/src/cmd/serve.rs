@@ -96,7 +96,7 @@ pub async fn run(home: Option<PathBuf>, args: ServeArgs, out: &Out) -> Result<Ex
             out.print(
                 json!({"event": "joined", "peer": peer.id.to_string(), "fingerprint": peer.fingerprint(), "relay": client.relay_url(), "resumed": resumed}),
                 || if resumed {
-                    format!("invite already used by this home: already paired with {}; serving it again", peer.id)
+                    format!("this home already accepted this invite: paired with {}; serving it again", peer.id)
                 } else {
                     format!("paired with {}\nfingerprint: {}  (compare it with theirs out of band)", peer.id, peer.fingerprint())
                 },
@@ -157,6 +157,10 @@ pub(crate) fn parse_command(s: &str) -> Result<String, String> {
 /// Whether `program` names an executable file, as `sh` would look for it.
 fn runnable(program: &str) -> bool {
     use std::os::unix::fs::PermissionsExt;
+    // Without PATH, `sh` searches a default path of its own: leave the judgement to it.
+    if !program.contains('/') && std::env::var_os("PATH").is_none() {
+        return true;
+    }
     shell::locate(program).is_some_and(|p| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     })
@@ -186,8 +190,7 @@ pub(crate) fn serve_options() -> ClientOptions {
 }
 
 /// Opens (or creates) the home and accepts the invite at `url`; `true` when the invite was used
-/// and this home is already paired with its inviter (the same `--join` run again), so serving
-/// resumes with that peer.
+/// by this home itself before (the same `--join` run again), so serving resumes with its inviter.
 async fn join(
     home: Option<PathBuf>,
     url: &str,

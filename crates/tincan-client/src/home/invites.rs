@@ -2,12 +2,16 @@
 
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use tincan_proto::identity::Identity;
-use tincan_proto::ids::{InviteId, MessageId};
+use tincan_proto::ids::{InviteId, MessageId, PeerId};
 use tincan_proto::invite::{Invite, InviteDraft, PendingInvite};
 use tincan_proto::session::PeerSession;
 
 use super::{Home, peers, random16};
 use crate::error::ClientError;
+
+fn accepted_key(id: &InviteId) -> String {
+    format!("accepted_invite.{id}")
+}
 
 impl Home {
     /// Makes an invite valid for `ttl_secs`, storing its one-time key's secret in the account.
@@ -83,9 +87,30 @@ impl Home {
             &join,
             now_ms,
         )?;
+        // Which invite this home took, so running the same accept again can be told apart from
+        // someone else having used it (`accepted_invite`).
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![accepted_key(&invite.id), invite.inviter.ed25519.to_string()],
+        )?;
         tx.commit()?;
         self.sessions.put(rev, session);
         Ok(MessageId::from_bytes(msg_id))
+    }
+
+    /// The inviter of invite `id` if this home accepted it (and so the relay's `invite_used`
+    /// for it means this home's own earlier claim, not someone else's).
+    pub fn accepted_invite(&self, id: &InviteId) -> Result<Option<PeerId>, ClientError> {
+        let v: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                params![accepted_key(id)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.and_then(|v| v.parse().ok()))
     }
 
     /// Relay URLs of invites still waiting for an accepter.

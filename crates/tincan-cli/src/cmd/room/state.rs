@@ -102,7 +102,6 @@ impl Room {
         let _ = std::fs::remove_file(self.dir.join("stopping"));
     }
 
-    /// Whether its relay is still running.
     /// Marks the room as being closed by `room stop`, before its serve is stopped, so that serve
     /// does not tell the user the room is still open.
     pub fn mark_stopping(&self) {
@@ -114,6 +113,7 @@ impl Room {
         self.dir.join("stopping").exists() || !self.dir.exists()
     }
 
+    /// Whether its relay is still running.
     pub fn relay_running(&self) -> bool {
         running(self.relay_pid, RELAY)
     }
