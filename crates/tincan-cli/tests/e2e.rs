@@ -962,6 +962,28 @@ fn send_while_relay_is_down_is_queued_then_delivered() {
 fn errors_are_json_with_codes_and_exit_codes() {
     let w = World::new();
     let c = cli();
+    // Over the HTTP transport an unreachable relay gets the same cause and hint as over ws.
+    let a = w.home("http-a");
+    c.setup(&a);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tincan"))
+        .arg("--home")
+        .arg(&a)
+        .args([
+            "--json",
+            "invite",
+            "create",
+            "--relay",
+            "http://127.0.0.1:1",
+        ])
+        .env("TINCAN_TRANSPORT", "http")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "{text}");
+    assert!(
+        text.contains("Connection refused") && text.contains("is `tincan relay` running"),
+        "{text}"
+    );
     // A command without its subcommand says which it needs (clap would show the help).
     let r = c.run(&w.home("a"), &["room"]);
     assert_eq!((r.code, r.error_code().as_str()), (2, "usage"), "{r:?}");

@@ -88,12 +88,12 @@ impl Http {
         let resp = req
             .send()
             .await
-            .map_err(|e| CallError::Transport(e.to_string()))?;
+            .map_err(|e| CallError::Transport(with_causes(&e)))?;
         let status = resp.status();
         let bytes = resp
             .bytes()
             .await
-            .map_err(|e| CallError::Transport(e.to_string()))?;
+            .map_err(|e| CallError::Transport(with_causes(&e)))?;
         if status.is_success() {
             return serde_json::from_slice(&bytes)
                 .map_err(|e| CallError::Transport(format!("bad response: {e}")));
@@ -105,6 +105,29 @@ impl Http {
                 retry_after_ms: b.error.retry_after_ms,
             }),
             Err(_) => Err(CallError::Transport(format!("HTTP {status}"))),
+        }
+    }
+
+    /// [`Http::call`] with the token renewed once if the relay says it is no longer valid (it
+    /// expires after the relay's `token_ttl`): a routine renewal, not a lost connection, and
+    /// never a reason to fail a message.
+    async fn authed_call(
+        &mut self,
+        shared: &Shared,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, CallError> {
+        match self.call(method.clone(), path, body.clone(), timeout).await {
+            Err(CallError::Relay {
+                code: ErrorCode::NotAuthenticated,
+                ..
+            }) => {
+                self.authenticate(shared).await?;
+                self.call(method, path, body, timeout).await
+            }
+            other => other,
         }
     }
 
@@ -150,6 +173,34 @@ impl Http {
     }
 }
 
+/// The HTTP base of a relay URL: `ws://` and `wss://` name the same relay as `http://` and
+/// `https://` (as for the WebSocket transport, which maps the other way).
+fn http_base(relay_url: &str) -> String {
+    if let Some(rest) = relay_url.strip_prefix("ws://") {
+        format!("http://{rest}")
+    } else if let Some(rest) = relay_url.strip_prefix("wss://") {
+        format!("https://{rest}")
+    } else {
+        relay_url.to_string()
+    }
+}
+
+/// An error with the causes under it ("error sending request: …: Connection refused"), so the
+/// reason (and the hint fitted to it) is not lost in reqwest's top-level message.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(c) = source {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = c.source();
+    }
+    s
+}
+
 pub(crate) async fn run(
     shared: Arc<Shared>,
     mut cmd_rx: mpsc::UnboundedReceiver<Cmd>,
@@ -160,7 +211,7 @@ pub(crate) async fn run(
         emit_unconsumed(&shared, &events, 0).await;
     }
     let mut http = Http {
-        base: shared.relay_url.clone(),
+        base: http_base(&shared.relay_url),
         client: crate::tls::http_client(),
         token: None,
     };
@@ -234,20 +285,25 @@ async fn session(
     pending: &mut Vec<Cmd>,
     receive: bool,
 ) -> Option<String> {
+    // While the relay has deferred a message, the outbox waits until then (sending it earlier
+    // would only be refused again); receiving and requests go on meanwhile.
+    let mut retry_at: Option<tokio::time::Instant> = None;
     for cmd in std::mem::take(pending) {
-        if let Err(e) = handle_cmd(shared, events, http, cmd).await {
+        if let Err(e) = handle_cmd(shared, events, http, cmd, &mut retry_at).await {
             return Some(e);
         }
     }
-    if let Err(e) = flush_outbox(shared, events, http).await {
-        return Some(e);
+    match flush_outbox(shared, events, http).await {
+        Ok(r) => retry_at = r,
+        Err(e) => return Some(e),
     }
     let mut cursor = 0u64;
     loop {
         let poll = async {
             if receive {
                 let path = format!("/v1/messages?after={cursor}&wait={POLL_WAIT_SECS}&limit=500");
-                http.call(
+                http.authed_call(
+                    shared,
                     reqwest::Method::GET,
                     &path,
                     None,
@@ -258,17 +314,24 @@ async fn session(
                 std::future::pending().await
             }
         };
+        let due = retry_at;
         let outcome = tokio::select! {
-            cmd = cmd_rx.recv() => Err(cmd),
+            cmd = cmd_rx.recv() => Err(Some(cmd)),
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => Err(None),
             r = poll => Ok(r),
         };
         match outcome {
-            Err(None) => return None,
-            Err(Some(cmd)) => {
-                if let Err(e) = handle_cmd(shared, events, http, cmd).await {
+            Err(Some(None)) => return None,
+            Err(Some(Some(cmd))) => {
+                if let Err(e) = handle_cmd(shared, events, http, cmd, &mut retry_at).await {
                     return Some(e);
                 }
             }
+            // The deferral is over: the outbox goes again.
+            Err(None) => match flush_outbox(shared, events, http).await {
+                Ok(r) => retry_at = r,
+                Err(e) => return Some(e),
+            },
             Ok(Ok(v)) => match serde_json::from_value::<Received>(v) {
                 Ok(r) => match open_rows(shared, events, http, r.messages).await {
                     Ok(Some(last)) => cursor = last,
@@ -280,8 +343,9 @@ async fn session(
             },
             Ok(Err(CallError::Relay {
                 code: ErrorCode::NotAuthenticated,
+                message,
                 ..
-            })) => return Some("token expired".into()),
+            })) => return Some(format!("the relay refused a fresh token: {message}")),
             Ok(Err(CallError::Relay {
                 message,
                 code,
@@ -300,13 +364,20 @@ async fn handle_cmd(
     events: &Events,
     http: &mut Http,
     cmd: Cmd,
+    retry_at: &mut Option<tokio::time::Instant>,
 ) -> Result<(), String> {
     match cmd {
-        Cmd::Flush(_) => flush_outbox(shared, events, http).await,
+        // During a deferral the outbox waits for its time (see `session`).
+        Cmd::Flush(_) if retry_at.is_some_and(|t| t > tokio::time::Instant::now()) => Ok(()),
+        Cmd::Flush(_) => {
+            *retry_at = flush_outbox(shared, events, http).await?;
+            Ok(())
+        }
         Cmd::Request { frame, reply } => {
             let result = match frame(0) {
                 ClientFrame::RegisterInvite { id, expires_at, .. } => http
-                    .call(
+                    .authed_call(
+                        shared,
                         reqwest::Method::POST,
                         "/v1/invites",
                         Some(json!({"id": id.to_string(), "expires_at": expires_at})),
@@ -315,7 +386,8 @@ async fn handle_cmd(
                     .await
                     .map(|_| RelayFrame::InviteRegistered { req: 0 }),
                 ClientFrame::ClaimInvite { id, .. } => http
-                    .call(
+                    .authed_call(
+                        shared,
                         reqwest::Method::POST,
                         "/v1/invites/claim",
                         Some(json!({"id": id.to_string()})),
@@ -355,20 +427,44 @@ async fn handle_cmd(
     }
 }
 
-/// Sends the outbox in order, one request per message; stops at a deferral.
-async fn flush_outbox(shared: &Shared, events: &Events, http: &mut Http) -> Result<(), String> {
+/// Sends the outbox in order, one request per message. A message the relay defers holds back
+/// the later ones to its recipient (to every recipient for a rate limit, which is the sender's):
+/// they are recorded as deferred with it, as the relay would answer them, and not sent. Returns
+/// when to try again, if anything was deferred.
+async fn flush_outbox(
+    shared: &Shared,
+    events: &Events,
+    http: &mut Http,
+) -> Result<Option<tokio::time::Instant>, String> {
     loop {
         let rows = shared
             .home()
             .outbox(&shared.relay_url, 0, 100)
             .map_err(|e| e.to_string())?;
         if rows.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut held_for: std::collections::HashMap<tincan_proto::ids::PeerId, (ErrorCode, u32)> =
+            std::collections::HashMap::new();
+        let mut held_all: Option<(ErrorCode, u32)> = None;
+        let mut reported = false;
         for row in rows {
+            let held = held_all.or_else(|| held_for.get(&row.peer).copied());
+            if let Some((code, retry)) = held {
+                let _ = shared.home().outbox_deferred(
+                    &row.id,
+                    code.as_str(),
+                    "held behind an earlier message that must be resent first",
+                    retry.max(1),
+                );
+                shared.progress.send_modify(|n| *n += 1);
+                continue;
+            }
             let body = json!({"to": row.peer.to_string(), "id": row.id.to_string(), "body": BASE64URL_NOPAD.encode(&row.body)});
             match http
-                .call(
+                .authed_call(
+                    shared,
                     reqwest::Method::POST,
                     "/v1/messages",
                     Some(body),
@@ -393,13 +489,28 @@ async fn flush_outbox(shared: &Shared, events: &Events, http: &mut Http) -> Resu
                         &message,
                         retry_after_ms,
                     );
-                    let _ =
-                        events.try_send((deferred(row.id, code, message, retry_after_ms), None));
-                    shared.progress.send_modify(|n| *n += 1);
-                    // Keep order: nothing after this message goes before it.
-                    tokio::time::sleep(Duration::from_millis(u64::from(retry_after_ms))).await;
-                    break;
+                    // One report per pause, for the first message refused (as on the WebSocket).
+                    if !reported {
+                        reported = true;
+                        let _ = events
+                            .try_send((deferred(row.id, code, message, retry_after_ms), None));
+                    }
+                    let at = tokio::time::Instant::now()
+                        + Duration::from_millis(u64::from(retry_after_ms));
+                    retry_at = Some(retry_at.map_or(at, |r| r.min(at)));
+                    // Keep order: nothing after this message to its recipient goes before it.
+                    if code == ErrorCode::RateLimited {
+                        held_all = Some((code, retry_after_ms));
+                    } else {
+                        held_for.insert(row.peer, (code, retry_after_ms));
+                    }
                 }
+                // Never a reason to fail a message: the token could not be renewed.
+                Err(CallError::Relay {
+                    code: code @ (ErrorCode::NotAuthenticated | ErrorCode::AuthFailed),
+                    message,
+                    ..
+                }) => return Err(format!("{message} ({code})")),
                 Err(CallError::Relay { code, message, .. }) => {
                     let _ = shared
                         .home()
@@ -416,6 +527,9 @@ async fn flush_outbox(shared: &Shared, events: &Events, http: &mut Http) -> Resu
                 Err(CallError::Transport(e)) => return Err(e),
             }
             shared.progress.send_modify(|n| *n += 1);
+        }
+        if retry_at.is_some() {
+            return Ok(retry_at);
         }
     }
 }
@@ -506,4 +620,38 @@ async fn open_rows(
         CallError::Relay { message, .. } | CallError::Transport(message) => message,
     })?;
     Ok(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_urls_name_the_same_relay_over_http() {
+        assert_eq!(http_base("ws://h:1"), "http://h:1");
+        assert_eq!(http_base("wss://h"), "https://h");
+        assert_eq!(http_base("https://h/x"), "https://h/x");
+    }
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("error sending request")
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_transport_error_keeps_the_cause_under_it() {
+        let e = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused",
+        ));
+        assert_eq!(with_causes(&e), "error sending request: Connection refused");
+    }
 }

@@ -5,6 +5,26 @@
 //! backoff, sends from a persisted outbox (a message queued while the relay is down goes out when
 //! it returns) and yields received messages as [`Event`]s.
 //!
+//! Using it:
+//! - Depend on it by path or git (`tincan-client = { path = "…/crates/tincan-client" }`); it is
+//!   not on a registry. It needs a tokio runtime (`Client::start` and `Client::connect` spawn
+//!   tasks, and panic outside one): add tokio with `macros` and `rt-multi-thread` (or `rt`) for
+//!   `#[tokio::main]`.
+//! - It talks to a running relay (`tincan relay`, or `tincan_relay::run` in process, as the
+//!   hidden lines of the example below do).
+//! - Transport: [`Client::start`] and [`Client::connect`] use the WebSocket, or the relay's HTTP
+//!   API when `TINCAN_TRANSPORT=http` is set ([`Transport::from_env`]; an unknown value falls back
+//!   to the WebSocket with a warning). [`Client::start_with`] chooses in code; follow it with
+//!   [`Client::wait_connected`] as `connect` does. Both speak `https://` (system roots and
+//!   `SSL_CERT_FILE`, plus the Mozilla roots). The HTTP transport does not tell two copies of one
+//!   identity apart: with it, "the newest receiver wins" ([`Stopped::Replaced`]) does not hold.
+//! - Ids, invites and error codes live in the protocol crate, re-exported as
+//!   [`tincan_proto`]: `tincan_proto::ids::{PeerId, MessageId}`, `tincan_proto::invite::Invite`,
+//!   `tincan_proto::frame::ErrorCode` (to match [`ClientError::Relay`]). This agent's own id is
+//!   `client.home().identity()?.peer_id()`.
+//! - An inviter can send to its new peer once it has seen that peer's [`Event::PeerJoined`]
+//!   (before, the peer is unknown: [`ClientError::UnknownPeer`]).
+//!
 //! ```
 //! use std::time::Duration;
 //! use tincan_client::tincan_proto::invite::Invite;
@@ -24,7 +44,7 @@
 //! let mut bob_home = Home::open(&tmp.path().join("bob"))?;
 //! bob_home.setup()?;
 //! let mut alice = Client::connect(alice_home, &relay_url, ClientOptions::default(), wait).await?;
-//! let mut bob = Client::connect(bob_home, &relay_url, ClientOptions::default(), wait).await?;
+//! let bob = Client::connect(bob_home, &relay_url, ClientOptions::default(), wait).await?;
 //!
 //! // Alice invites; Bob accepts the URL she gave him.
 //! let url = alice.create_invite(3600).await?.url();

@@ -340,6 +340,110 @@ async fn http_transport_pairs_sends_and_receives() {
     }
 }
 
+/// A on the HTTP transport, B (send-only, WebSocket) paired with it through A's invite, on a
+/// relay set up by `config`; returns B's id as A knows it and A's as B knows it.
+async fn http_and_ws(
+    dir: &tempfile::TempDir,
+    config: impl FnOnce(&mut Config),
+) -> (
+    InProcessRelay,
+    Client,
+    Client,
+    tincan_client::tincan_proto::ids::PeerId,
+    tincan_client::PeerRecord,
+) {
+    use tincan_client::Transport;
+    let mut c = Config::new(dir.path().join("relay.db"));
+    config(&mut c);
+    let relay = InProcessRelay::start(c).await;
+    let mut a = Client::start_with(
+        home(dir, "a").await,
+        &relay.url,
+        ClientOptions::default(),
+        Transport::Http,
+    )
+    .unwrap();
+    a.wait_connected(T).await.unwrap();
+    let b = Client::connect(
+        home(dir, "b").await,
+        &relay.url,
+        ClientOptions::send_only(),
+        T,
+    )
+    .await
+    .unwrap();
+    let invite = Invite::parse(&a.create_invite(60).await.unwrap().url(), now_secs()).unwrap();
+    let peer = b.accept_invite(&invite, T).await.unwrap();
+    let b_id = match next_matching(&mut a, |e| matches!(e, Event::PeerJoined { .. })).await {
+        Event::PeerJoined { peer, .. } => peer,
+        _ => unreachable!(),
+    };
+    (relay, a, b, b_id, peer)
+}
+
+#[tokio::test]
+async fn over_http_a_deferred_send_holds_back_the_later_ones_but_not_receiving() {
+    let dir = tempfile::tempdir().unwrap();
+    // B never reads, so one message fills its queue and the next is deferred for good.
+    let (_relay, mut a, b, b_id, a_rec) = http_and_ws(&dir, |c| c.queue_cap = 1).await;
+    let to_b = b_id.to_string();
+    let first = a.send(&to_b, "fills the queue").await.unwrap();
+    a.wait_sent(&first, T).await.unwrap();
+    let second = a.send(&to_b, "deferred").await.unwrap();
+    assert!(matches!(
+        a.wait_sent(&second, T).await,
+        Err(tincan_client::ClientError::Deferred { .. })
+    ));
+    let third = a.send(&to_b, "held behind it").await.unwrap();
+    assert!(matches!(
+        a.wait_sent(&third, T).await,
+        Err(tincan_client::ClientError::Deferred { .. })
+    ));
+    // Meanwhile A still receives: the deferral used to keep its client in the send loop.
+    let id = b
+        .send(&a_rec.id.to_string(), "while deferred")
+        .await
+        .unwrap();
+    b.wait_sent(&id, T).await.unwrap();
+    match next_matching(&mut a, |e| matches!(e, Event::Message(_))).await {
+        Event::Message(m) => assert_eq!(m.text, "while deferred"),
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn over_http_an_expired_token_is_renewed_quietly_and_fails_no_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_relay, mut a, b, b_id, a_rec) =
+        http_and_ws(&dir, |c| c.token_ttl = Duration::from_secs(1)).await;
+    // Past the token's life, both a poll and a send renew it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let id = a.send(&b_id.to_string(), "after expiry").await.unwrap();
+    a.wait_sent(&id, T).await.unwrap();
+    let id = b
+        .send(&a_rec.id.to_string(), "to a after expiry")
+        .await
+        .unwrap();
+    b.wait_sent(&id, T).await.unwrap();
+    let seen = tokio::time::timeout(T, async {
+        let mut seen = Vec::new();
+        loop {
+            let e = a.next_event().await.unwrap();
+            let done = matches!(&e, Event::Message(m) if m.text == "to a after expiry");
+            seen.push(e);
+            if done {
+                return seen;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        !seen.iter().any(|e| matches!(e, Event::Disconnected { .. })),
+        "a renewal is not a lost connection: {seen:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_rate_limited_burst_is_reported_once_per_pause_and_delivered_in_order() {
     let dir = tempfile::tempdir().unwrap();
