@@ -72,7 +72,7 @@ impl Http {
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<serde_json::Value>,
+        body: Option<&serde_json::Value>,
         timeout: Duration,
     ) -> Result<serde_json::Value, CallError> {
         let mut req = self
@@ -83,7 +83,7 @@ impl Http {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
-            req = req.json(&b);
+            req = req.json(b);
         }
         let resp = req
             .send()
@@ -116,10 +116,10 @@ impl Http {
         shared: &Shared,
         method: reqwest::Method,
         path: &str,
-        body: Option<serde_json::Value>,
+        body: Option<&serde_json::Value>,
         timeout: Duration,
     ) -> Result<serde_json::Value, CallError> {
-        match self.call(method.clone(), path, body.clone(), timeout).await {
+        match self.call(method.clone(), path, body, timeout).await {
             Err(CallError::Relay {
                 code: ErrorCode::NotAuthenticated,
                 ..
@@ -161,7 +161,7 @@ impl Http {
             .call(
                 reqwest::Method::POST,
                 "/v1/auth/token",
-                Some(body),
+                Some(&body),
                 Duration::from_secs(10),
             )
             .await?;
@@ -380,7 +380,7 @@ async fn handle_cmd(
                         shared,
                         reqwest::Method::POST,
                         "/v1/invites",
-                        Some(json!({"id": id.to_string(), "expires_at": expires_at})),
+                        Some(&json!({"id": id.to_string(), "expires_at": expires_at})),
                         Duration::from_secs(10),
                     )
                     .await
@@ -390,7 +390,7 @@ async fn handle_cmd(
                         shared,
                         reqwest::Method::POST,
                         "/v1/invites/claim",
-                        Some(json!({"id": id.to_string()})),
+                        Some(&json!({"id": id.to_string()})),
                         Duration::from_secs(10),
                     )
                     .await
@@ -467,7 +467,7 @@ async fn flush_outbox(
                     shared,
                     reqwest::Method::POST,
                     "/v1/messages",
-                    Some(body),
+                    Some(&body),
                     Duration::from_secs(30),
                 )
                 .await
@@ -607,7 +607,7 @@ async fn open_rows(
         .call(
             reqwest::Method::POST,
             "/v1/ack",
-            Some(json!({ "seqs": seqs })),
+            Some(&json!({ "seqs": seqs })),
             Duration::from_secs(10),
         )
         .await;

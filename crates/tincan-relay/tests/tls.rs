@@ -66,24 +66,32 @@ async fn get_health(addr: std::net::SocketAddr, tls: Arc<ClientConfig>) -> Strin
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[tokio::test]
-async fn relay_serves_over_tls_and_a_stalled_handshake_blocks_no_one() {
-    let dir = tempfile::tempdir().unwrap();
-    self_signed(dir.path());
+type Stop = tokio::sync::oneshot::Sender<()>;
+type Running = tokio::task::JoinHandle<Result<(), tincan_relay::RelayError>>;
+
+/// A relay terminating TLS with a fresh self-signed certificate in `dir`, on a free port.
+async fn tls_relay(dir: &Path) -> (std::net::SocketAddr, Stop, Running) {
+    self_signed(dir);
     let server =
-        tincan_relay::tls::load_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem"))
-            .unwrap();
+        tincan_relay::tls::load_config(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let relay = tokio::spawn(tincan_relay::tls::run_tls(
         listener,
         server,
-        tincan_relay::Config::new(dir.path().join("relay.db")),
+        tincan_relay::Config::new(dir.join("relay.db")),
         async {
             let _ = stopped.await;
         },
     ));
+    (addr, stop, relay)
+}
+
+#[tokio::test]
+async fn relay_serves_over_tls_and_a_stalled_handshake_blocks_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, stop, relay) = tls_relay(dir.path()).await;
 
     // A client that connects and never starts its handshake.
     let _stalled = TcpStream::connect(addr).await.unwrap();
@@ -110,21 +118,7 @@ async fn relay_serves_over_tls_and_a_stalled_handshake_blocks_no_one() {
 #[tokio::test]
 async fn one_address_cannot_hold_every_handshake_slot() {
     let dir = tempfile::tempdir().unwrap();
-    self_signed(dir.path());
-    let server =
-        tincan_relay::tls::load_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem"))
-            .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = tokio::spawn(tincan_relay::tls::run_tls(
-        listener,
-        server,
-        tincan_relay::Config::new(dir.path().join("relay.db")),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (addr, stop, relay) = tls_relay(dir.path()).await;
     // Sixteen connections from this address that never start their handshake take its share.
     let mut stalled = Vec::new();
     for _ in 0..16 {
