@@ -515,6 +515,20 @@ fn a_blocked_peers_message_is_reported_as_withheld_and_never_reaches_the_handler
 }
 
 #[test]
+fn idle_timeout_ends_a_conversation_whose_other_side_went_quiet() {
+    let w = World::new();
+    let started = Instant::now();
+    let mut s = w.serve_a("cat", &["--idle-timeout", "2"]);
+    let id = w.send_from_b("one message, then silence");
+    assert_eq!(s.wait_event("replied", WAIT)["in_reply_to"], id.as_str());
+    assert!(s.wait_exit(WAIT).success(), "{:#?}", s.seen);
+    let done = &s.events("done")[0];
+    assert_eq!(done["reason"], "idle", "{done}");
+    assert_eq!(done["replied"], 1, "{done}");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+}
+
+#[test]
 fn a_handler_that_does_not_exist_is_reported_as_not_found() {
     let w = World::new();
     // A plain command is checked at start: it would fail on every message.

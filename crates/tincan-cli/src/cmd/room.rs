@@ -175,7 +175,12 @@ pub async fn open(home: Option<PathBuf>, args: OpenArgs, out: &Out) -> Result<Ex
         .on_message
         .clone()
         .unwrap_or_else(|| "YOUR_HANDLER".into());
-    let handoff = handoff_line(&url, &handler, args.limits.max_turns);
+    let handoff = handoff_line(
+        &url,
+        &handler,
+        args.limits.max_turns,
+        args.limits.handler_timeout,
+    );
     let fingerprint = keys.fingerprint();
     // Before the room is announced: a `room stop` right after it gets serve's clean shutdown.
     let shutdown = args
@@ -241,10 +246,18 @@ pub async fn open(home: Option<PathBuf>, args: OpenArgs, out: &Out) -> Result<Ex
 /// The `serve --join` line printed for the other agent. It always carries `--max-turns`: two
 /// handlers run as printed would otherwise answer each other forever (each turn a paid call when
 /// they are LLMs). With our own `--max-turns` both sides count to the same number and stop
-/// together; without it the guest stops after [`HANDOFF_MAX_TURNS`].
-fn handoff_line(invite: &str, handler: &str, max_turns: Option<u64>) -> String {
+/// together; without it the guest stops after [`HANDOFF_MAX_TURNS`]. And `--idle-timeout`, so a
+/// guest whose host stops answering (a failed handler, a closed room) ends instead of waiting
+/// forever: twice the host's handler timeout, at least 30 minutes.
+fn handoff_line(
+    invite: &str,
+    handler: &str,
+    max_turns: Option<u64>,
+    handler_timeout: u64,
+) -> String {
+    let idle_minutes = (handler_timeout.saturating_mul(2).div_ceil(60)).max(30);
     format!(
-        "tincan serve --join {} --on-message {} --seed 'Hello!' --max-turns {}",
+        "tincan serve --join {} --on-message {} --seed 'Hello!' --idle-timeout {idle_minutes}m --max-turns {}",
         crate::cmd::shell_quote(invite),
         crate::cmd::shell_quote(handler),
         max_turns.unwrap_or(HANDOFF_MAX_TURNS)
@@ -568,10 +581,12 @@ mod tests {
     #[test]
     fn the_handoff_line_always_ends_the_conversation() {
         assert_eq!(
-            handoff_line("http://h:1/invite#x", "cat", None),
-            "tincan serve --join 'http://h:1/invite#x' --on-message 'cat' --seed 'Hello!' --max-turns 20"
+            handoff_line("http://h:1/invite#x", "cat", None, 300),
+            "tincan serve --join 'http://h:1/invite#x' --on-message 'cat' --seed 'Hello!' --idle-timeout 30m --max-turns 20"
         );
-        assert!(handoff_line("u", "cat", Some(10)).ends_with(" --max-turns 10"));
+        assert!(handoff_line("u", "cat", Some(10), 300).ends_with(" --max-turns 10"));
+        // The guest waits at least twice as long as the host's handler may take.
+        assert!(handoff_line("u", "cat", None, 3600).contains(" --idle-timeout 120m "));
     }
 
     #[test]

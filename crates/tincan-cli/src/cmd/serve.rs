@@ -62,6 +62,11 @@ pub struct ServeLimits {
     /// exit once every conversation has ended.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_turns: Option<u64>,
+    /// Exit (`done` with reason `idle`) once no message has arrived and no handler has run for
+    /// this long: an unattended conversation whose other side stopped answering ends instead of
+    /// waiting forever. E.g. 10m, 1h, or seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub idle_timeout: Option<u64>,
     /// Stop a handler (SIGTERM to its process group, SIGKILL 2s later) after this long.
     #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_duration)]
     pub handler_timeout: u64,

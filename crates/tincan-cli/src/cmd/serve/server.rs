@@ -74,6 +74,8 @@ pub struct Server<'a> {
     stats_dirty: bool,
     started: StdInstant,
     disconnected: bool,
+    /// When a message last arrived or a handler last finished (`--idle-timeout`).
+    last_activity: Instant,
 }
 
 /// The stats file (`room status` reads it) is rewritten at most this often, so a busy room does
@@ -103,6 +105,7 @@ impl<'a> Server<'a> {
             stats_dirty: false,
             started: StdInstant::now(),
             disconnected: false,
+            last_activity: Instant::now(),
         }
     }
 
@@ -129,14 +132,19 @@ impl<'a> Server<'a> {
             }
             let wake = self.next_wake();
             let stats_due = self.stats_due();
+            let idle_at = self.idle_at();
             let step = tokio::select! {
                 biased;
                 _ = shutdown.recv() => Step::Stop("signal"),
+                _ = tokio::time::sleep_until(idle_at.unwrap_or_else(Instant::now)), if idle_at.is_some() => Step::Stop("idle"),
                 Some(r) = self.jobs.join_next(), if !self.jobs.is_empty() => Step::Job(r),
                 e = self.client.next_event() => Step::Event(e),
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => Step::Wake,
                 _ = tokio::time::sleep_until(stats_due.unwrap_or_else(Instant::now)), if stats_due.is_some() => Step::Wake,
             };
+            if matches!(step, Step::Event(Some(Event::Message(_))) | Step::Job(_)) {
+                self.last_activity = Instant::now();
+            }
             match step {
                 Step::Stop(r) => break r,
                 Step::Event(Some(e)) => self.on_event(e),
@@ -324,6 +332,13 @@ impl<'a> Server<'a> {
     }
 
     /// When a rate-limited peer may run next, if any is waiting on that alone.
+    /// When `--idle-timeout` ends the loop, if it is set and nothing is running or waiting.
+    fn idle_at(&self) -> Option<Instant> {
+        let secs = self.limits.idle_timeout?;
+        let busy = !self.jobs.is_empty() || self.peers.values().any(|p| !p.queue.is_empty());
+        (!busy).then(|| self.last_activity + Duration::from_secs(secs))
+    }
+
     fn next_wake(&mut self) -> Option<Instant> {
         if self.jobs.len() >= self.limits.concurrency as usize {
             return None;
