@@ -1,5 +1,5 @@
 //! Log lines for refusals (connections turned away, rate limits, failed authentications), at most
-//! one per kind per [`PERIOD`], each saying how many like it were not logged since: the operator
+//! one per kind per [`PERIOD_MS`], each saying how many like it were not logged since: the operator
 //! learns what is being refused and how often, and a flood cannot flood the log.
 
 use std::sync::atomic::{AtomicU64, Ordering};

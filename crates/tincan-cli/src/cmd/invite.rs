@@ -26,7 +26,7 @@ pub async fn run(home: Option<PathBuf>, cmd: InviteCmd, out: &Out) -> Result<Exi
 
 /// The inviter, when accepting `invite` failed because it was used and it was this home that
 /// used it (a command run twice): the home records each invite it accepts.
-pub(crate) fn paired_inviter(
+pub(crate) fn own_spent_invite(
     e: &tincan_client::ClientError,
     client: &Client,
     invite: &Invite,
@@ -51,13 +51,13 @@ pub(crate) fn paired_inviter(
 
 /// A failed accept as the user should hear it: an invite this home itself used before says so
 /// and how to go on, instead of "ask the inviter for a new one".
-fn used_but_paired(
+fn used_by_this_home(
     e: tincan_client::ClientError,
     client: &Client,
     invite: &Invite,
     flag: &str,
 ) -> CliError {
-    match paired_inviter(&e, client, invite) {
+    match own_spent_invite(&e, client, invite) {
         Some(peer) => {
             let short = &peer.id.to_string()[..8];
             CliError::new(
@@ -131,7 +131,7 @@ async fn accept(
         .await?;
     let peer = match client.accept_invite(&invite, timeout).await {
         Ok(peer) => peer,
-        Err(e) => return Err(used_but_paired(e, &client, &invite, &flag)),
+        Err(e) => return Err(used_by_this_home(e, &client, &invite, &flag)),
     };
     client.home().set_setting("relay", client.relay_url())?;
     let fp = peer.fingerprint();

@@ -211,7 +211,7 @@ async fn join(
     let (peer, resumed) = match client.accept_invite(&invite, CONNECT_TIMEOUT).await {
         Ok(peer) => (peer, false),
         // The hand-off line run again: this home took this invite before, so go on with it.
-        Err(e) => match crate::cmd::invite::paired_inviter(&e, &client, &invite) {
+        Err(e) => match crate::cmd::invite::own_spent_invite(&e, &client, &invite) {
             Some(peer) => (peer, true),
             None => return Err(e.into()),
         },
